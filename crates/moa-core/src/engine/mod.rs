@@ -1,0 +1,206 @@
+//! The MoA engine: a [`Plan`] (a preset bound to providers) run over a conversation.
+//!
+//! Layer 1 proposers see the user's messages unchanged; proposers of later layers and the
+//! aggregator see the previous layer's answers injected by [`crate::prompt::inject_references`].
+//! The proposers of one layer are called concurrently; the aggregator is streamed. A proposer that
+//! fails is left out of the references; the run fails only when fewer than `min_proposals`
+//! answers remain in a layer.
+
+mod call;
+mod stream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::completion::ChatRequest;
+use crate::error::MoaError;
+use crate::event::{RunEvent, Trace};
+use crate::message::{Message, Role};
+use crate::preset::{AgentSpec, ModelRef, Preset, PresetError};
+use crate::prompt::{inject_references, PromptStyle, Reference};
+use crate::provider::Provider;
+
+pub use stream::RunStream;
+
+/// An agent bound to the provider that will serve it.
+#[derive(Clone)]
+pub struct BoundAgent {
+    pub spec: AgentSpec,
+    /// The model id as the provider knows it.
+    pub model_id: String,
+    pub provider: Arc<dyn Provider>,
+}
+
+impl std::fmt::Debug for BoundAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundAgent")
+            .field("spec", &self.spec)
+            .field("provider", &self.provider.name())
+            .finish()
+    }
+}
+
+impl BoundAgent {
+    /// The request this agent sends for `messages` given `references` from the previous layer.
+    pub fn request(
+        &self,
+        messages: &[Message],
+        references: &[Reference],
+        style: PromptStyle,
+    ) -> ChatRequest {
+        let own;
+        let messages = match &self.spec.system {
+            Some(system) => {
+                own = with_system_prompt(messages, system);
+                &own[..]
+            }
+            None => messages,
+        };
+        ChatRequest {
+            model: self.model_id.clone(),
+            messages: inject_references(messages, references, style),
+            temperature: self.spec.temperature,
+            max_tokens: self.spec.max_tokens,
+            extra: self.spec.extra.clone(),
+        }
+    }
+}
+
+/// Puts an agent's own system prompt first: before an existing leading system message's text
+/// (separated by a blank line), or as a new leading system message.
+fn with_system_prompt(messages: &[Message], system: &str) -> Vec<Message> {
+    let mut out = messages.to_vec();
+    match out.first_mut() {
+        Some(first) if first.role == Role::System => {
+            first.content = format!("{system}\n\n{}", first.content);
+        }
+        _ => out.insert(0, Message::system(system)),
+    }
+    out
+}
+
+/// A preset bound to providers, ready to run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub preset: String,
+    pub layers: Vec<Vec<BoundAgent>>,
+    pub aggregator: BoundAgent,
+    pub prompt_style: PromptStyle,
+}
+
+impl Plan {
+    /// Binds every agent of `preset` to the provider `resolve` returns for its `provider:` part.
+    pub fn bind<E>(
+        preset: &Preset,
+        mut resolve: impl FnMut(&ModelRef) -> Result<Arc<dyn Provider>, E>,
+    ) -> Result<Plan, E>
+    where
+        E: From<PresetError>,
+    {
+        let mut bind = |spec: &AgentSpec| -> Result<BoundAgent, E> {
+            let model = spec.model_ref()?;
+            Ok(BoundAgent {
+                provider: resolve(&model)?,
+                model_id: model.model,
+                spec: spec.clone(),
+            })
+        };
+        let mut layers = Vec::with_capacity(preset.layers.len());
+        for (i, layer) in preset.layers.iter().enumerate() {
+            if layer.is_empty() {
+                return Err(PresetError::EmptyLayer {
+                    preset: preset.name.clone(),
+                    layer: i + 1,
+                }
+                .into());
+            }
+            layers.push(layer.iter().map(&mut bind).collect::<Result<Vec<_>, E>>()?);
+        }
+        Ok(Plan {
+            preset: preset.name.clone(),
+            aggregator: bind(&preset.aggregator)?,
+            layers,
+            prompt_style: preset.prompt_style,
+        })
+    }
+}
+
+/// How a run behaves beyond its plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunOptions {
+    /// A layer needs at least this many answers (capped at the layer's size) for the run to go on.
+    pub min_proposals: usize,
+    /// The longest one model call may take, retries included. `None`: no limit.
+    pub timeout: Option<Duration>,
+    /// Stream proposers (deltas become events) rather than ask for whole answers.
+    pub stream_proposers: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            min_proposals: 1,
+            timeout: Some(Duration::from_secs(600)),
+            stream_proposers: true,
+        }
+    }
+}
+
+/// A runnable Mixture-of-Agents: a plan and its options. Cheap to clone and share.
+#[derive(Clone, Debug)]
+pub struct Moa {
+    plan: Arc<Plan>,
+    options: RunOptions,
+}
+
+impl Moa {
+    /// An engine for `plan`.
+    pub fn new(plan: Plan, options: RunOptions) -> Self {
+        Self {
+            plan: Arc::new(plan),
+            options,
+        }
+    }
+
+    /// The plan this engine runs.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The run options.
+    pub fn options(&self) -> &RunOptions {
+        &self.options
+    }
+
+    /// Starts a run over `messages`. Nothing happens until the stream is polled; dropping the
+    /// stream cancels every request in flight.
+    pub fn run(&self, messages: Vec<Message>) -> RunStream {
+        RunStream::new(self.plan.clone(), self.options.clone(), messages)
+    }
+
+    /// Runs to the end and returns the trace, ignoring intermediate events.
+    pub async fn run_to_end(&self, messages: Vec<Message>) -> Result<Trace, MoaError> {
+        use futures::StreamExt;
+        let mut stream = self.run(messages);
+        while let Some(event) = stream.next().await {
+            if let RunEvent::Done(trace) = event? {
+                return Ok(*trace);
+            }
+        }
+        unreachable!("a run stream always ends with Done or an error")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_system_prompt_goes_before_the_conversations() {
+        let out = with_system_prompt(&[Message::system("conv"), Message::user("u")], "agent");
+        assert_eq!(out[0].content, "agent\n\nconv");
+        let out = with_system_prompt(&[Message::user("u")], "agent");
+        assert_eq!(out[0], Message::system("agent"));
+        assert_eq!(out.len(), 2);
+    }
+}

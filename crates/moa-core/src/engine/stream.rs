@@ -1,0 +1,197 @@
+//! The run itself, driven from inside the stream its caller polls: no task is spawned, so
+//! dropping the stream drops every in-flight call with it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+
+use futures::future::{join_all, BoxFuture};
+use futures::{FutureExt, Stream};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use super::call::{call, millis, CallContext, Slot};
+use super::{Plan, RunOptions};
+use crate::error::{MoaError, ProposalFailure};
+use crate::event::{CallStatus, LayerTrace, RunEvent, Trace};
+use crate::message::Message;
+use crate::prompt::Reference;
+
+/// The events of one run, ending with [`RunEvent::Done`] or an error.
+pub struct RunStream {
+    driver: Option<BoxFuture<'static, Result<Trace, MoaError>>>,
+    events: UnboundedReceiver<RunEvent>,
+    outcome: Option<Result<Trace, MoaError>>,
+}
+
+impl RunStream {
+    pub(super) fn new(plan: Arc<Plan>, options: RunOptions, messages: Vec<Message>) -> Self {
+        let (tx, events) = unbounded_channel();
+        let ctx = CallContext {
+            events: tx,
+            started: Instant::now(),
+            timeout: options.timeout,
+        };
+        Self {
+            driver: Some(drive(plan, options, messages, ctx).boxed()),
+            events,
+            outcome: None,
+        }
+    }
+}
+
+impl Stream for RunStream {
+    type Item = Result<RunEvent, MoaError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Poll::Ready(Some(event)) = self.events.poll_recv(cx) {
+                return Poll::Ready(Some(Ok(event)));
+            }
+            let Some(driver) = self.driver.as_mut() else {
+                // The driver is done and dropped its sender, so the queue is drained.
+                return Poll::Ready(
+                    self.outcome
+                        .take()
+                        .map(|r| r.map(|t| RunEvent::Done(Box::new(t)))),
+                );
+            };
+            match Pin::new(driver).poll(cx) {
+                Poll::Ready(outcome) => {
+                    self.driver = None;
+                    self.outcome = Some(outcome);
+                }
+                Poll::Pending => {
+                    // The driver may have queued events before going pending.
+                    if let Poll::Ready(Some(event)) = self.events.poll_recv(cx) {
+                        return Poll::Ready(Some(Ok(event)));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+async fn drive(
+    plan: Arc<Plan>,
+    options: RunOptions,
+    messages: Vec<Message>,
+    ctx: CallContext,
+) -> Result<Trace, MoaError> {
+    let style = plan.prompt_style;
+    let mut references: Vec<Reference> = Vec::new();
+    let mut layers = Vec::with_capacity(plan.layers.len());
+    for (i, agents) in plan.layers.iter().enumerate() {
+        let layer = i + 1;
+        let layer_started = Instant::now();
+        ctx.emit(RunEvent::LayerStarted {
+            layer,
+            proposers: agents.len(),
+        });
+        let calls = agents.iter().enumerate().map(|(index, agent)| {
+            let request = agent.request(&messages, &references, style);
+            ctx.emit(RunEvent::ProposerStarted {
+                layer,
+                index,
+                model: agent.spec.model.clone(),
+            });
+            let ctx = &ctx;
+            async move {
+                let slot = Slot::Proposer { layer, index };
+                let mut outcome = call(ctx, agent, request, slot, options.stream_proposers).await;
+                let trace = &mut outcome.trace;
+                // The reference strips every proposer answer before using it as a reference.
+                if let Some(answer) = trace.answer.as_mut() {
+                    let stripped = answer.trim();
+                    if stripped.len() != answer.len() {
+                        *answer = stripped.to_string();
+                    }
+                }
+                ctx.emit(match &trace.answer {
+                    Some(answer) => RunEvent::ProposerDone {
+                        layer,
+                        index,
+                        model: trace.model.clone(),
+                        answer: answer.clone(),
+                        latency_ms: trace.latency_ms,
+                        usage: trace.usage,
+                    },
+                    None => RunEvent::ProposerFailed {
+                        layer,
+                        index,
+                        model: trace.model.clone(),
+                        error: trace.error.clone().unwrap_or_default(),
+                        latency_ms: trace.latency_ms,
+                    },
+                });
+                outcome.trace
+            }
+        });
+        let traces = join_all(calls).await;
+        let next: Vec<Reference> = traces
+            .iter()
+            .filter_map(|t| {
+                t.answer.as_ref().map(|text| Reference {
+                    model: t.model.clone(),
+                    text: text.clone(),
+                })
+            })
+            .collect();
+        let failed = traces.len() - next.len();
+        ctx.emit(RunEvent::LayerDone {
+            layer,
+            succeeded: next.len(),
+            failed,
+            elapsed_ms: millis(layer_started.elapsed()),
+        });
+        let needed = options.min_proposals.min(traces.len());
+        if next.len() < needed {
+            return Err(MoaError::TooFewProposals {
+                layer,
+                succeeded: next.len(),
+                total: traces.len(),
+                needed,
+                failures: traces
+                    .iter()
+                    .filter(|t| t.status == CallStatus::Failed)
+                    .map(|t| ProposalFailure {
+                        model: t.model.clone(),
+                        error: t.error.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+            });
+        }
+        references = next;
+        layers.push(LayerTrace {
+            layer,
+            calls: traces,
+            elapsed_ms: millis(layer_started.elapsed()),
+        });
+    }
+
+    let aggregator = &plan.aggregator;
+    ctx.emit(RunEvent::AggregatorStarted {
+        model: aggregator.spec.model.clone(),
+    });
+    let request = aggregator.request(&messages, &references, style);
+    let outcome = call(&ctx, aggregator, request, Slot::Aggregator, true).await;
+    if let Some(source) = outcome.error {
+        return Err(MoaError::Aggregator {
+            model: aggregator.spec.model.clone(),
+            source,
+        });
+    }
+    let mut trace = Trace {
+        preset: plan.preset.clone(),
+        layers,
+        answer: outcome.trace.answer.clone().unwrap_or_default(),
+        aggregator: outcome.trace,
+        usage_by_model: Default::default(),
+        usage: Default::default(),
+        elapsed_ms: millis(ctx.started.elapsed()),
+    };
+    trace.tally();
+    Ok(trace)
+}

@@ -1,0 +1,132 @@
+//! What a run reports as it goes ([`RunEvent`]) and the record it leaves ([`Trace`]).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::completion::Usage;
+
+/// One step of a MoA run. Layers are numbered from 1; proposer indexes from 0 within a layer.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// A proposer layer begins.
+    LayerStarted { layer: usize, proposers: usize },
+    /// A proposer's request is about to be sent.
+    ProposerStarted {
+        layer: usize,
+        index: usize,
+        model: String,
+    },
+    /// Text from a streaming proposer.
+    ProposerDelta {
+        layer: usize,
+        index: usize,
+        text: String,
+    },
+    /// A proposer finished; its (stripped) answer will be a reference for the next layer.
+    ProposerDone {
+        layer: usize,
+        index: usize,
+        model: String,
+        answer: String,
+        latency_ms: u64,
+        usage: Option<Usage>,
+    },
+    /// A proposer failed after retries and is left out of the references.
+    ProposerFailed {
+        layer: usize,
+        index: usize,
+        model: String,
+        error: String,
+        latency_ms: u64,
+    },
+    /// Every proposer of a layer has finished or failed.
+    LayerDone {
+        layer: usize,
+        succeeded: usize,
+        failed: usize,
+        elapsed_ms: u64,
+    },
+    /// The aggregator's request is about to be sent.
+    AggregatorStarted { model: String },
+    /// Text of the final answer.
+    AggregatorDelta { text: String },
+    /// The run finished; the whole trace.
+    Done(Box<Trace>),
+}
+
+/// Whether a call succeeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallStatus {
+    Ok,
+    Failed,
+}
+
+/// One model call of a run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CallTrace {
+    /// `provider:model`.
+    pub model: String,
+    pub status: CallStatus,
+    /// The answer (proposers: stripped, as used for references).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// When the call started, from the start of the run.
+    pub started_ms: u64,
+    /// Time to the first text, if any arrived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_token_ms: Option<u64>,
+    pub latency_ms: u64,
+}
+
+/// One proposer layer of a run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LayerTrace {
+    pub layer: usize,
+    pub calls: Vec<CallTrace>,
+    pub elapsed_ms: u64,
+}
+
+/// The full record of a run: every answer of every layer, usage per model, timings.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Trace {
+    pub preset: String,
+    pub layers: Vec<LayerTrace>,
+    pub aggregator: CallTrace,
+    /// The final answer, as streamed.
+    pub answer: String,
+    /// Token counts per `provider:model`, summed over every call the model made.
+    pub usage_by_model: BTreeMap<String, Usage>,
+    /// Token counts over the whole run.
+    pub usage: Usage,
+    pub elapsed_ms: u64,
+}
+
+impl Trace {
+    /// Sums usage per model and in total from the calls.
+    pub(crate) fn tally(&mut self) {
+        let mut by_model: BTreeMap<String, Usage> = BTreeMap::new();
+        let mut total = Usage::default();
+        let calls = self
+            .layers
+            .iter()
+            .flat_map(|l| l.calls.iter())
+            .chain(std::iter::once(&self.aggregator));
+        for call in calls {
+            if let Some(usage) = &call.usage {
+                by_model.entry(call.model.clone()).or_default().add(usage);
+                total.add(usage);
+            }
+        }
+        self.usage_by_model = by_model;
+        self.usage = total;
+    }
+}

@@ -1,0 +1,25 @@
+//! The Mixture-of-Agents engine, independent of any transport.
+//!
+//! This crate owns the domain types (messages, requests, completions, usage, events), the
+//! [`Provider`] trait every model backend implements, the layered MoA engine with the reference's
+//! prompt injection and failure policy, and the built-in presets. It never prints, reads files,
+//! parses command lines or speaks HTTP: front ends translate their input into a [`Preset`] and
+//! messages, bind providers into a [`Plan`], and consume the [`RunEvent`] stream.
+
+pub mod completion;
+pub mod engine;
+pub mod error;
+pub mod event;
+pub mod message;
+pub mod preset;
+pub mod prompt;
+pub mod provider;
+
+pub use completion::{ChatRequest, Chunk, Completion, Usage};
+pub use engine::{BoundAgent, Moa, Plan, RunOptions, RunStream};
+pub use error::{MoaError, ProposalFailure};
+pub use event::{CallStatus, CallTrace, LayerTrace, RunEvent, Trace};
+pub use message::{Message, Role};
+pub use preset::{AgentSpec, ModelRef, Preset, PresetError};
+pub use prompt::{inject_references, PromptStyle, Reference, AGGREGATOR_SYSTEM_PROMPT};
+pub use provider::{BoxChunkStream, Provider, ProviderError};

@@ -1,0 +1,304 @@
+//! Presets: named MoA recipes (layers of proposers and one aggregator), and the built-in ones.
+
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::prompt::PromptStyle;
+
+/// A model named as `provider:model`, e.g. `together:Qwen/Qwen2.5-72B-Instruct-Turbo`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModelRef {
+    pub provider: String,
+    pub model: String,
+}
+
+impl ModelRef {
+    /// Parses `provider:model`. Only the first colon separates, so model ids may contain colons
+    /// (`ollama:llama3.2:3b`).
+    pub fn parse(spec: &str) -> Result<Self, PresetError> {
+        match spec.split_once(':') {
+            Some((provider, model)) if !provider.is_empty() && !model.is_empty() => Ok(Self {
+                provider: provider.to_string(),
+                model: model.to_string(),
+            }),
+            _ => Err(PresetError::BadModel {
+                spec: spec.to_string(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for ModelRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.provider, self.model)
+    }
+}
+
+/// One agent of a layer: a model and how to call it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AgentSpec {
+    /// `provider:model`.
+    pub model: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// A system prompt of the agent's own, placed before any references.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// Extra request fields passed through (top_p, stop, seed, ...).
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub extra: Map<String, Value>,
+}
+
+impl AgentSpec {
+    /// An agent for `model` with provider defaults.
+    pub fn new(model: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            temperature: None,
+            max_tokens: None,
+            system: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// Sets the sampling temperature.
+    pub fn with_temperature(mut self, temperature: f64) -> Self {
+        self.temperature = Some(temperature);
+        self
+    }
+
+    /// Sets the output token limit.
+    pub fn with_max_tokens(mut self, max_tokens: u32) -> Self {
+        self.max_tokens = Some(max_tokens);
+        self
+    }
+
+    /// The parsed `provider:model`.
+    pub fn model_ref(&self) -> Result<ModelRef, PresetError> {
+        ModelRef::parse(&self.model)
+    }
+}
+
+/// A named MoA recipe: proposer layers, then one aggregator.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Preset {
+    pub name: String,
+    pub description: String,
+    /// Proposer layers, in order; may be empty (the aggregator then answers alone).
+    pub layers: Vec<Vec<AgentSpec>>,
+    pub aggregator: AgentSpec,
+    pub prompt_style: PromptStyle,
+}
+
+/// A preset or model name that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PresetError {
+    #[error("`{spec}` is not a model reference; write it as provider:model, e.g. together:Qwen/Qwen2.5-72B-Instruct-Turbo")]
+    BadModel { spec: String },
+    #[error("preset `{preset}`: layer {layer} has no proposers")]
+    EmptyLayer { preset: String, layer: usize },
+    #[error("--layers must be at least 1 (1 means the aggregator answers alone)")]
+    NoLayers,
+}
+
+impl Preset {
+    /// The number of MoA layers, counting the aggregator's.
+    pub fn layer_count(&self) -> usize {
+        self.layers.len() + 1
+    }
+
+    /// Every agent, proposers first, aggregator last.
+    pub fn agents(&self) -> impl Iterator<Item = &AgentSpec> {
+        self.layers
+            .iter()
+            .flatten()
+            .chain(std::iter::once(&self.aggregator))
+    }
+
+    /// Every agent, mutably.
+    pub fn agents_mut(&mut self) -> impl Iterator<Item = &mut AgentSpec> {
+        self.layers
+            .iter_mut()
+            .flatten()
+            .chain(std::iter::once(&mut self.aggregator))
+    }
+
+    /// Checks that every model reference parses and no layer is empty.
+    pub fn validate(&self) -> Result<(), PresetError> {
+        for (i, layer) in self.layers.iter().enumerate() {
+            if layer.is_empty() {
+                return Err(PresetError::EmptyLayer {
+                    preset: self.name.clone(),
+                    layer: i + 1,
+                });
+            }
+        }
+        for agent in self.agents() {
+            agent.model_ref()?;
+        }
+        Ok(())
+    }
+
+    /// Reshapes the preset to `layers` MoA layers (the reference's `rounds + 1`), repeating the
+    /// first proposer layer, as the reference does with its single list of reference models.
+    pub fn with_layer_count(mut self, layers: usize) -> Result<Self, PresetError> {
+        if layers == 0 {
+            return Err(PresetError::NoLayers);
+        }
+        let template = self.layers.first().cloned().unwrap_or_default();
+        if layers > 1 && template.is_empty() {
+            return Err(PresetError::EmptyLayer {
+                preset: self.name,
+                layer: 1,
+            });
+        }
+        self.layers.truncate(layers - 1);
+        while self.layers.len() < layers - 1 {
+            self.layers.push(template.clone());
+        }
+        Ok(self)
+    }
+
+    /// Replaces every proposer layer's agents with `proposers`, keeping the layer count (at least one).
+    pub fn with_proposers(mut self, proposers: Vec<AgentSpec>) -> Self {
+        let count = self.layers.len().max(1);
+        self.layers = vec![proposers; count];
+        self
+    }
+}
+
+fn agents(models: &[&str], temperature: f64, max_tokens: u32) -> Vec<AgentSpec> {
+    models
+        .iter()
+        .map(|m| {
+            AgentSpec::new(*m)
+                .with_temperature(temperature)
+                .with_max_tokens(max_tokens)
+        })
+        .collect()
+}
+
+/// The six open proposers of the paper's AlpacaEval runs (run_eval_alpaca_eval.sh).
+const PAPER_PROPOSERS: [&str; 6] = [
+    "together:microsoft/WizardLM-2-8x22B",
+    "together:Qwen/Qwen1.5-110B-Chat",
+    "together:Qwen/Qwen1.5-72B-Chat",
+    "together:meta-llama/Llama-3-70b-chat-hf",
+    "together:mistralai/Mixtral-8x22B-Instruct-v0.1",
+    "together:databricks/dbrx-instruct",
+];
+
+/// The presets that ship with moa, in display order.
+pub fn builtin_presets() -> Vec<Preset> {
+    let together_proposers = agents(
+        &[
+            "together:meta-llama/Llama-3.3-70B-Instruct-Turbo",
+            "together:Qwen/Qwen2.5-72B-Instruct-Turbo",
+            "together:Qwen/Qwen2.5-Coder-32B-Instruct",
+            "together:microsoft/WizardLM-2-8x22B",
+        ],
+        0.7,
+        512,
+    );
+    let three_layer_proposers = agents(
+        &[
+            "together:meta-llama/Llama-3.3-70B-Instruct-Turbo",
+            "together:Qwen/Qwen2.5-72B-Instruct-Turbo",
+            "together:Qwen/Qwen2.5-Coder-32B-Instruct",
+            "together:deepseek-ai/DeepSeek-V3",
+        ],
+        0.7,
+        512,
+    );
+    // The eval generators call the aggregator without temperature or max_tokens, so it gets
+    // generate_together's defaults: 0.7 and 2048.
+    let paper_proposers = agents(&PAPER_PROPOSERS, 0.7, 2048);
+    vec![
+        Preset {
+            name: "together".into(),
+            description: "The reference's moa.py: 4 proposers, 2 layers, Qwen2.5-72B aggregator".into(),
+            layers: vec![together_proposers],
+            // moa.py streams the aggregator with no temperature or max_tokens (server defaults).
+            aggregator: AgentSpec::new("together:Qwen/Qwen2.5-72B-Instruct-Turbo"),
+            prompt_style: PromptStyle::Reference,
+        },
+        Preset {
+            name: "together-3layer".into(),
+            description: "The reference's advanced-moa.py: 4 proposers, 3 layers, DeepSeek-V3 aggregator".into(),
+            layers: vec![three_layer_proposers.clone(), three_layer_proposers],
+            aggregator: AgentSpec::new("together:deepseek-ai/DeepSeek-V3"),
+            prompt_style: PromptStyle::Reference,
+        },
+        Preset {
+            name: "moa-lite".into(),
+            description: "The paper's MoA-Lite (AlpacaEval 2.0): 6 open proposers, 2 layers, Qwen1.5-72B-Chat aggregator".into(),
+            layers: vec![paper_proposers.clone()],
+            aggregator: AgentSpec::new("together:Qwen/Qwen1.5-72B-Chat")
+                .with_temperature(0.7)
+                .with_max_tokens(2048),
+            prompt_style: PromptStyle::Reference,
+        },
+        Preset {
+            name: "moa".into(),
+            description: "The paper's Together MoA (AlpacaEval 2.0): 6 open proposers, 3 layers, Qwen1.5-110B-Chat aggregator".into(),
+            layers: vec![paper_proposers.clone(), paper_proposers],
+            aggregator: AgentSpec::new("together:Qwen/Qwen1.5-110B-Chat")
+                .with_temperature(0.7)
+                .with_max_tokens(2048),
+            prompt_style: PromptStyle::Reference,
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_refs_split_at_the_first_colon() {
+        let r = ModelRef::parse("ollama:llama3.2:3b").unwrap();
+        assert_eq!(r.provider, "ollama");
+        assert_eq!(r.model, "llama3.2:3b");
+        assert_eq!(r.to_string(), "ollama:llama3.2:3b");
+        for bad in ["gpt-4o", ":x", "openai:"] {
+            assert!(matches!(
+                ModelRef::parse(bad),
+                Err(PresetError::BadModel { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn builtin_presets_are_valid_and_have_the_papers_shapes() {
+        let presets = builtin_presets();
+        for p in &presets {
+            p.validate().unwrap();
+        }
+        let by_name = |n: &str| presets.iter().find(|p| p.name == n).unwrap();
+        assert_eq!(by_name("together").layer_count(), 2);
+        assert_eq!(by_name("together-3layer").layer_count(), 3);
+        assert_eq!(by_name("moa-lite").layer_count(), 2);
+        assert_eq!(by_name("moa").layer_count(), 3);
+        assert_eq!(by_name("moa").layers[1].len(), 6);
+        assert_eq!(by_name("together").aggregator.temperature, None);
+        assert_eq!(
+            by_name("moa").aggregator.model,
+            "together:Qwen/Qwen1.5-110B-Chat"
+        );
+    }
+
+    #[test]
+    fn layer_count_repeats_the_first_layer() {
+        let p = builtin_presets().remove(0);
+        let three = p.clone().with_layer_count(3).unwrap();
+        assert_eq!(three.layers.len(), 2);
+        assert_eq!(three.layers[0], three.layers[1]);
+        let one = p.clone().with_layer_count(1).unwrap();
+        assert!(one.layers.is_empty());
+        assert_eq!(p.with_layer_count(0), Err(PresetError::NoLayers));
+    }
+}

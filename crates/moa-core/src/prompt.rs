@@ -1,0 +1,193 @@
+//! How one layer's answers reach the next: the reference's aggregator prompt and injection rule,
+//! plus named alternative styles.
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::{Message, Role};
+
+/// The aggregate-and-synthesize system prompt of the reference implementation, byte for byte.
+/// It is used both by proposers of layers 2.. and by the final aggregator.
+pub const AGGREGATOR_SYSTEM_PROMPT: &str = "You have been provided with a set of responses from various open-source models to the latest user query. Your task is to synthesize these responses into a single, high-quality response. It is crucial to critically evaluate the information provided in these responses, recognizing that some of it may be biased or incorrect. Your response should not simply replicate the given answers but should offer a refined, accurate, and comprehensive reply to the instruction. Ensure your response is well-structured, coherent, and adheres to the highest standards of accuracy and reliability.
+
+Responses from models:";
+
+/// How previous answers are written into the system message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PromptStyle {
+    /// Exactly as the reference: `PROMPT\n1. <answer>\n2. <answer>...`, answers raw.
+    #[default]
+    Reference,
+    /// Each answer wrapped in a `<response>` tag that names its model, so the aggregator can tell
+    /// where one answer ends and which model wrote it.
+    Tagged,
+}
+
+impl PromptStyle {
+    /// All styles with their names, for help texts and errors.
+    pub const ALL: [(&'static str, PromptStyle); 2] = [
+        ("reference", PromptStyle::Reference),
+        ("tagged", PromptStyle::Tagged),
+    ];
+
+    /// Parses a style name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    }
+
+    /// The style's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PromptStyle::Reference => "reference",
+            PromptStyle::Tagged => "tagged",
+        }
+    }
+}
+
+/// One previous answer offered as a reference.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reference {
+    /// The `provider:model` that wrote it.
+    pub model: String,
+    pub text: String,
+}
+
+/// Builds the references block (the system text) for `references` in `style`.
+pub fn references_block(references: &[Reference], style: PromptStyle) -> String {
+    let mut text = String::from(AGGREGATOR_SYSTEM_PROMPT);
+    for (i, reference) in references.iter().enumerate() {
+        match style {
+            PromptStyle::Reference => {
+                text.push('\n');
+                text.push_str(&(i + 1).to_string());
+                text.push_str(". ");
+                text.push_str(&reference.text);
+            }
+            PromptStyle::Tagged => {
+                text.push_str(&format!(
+                    "\n\n<response id=\"{}\" model=\"{}\">\n{}\n</response>",
+                    i + 1,
+                    reference.model.replace('"', "'"),
+                    reference.text
+                ));
+            }
+        }
+    }
+    text
+}
+
+/// Returns `messages` with `references` injected as the reference implementation does: the
+/// block is appended to an existing leading system message after a blank line, or becomes a new
+/// leading system message. With no references the messages are returned unchanged. The caller's
+/// messages are never modified.
+pub fn inject_references(
+    messages: &[Message],
+    references: &[Reference],
+    style: PromptStyle,
+) -> Vec<Message> {
+    let mut out = messages.to_vec();
+    if references.is_empty() {
+        return out;
+    }
+    let block = references_block(references, style);
+    match out.first_mut() {
+        Some(first) if first.role == Role::System => {
+            first.content.push_str("\n\n");
+            first.content.push_str(&block);
+        }
+        _ => out.insert(0, Message::system(block)),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(texts: &[&str]) -> Vec<Reference> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Reference {
+                model: format!("p:m{i}"),
+                text: t.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn prompt_has_blank_line_and_no_trailing_newline() {
+        assert!(AGGREGATOR_SYSTEM_PROMPT
+            .contains("highest standards of accuracy and reliability.\n\nResponses from models:"));
+        assert!(AGGREGATOR_SYSTEM_PROMPT.ends_with("Responses from models:"));
+        assert_eq!(AGGREGATOR_SYSTEM_PROMPT.len(), 606);
+    }
+
+    #[test]
+    fn new_system_message_is_prepended_with_numbered_raw_references() {
+        let messages = vec![Message::user("hi")];
+        let out = inject_references(&messages, &refs(&["a", "b\nc"]), PromptStyle::Reference);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].role, Role::System);
+        assert_eq!(
+            out[0].content,
+            format!("{AGGREGATOR_SYSTEM_PROMPT}\n1. a\n2. b\nc")
+        );
+        assert_eq!(out[1], Message::user("hi"));
+        // The caller's messages are untouched.
+        assert_eq!(messages, vec![Message::user("hi")]);
+    }
+
+    #[test]
+    fn existing_system_message_gets_block_after_blank_line() {
+        let messages = vec![Message::system("Be terse."), Message::user("hi")];
+        let out = inject_references(&messages, &refs(&["x"]), PromptStyle::Reference);
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            out[0].content,
+            format!("Be terse.\n\n{AGGREGATOR_SYSTEM_PROMPT}\n1. x")
+        );
+    }
+
+    #[test]
+    fn a_system_message_that_is_not_first_does_not_count() {
+        let messages = vec![Message::user("hi"), Message::system("late")];
+        let out = inject_references(&messages, &refs(&["x"]), PromptStyle::Reference);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].role, Role::System);
+        assert_eq!(out[2].content, "late");
+    }
+
+    #[test]
+    fn no_references_means_no_change() {
+        let messages = vec![Message::user("hi")];
+        assert_eq!(
+            inject_references(&messages, &[], PromptStyle::Reference),
+            messages
+        );
+    }
+
+    #[test]
+    fn tagged_style_names_models() {
+        let out = inject_references(
+            &[Message::user("q")],
+            &refs(&["first"]),
+            PromptStyle::Tagged,
+        );
+        assert_eq!(
+            out[0].content,
+            format!(
+                "{AGGREGATOR_SYSTEM_PROMPT}\n\n<response id=\"1\" model=\"p:m0\">\nfirst\n</response>"
+            )
+        );
+    }
+
+    #[test]
+    fn style_names_round_trip() {
+        for (name, style) in PromptStyle::ALL {
+            assert_eq!(PromptStyle::from_name(name), Some(style));
+            assert_eq!(style.name(), name);
+        }
+        assert_eq!(PromptStyle::from_name("fancy"), None);
+    }
+}

@@ -1,0 +1,3 @@
+//! Engine behaviour against in-process scripted providers.
+
+mod engine;

@@ -1,0 +1,199 @@
+//! What a fake answers to one request.
+
+use std::time::Duration;
+
+use moa_core::Usage;
+
+/// The shape of a scripted answer.
+#[derive(Clone, Debug)]
+pub enum ReplyKind {
+    /// A successful answer with this text.
+    Text(String),
+    /// An error status with this body (OpenAI's error JSON unless built otherwise).
+    Status { status: u16, body: String },
+    /// HTTP 200 whose body (or, streamed, whose first event's data) is this raw text.
+    Malformed(String),
+    /// Sends this text, then neither finishes nor closes.
+    Stall(String),
+    /// Sends this text, then breaks the connection without finishing the response.
+    Disconnect(String),
+}
+
+/// A scripted answer and how to deliver it.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub kind: ReplyKind,
+    /// Wait this long before answering.
+    pub delay: Duration,
+    /// Wait this long between streamed chunks.
+    pub chunk_delay: Duration,
+    /// Answer only once the fake has received this many requests in all.
+    pub after_requests: Option<usize>,
+    /// Split streamed text into deltas of this many characters.
+    pub chunk_chars: usize,
+    /// Re-split the whole streamed body into writes of this many bytes (HTTP only), cutting
+    /// through events and UTF-8 characters alike.
+    pub split_bytes: Option<usize>,
+    /// Usage to report; `None` computes one from the request and the text.
+    pub usage: Option<Usage>,
+    /// Report no usage at all.
+    pub no_usage: bool,
+    /// End a stream at EOF without `data: [DONE]`.
+    pub no_done: bool,
+    /// The finish_reason to report (`None`: omit it, as some servers do).
+    pub finish_reason: Option<String>,
+    /// Extra response headers.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    fn new(kind: ReplyKind) -> Self {
+        Self {
+            kind,
+            delay: Duration::ZERO,
+            chunk_delay: Duration::ZERO,
+            after_requests: None,
+            chunk_chars: 4,
+            split_bytes: None,
+            usage: None,
+            no_usage: false,
+            no_done: false,
+            finish_reason: Some("stop".into()),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A successful answer.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self::new(ReplyKind::Text(text.into()))
+    }
+
+    /// An error status with OpenAI's error JSON: `{"error":{"message","type","code"}}`.
+    pub fn error(status: u16, kind: &str, message: &str) -> Self {
+        let body = serde_json::json!({
+            "error": {"message": message, "type": kind, "param": null, "code": null}
+        });
+        Self::new(ReplyKind::Status {
+            status,
+            body: body.to_string(),
+        })
+    }
+
+    /// A 429 with `Retry-After: seconds`.
+    pub fn rate_limited(seconds: u64) -> Self {
+        Self::error(429, "rate_limit_exceeded", "Rate limit reached, slow down")
+            .with_header("retry-after", &seconds.to_string())
+    }
+
+    /// An error status with a raw body.
+    pub fn status(status: u16, body: impl Into<String>) -> Self {
+        Self::new(ReplyKind::Status {
+            status,
+            body: body.into(),
+        })
+    }
+
+    /// A 200 whose body is not what the protocol promises.
+    pub fn malformed(raw: impl Into<String>) -> Self {
+        Self::new(ReplyKind::Malformed(raw.into()))
+    }
+
+    /// Sends `partial`, then hangs.
+    pub fn stall_after(partial: impl Into<String>) -> Self {
+        Self::new(ReplyKind::Stall(partial.into()))
+    }
+
+    /// Sends `partial`, then breaks the connection.
+    pub fn disconnect_after(partial: impl Into<String>) -> Self {
+        Self::new(ReplyKind::Disconnect(partial.into()))
+    }
+
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    pub fn with_chunk_delay(mut self, delay: Duration) -> Self {
+        self.chunk_delay = delay;
+        self
+    }
+
+    pub fn after_requests(mut self, count: usize) -> Self {
+        self.after_requests = Some(count);
+        self
+    }
+
+    pub fn with_chunk_chars(mut self, chars: usize) -> Self {
+        self.chunk_chars = chars.max(1);
+        self
+    }
+
+    pub fn with_split_bytes(mut self, bytes: usize) -> Self {
+        self.split_bytes = Some(bytes.max(1));
+        self
+    }
+
+    pub fn with_usage(mut self, prompt: u64, completion: u64) -> Self {
+        self.usage = Some(Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+        });
+        self
+    }
+
+    pub fn without_usage(mut self) -> Self {
+        self.no_usage = true;
+        self
+    }
+
+    pub fn without_done(mut self) -> Self {
+        self.no_done = true;
+        self
+    }
+
+    pub fn with_finish_reason(mut self, reason: Option<&str>) -> Self {
+        self.finish_reason = reason.map(str::to_string);
+        self
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// The text pieces a stream of `text` is cut into (whole characters).
+    pub(crate) fn pieces<'a>(&self, text: &'a str) -> Vec<&'a str> {
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        let mut count = 0;
+        for (i, _) in text.char_indices() {
+            if count == self.chunk_chars {
+                pieces.push(&text[start..i]);
+                start = i;
+                count = 0;
+            }
+            count += 1;
+        }
+        if start < text.len() {
+            pieces.push(&text[start..]);
+        }
+        pieces
+    }
+
+    /// The usage to report for a request whose messages hold `prompt_bytes` bytes.
+    pub(crate) fn usage_for(&self, prompt_bytes: usize, text: &str) -> Option<Usage> {
+        if self.no_usage {
+            return None;
+        }
+        Some(self.usage.unwrap_or_else(|| {
+            let prompt = (prompt_bytes as u64).div_ceil(4);
+            let completion = text.split_whitespace().count() as u64;
+            Usage {
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+                total_tokens: prompt + completion,
+            }
+        }))
+    }
+}
