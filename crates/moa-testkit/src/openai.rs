@@ -85,6 +85,11 @@ impl FakeOpenAi {
         self.script.wait_ending(seq).await
     }
 
+    /// When the response to request `seq` ended, if it has.
+    pub fn ended_at(&self, seq: usize) -> Option<Instant> {
+        self.script.ended_at(seq)
+    }
+
     /// How each ended response ended, in the order they ended.
     pub fn endings(&self) -> Vec<(usize, Ending)> {
         self.script.endings()
@@ -340,6 +345,9 @@ fn body_response(
                 None
             }
             Tail::Disconnect => {
+                // Returning Pending once makes hyper flush what was written, so the client
+                // really receives the partial answer before the connection breaks.
+                tokio::task::yield_now().await;
                 st.guard.finish();
                 st.tail = Tail::Done;
                 Some((Err(std::io::Error::other("scripted disconnect")), st))

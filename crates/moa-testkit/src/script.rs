@@ -87,7 +87,7 @@ struct Inner {
 pub(crate) struct Script {
     inner: Mutex<Inner>,
     received: watch::Sender<usize>,
-    endings: watch::Sender<Vec<(usize, Ending)>>,
+    endings: watch::Sender<Vec<(usize, Ending, Instant)>>,
 }
 
 impl Script {
@@ -150,19 +150,31 @@ impl Script {
     pub async fn wait_ending(&self, seq: usize) -> Ending {
         let mut rx = self.endings.subscribe();
         let endings = rx
-            .wait_for(|e| e.iter().any(|(s, _)| *s == seq))
+            .wait_for(|e| e.iter().any(|(s, _, _)| *s == seq))
             .await
             .map(|e| e.clone())
             .unwrap_or_default();
         endings
             .iter()
-            .find(|(s, _)| *s == seq)
-            .map(|(_, e)| *e)
+            .find(|(s, _, _)| *s == seq)
+            .map(|(_, e, _)| *e)
             .unwrap_or(Ending::ClientGone)
     }
 
     pub fn endings(&self) -> Vec<(usize, Ending)> {
-        self.endings.borrow().clone()
+        self.endings
+            .borrow()
+            .iter()
+            .map(|(s, e, _)| (*s, *e))
+            .collect()
+    }
+
+    pub fn ended_at(&self, seq: usize) -> Option<Instant> {
+        self.endings
+            .borrow()
+            .iter()
+            .find(|(s, _, _)| *s == seq)
+            .map(|(_, _, at)| *at)
     }
 
     /// Holds back a reply until its gate opens and its delay passes.
@@ -176,7 +188,8 @@ impl Script {
     }
 
     fn end(&self, seq: usize, ending: Ending) {
-        self.endings.send_modify(|e| e.push((seq, ending)));
+        self.endings
+            .send_modify(|e| e.push((seq, ending, Instant::now())));
     }
 }
 

@@ -1,0 +1,184 @@
+//! The chat-completions wire format: the request body we send and the tolerant shapes we accept.
+
+use moa_core::{ChatRequest, Message, Usage};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Fields the client owns; config `extra` may not set them.
+pub const RESERVED_FIELDS: [&str; 4] = ["model", "messages", "stream", "stream_options"];
+
+#[derive(Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    messages: &'a [Message],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<Value>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+/// Serializes `request` as a chat-completions body.
+pub fn request_body(request: &ChatRequest, stream: bool, stream_usage: bool) -> Vec<u8> {
+    let mut extra = request.extra.clone();
+    extra.retain(|k, _| {
+        let set_already = match k.as_str() {
+            "temperature" => request.temperature.is_some(),
+            "max_tokens" => request.max_tokens.is_some(),
+            other => RESERVED_FIELDS.contains(&other),
+        };
+        !set_already
+    });
+    let body = Body {
+        model: &request.model,
+        messages: &request.messages,
+        temperature: request.temperature.map(temperature_value),
+        max_tokens: request.max_tokens,
+        stream,
+        stream_options: (stream && stream_usage)
+            .then(|| serde_json::json!({"include_usage": true})),
+        extra,
+    };
+    // Serializing plain data with string keys cannot fail.
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// The reference sends a temperature at or below 1e-4 as the integer `0`.
+fn temperature_value(t: f64) -> Value {
+    if t <= 1e-4 {
+        Value::from(0)
+    } else {
+        serde_json::Number::from_f64(t).map_or(Value::from(0), Value::Number)
+    }
+}
+
+/// Usage as servers send it: any field may be missing.
+#[derive(Deserialize, Default)]
+pub struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(u: WireUsage) -> Self {
+        let prompt = u.prompt_tokens.unwrap_or(0);
+        let completion = u.completion_tokens.unwrap_or(0);
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: u.total_tokens.unwrap_or(prompt + completion),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct WireMessage {
+    #[serde(default)]
+    pub content: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct WireChoice {
+    #[serde(default)]
+    pub message: Option<WireMessage>,
+    #[serde(default)]
+    pub delta: Option<WireMessage>,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+/// A whole response or one streamed chunk; both share this shape.
+#[derive(Deserialize)]
+pub struct WireResponse {
+    #[serde(default)]
+    pub choices: Vec<WireChoice>,
+    #[serde(default)]
+    pub usage: Option<WireUsage>,
+    #[serde(default)]
+    pub error: Option<Value>,
+}
+
+/// The message of an OpenAI-shaped error body (`{"error":{"message":...}}`), else the body.
+pub fn error_message(body: &str) -> String {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let message = parsed.as_ref().and_then(|v| match &v["error"] {
+        Value::String(s) => Some(s.clone()),
+        e => e["message"].as_str().map(str::to_string),
+    });
+    match message {
+        Some(m) => m,
+        None if body.trim().is_empty() => "(empty body)".to_string(),
+        None => truncate(body.trim(), 500),
+    }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_only_what_is_set() {
+        let mut r = ChatRequest::new("m", vec![Message::user("hi")]);
+        assert_eq!(
+            String::from_utf8(request_body(&r, false, true)).unwrap(),
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#
+        );
+        r.temperature = Some(0.7);
+        r.max_tokens = Some(512);
+        r.extra.insert("top_p".into(), Value::from(0.9));
+        r.extra.insert("model".into(), Value::from("sneaky"));
+        r.extra.insert("temperature".into(), Value::from(2.0));
+        assert_eq!(
+            String::from_utf8(request_body(&r, true, true)).unwrap(),
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0.7,"max_tokens":512,"stream":true,"stream_options":{"include_usage":true},"top_p":0.9}"#
+        );
+    }
+
+    #[test]
+    fn tiny_temperatures_are_sent_as_integer_zero() {
+        let mut r = ChatRequest::new("m", vec![]);
+        r.temperature = Some(0.0);
+        let body = String::from_utf8(request_body(&r, false, false)).unwrap();
+        assert!(
+            body.contains(r#""temperature":0,"#) || body.ends_with(r#""temperature":0}"#),
+            "{body}"
+        );
+        r.temperature = Some(0.00005);
+        assert!(String::from_utf8(request_body(&r, false, false))
+            .unwrap()
+            .contains(r#""temperature":0}"#));
+    }
+
+    #[test]
+    fn error_messages_are_found_in_any_common_shape() {
+        assert_eq!(
+            error_message(r#"{"error":{"message":"bad key","type":"x"}}"#),
+            "bad key"
+        );
+        assert_eq!(error_message(r#"{"error":"plain"}"#), "plain");
+        assert_eq!(error_message("<html>oops</html>"), "<html>oops</html>");
+        assert_eq!(error_message(""), "(empty body)");
+        assert_eq!(truncate("ééé", 3), "é…");
+    }
+}

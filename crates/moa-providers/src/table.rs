@@ -1,0 +1,343 @@
+//! The providers moa knows by name, as rows of data, and the registry that turns
+//! `provider:model` into a shared client.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use moa_core::{ModelRef, Plan, Preset, PresetError, Provider};
+
+use crate::openai::{OpenAiCompatible, OpenAiConfig};
+use crate::retry::RetryPolicy;
+
+/// One OpenAI-compatible vendor: where it is and which variable holds its key.
+#[derive(Clone, Copy, Debug)]
+pub struct KnownProvider {
+    pub name: &'static str,
+    pub base_url: &'static str,
+    pub api_key_env: &'static str,
+    /// Whether a request without a key makes sense (local servers need none).
+    pub key_required: bool,
+    pub about: &'static str,
+}
+
+/// Every OpenAI-compatible provider moa knows by name.
+pub const KNOWN_PROVIDERS: [KnownProvider; 9] = [
+    KnownProvider {
+        name: "together",
+        base_url: "https://api.together.xyz/v1",
+        api_key_env: "TOGETHER_API_KEY",
+        key_required: true,
+        about: "Together AI (the reference's provider)",
+    },
+    KnownProvider {
+        name: "openai",
+        base_url: "https://api.openai.com/v1",
+        api_key_env: "OPENAI_API_KEY",
+        key_required: true,
+        about: "OpenAI",
+    },
+    KnownProvider {
+        name: "groq",
+        base_url: "https://api.groq.com/openai/v1",
+        api_key_env: "GROQ_API_KEY",
+        key_required: true,
+        about: "Groq",
+    },
+    KnownProvider {
+        name: "fireworks",
+        base_url: "https://api.fireworks.ai/inference/v1",
+        api_key_env: "FIREWORKS_API_KEY",
+        key_required: true,
+        about: "Fireworks AI",
+    },
+    KnownProvider {
+        name: "openrouter",
+        base_url: "https://openrouter.ai/api/v1",
+        api_key_env: "OPENROUTER_API_KEY",
+        key_required: true,
+        about: "OpenRouter",
+    },
+    KnownProvider {
+        name: "deepinfra",
+        base_url: "https://api.deepinfra.com/v1/openai",
+        api_key_env: "DEEPINFRA_API_KEY",
+        key_required: true,
+        about: "DeepInfra",
+    },
+    KnownProvider {
+        name: "ollama",
+        base_url: "http://localhost:11434/v1",
+        api_key_env: "OLLAMA_API_KEY",
+        key_required: false,
+        about: "Ollama on this machine",
+    },
+    KnownProvider {
+        name: "vllm",
+        base_url: "http://localhost:8000/v1",
+        api_key_env: "VLLM_API_KEY",
+        key_required: false,
+        about: "a vLLM server on this machine",
+    },
+    KnownProvider {
+        name: "llamacpp",
+        base_url: "http://localhost:8080/v1",
+        api_key_env: "LLAMACPP_API_KEY",
+        key_required: false,
+        about: "a llama.cpp server on this machine",
+    },
+];
+
+/// Settings of one named OpenAI-compatible endpoint: a table row, possibly changed by config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    pub name: String,
+    pub base_url: String,
+    /// The variable the key is read from.
+    pub api_key_env: Option<String>,
+    pub key_required: bool,
+    /// At most this many requests in flight (0: no limit).
+    pub max_concurrency: usize,
+    pub retry: RetryPolicy,
+    pub stream_usage: bool,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Endpoint {
+    /// The endpoint of a known provider, with defaults.
+    pub fn known(name: &str) -> Option<Self> {
+        KNOWN_PROVIDERS
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| Self {
+                name: p.name.to_string(),
+                base_url: p.base_url.to_string(),
+                api_key_env: Some(p.api_key_env.to_string()),
+                key_required: p.key_required,
+                ..Self::custom(p.name, p.base_url)
+            })
+    }
+
+    /// An endpoint of the user's own, needing no key unless one is configured.
+    pub fn custom(name: &str, base_url: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            base_url: base_url.to_string(),
+            api_key_env: None,
+            key_required: false,
+            max_concurrency: 64,
+            retry: RetryPolicy::default(),
+            stream_usage: true,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// Why a model could not be bound to a provider.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("unknown provider `{name}`; known providers: {known}; or define [providers.{name}] with a base_url in the config")]
+    UnknownProvider { name: String, known: String },
+    #[error("provider `{provider}` needs an API key: set the environment variable {var}")]
+    MissingApiKey { provider: String, var: String },
+    #[error(transparent)]
+    Preset(#[from] PresetError),
+}
+
+/// Reads an environment variable; injected so tests and front ends choose the source.
+pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// The providers available to a process: endpoints by name, built once and shared.
+pub struct Registry {
+    endpoints: BTreeMap<String, Endpoint>,
+    providers: Mutex<HashMap<String, Arc<dyn Provider>>>,
+    http: reqwest::Client,
+    env: EnvLookup,
+}
+
+/// The HTTP client every endpoint shares (one connection pool per host).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(concat!("moa/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .build()
+        // Building fails only if the TLS backend cannot initialise, which ring cannot.
+        .unwrap_or_default()
+}
+
+impl Registry {
+    /// A registry of the known providers, reading keys through `env`.
+    pub fn new(env: EnvLookup) -> Self {
+        let endpoints = KNOWN_PROVIDERS
+            .iter()
+            .filter_map(|p| Endpoint::known(p.name))
+            .map(|e| (e.name.clone(), e))
+            .collect();
+        Self {
+            endpoints,
+            providers: Mutex::new(HashMap::new()),
+            http: http_client(),
+            env,
+        }
+    }
+
+    /// A registry reading keys from the process environment.
+    pub fn from_env() -> Self {
+        Self::new(Arc::new(|name| {
+            std::env::var(name).ok().filter(|v| !v.is_empty())
+        }))
+    }
+
+    /// Adds or replaces an endpoint.
+    pub fn insert_endpoint(&mut self, endpoint: Endpoint) {
+        self.endpoints.insert(endpoint.name.clone(), endpoint);
+    }
+
+    /// The endpoint called `name`, to change it.
+    pub fn endpoint_mut(&mut self, name: &str) -> Option<&mut Endpoint> {
+        self.endpoints.get_mut(name)
+    }
+
+    /// The endpoint called `name`.
+    pub fn endpoint(&self, name: &str) -> Option<&Endpoint> {
+        self.endpoints.get(name)
+    }
+
+    /// Every endpoint, by name.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.values()
+    }
+
+    /// Registers a provider that is not an HTTP endpoint (a local model, a test double).
+    pub fn insert_provider(&self, name: &str, provider: Arc<dyn Provider>) {
+        self.lock().insert(name.to_string(), provider);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<dyn Provider>>> {
+        self.providers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The shared provider called `name`, built on first use.
+    pub fn provider(&self, name: &str) -> Result<Arc<dyn Provider>, RegistryError> {
+        if let Some(p) = self.lock().get(name) {
+            return Ok(p.clone());
+        }
+        let endpoint = self
+            .endpoints
+            .get(name)
+            .ok_or_else(|| RegistryError::UnknownProvider {
+                name: name.to_string(),
+                known: self.names().join(", "),
+            })?;
+        let api_key = endpoint
+            .api_key_env
+            .as_deref()
+            .and_then(|var| (self.env)(var));
+        if api_key.is_none() && endpoint.key_required {
+            return Err(RegistryError::MissingApiKey {
+                provider: name.to_string(),
+                var: endpoint.api_key_env.clone().unwrap_or_default(),
+            });
+        }
+        let config = OpenAiConfig {
+            name: endpoint.name.clone(),
+            base_url: endpoint.base_url.clone(),
+            api_key,
+            max_concurrency: endpoint.max_concurrency,
+            retry: endpoint.retry.clone(),
+            stream_usage: endpoint.stream_usage,
+            headers: endpoint.headers.clone(),
+        };
+        let provider: Arc<dyn Provider> =
+            Arc::new(OpenAiCompatible::new(config, self.http.clone()));
+        Ok(self
+            .lock()
+            .entry(name.to_string())
+            .or_insert(provider)
+            .clone())
+    }
+
+    /// Every provider name the registry can serve.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.endpoints.keys().cloned().collect();
+        names.extend(self.lock().keys().cloned());
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The API key variables `preset` needs that are not set, as `(provider, variable)`.
+    pub fn missing_keys(&self, preset: &Preset) -> Vec<(String, String)> {
+        let mut missing = Vec::new();
+        for agent in preset.agents() {
+            if let Ok(model) = agent.model_ref() {
+                if let Err(RegistryError::MissingApiKey { provider, var }) =
+                    self.provider(&model.provider)
+                {
+                    if !missing.contains(&(provider.clone(), var.clone())) {
+                        missing.push((provider, var));
+                    }
+                }
+            }
+        }
+        missing
+    }
+
+    /// Binds every agent of `preset` to its provider.
+    pub fn bind(&self, preset: &Preset) -> Result<Plan, RegistryError> {
+        Plan::bind(preset, |model: &ModelRef| self.provider(&model.provider))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&'static str, &'static str)]) -> EnvLookup {
+        let vars: HashMap<&str, &str> = vars.iter().copied().collect();
+        Arc::new(move |k| vars.get(k).map(|v| v.to_string()))
+    }
+
+    #[test]
+    fn known_providers_are_served_once_and_shared() {
+        let r = Registry::new(env(&[("TOGETHER_API_KEY", "k")]));
+        let a = r.provider("together").unwrap();
+        let b = r.provider("together").unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.name(), "together");
+    }
+
+    #[test]
+    fn a_missing_key_names_the_variable() {
+        let r = Registry::new(env(&[]));
+        let err = r.provider("groq").err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "provider `groq` needs an API key: set the environment variable GROQ_API_KEY"
+        );
+        // Local servers work without one.
+        assert!(r.provider("ollama").is_ok());
+    }
+
+    #[test]
+    fn unknown_providers_list_the_known_ones() {
+        let r = Registry::new(env(&[]));
+        let err = r.provider("acme").err().unwrap().to_string();
+        assert!(err.contains("unknown provider `acme`"), "{err}");
+        assert!(
+            err.contains("together") && err.contains("llamacpp"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_keys_of_a_preset_are_listed_once() {
+        let r = Registry::new(env(&[]));
+        let preset = moa_core::preset::builtin_presets().remove(0);
+        assert_eq!(
+            r.missing_keys(&preset),
+            vec![("together".to_string(), "TOGETHER_API_KEY".to_string())]
+        );
+    }
+}

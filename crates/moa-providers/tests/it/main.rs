@@ -1,0 +1,34 @@
+//! The OpenAI-compatible provider and whole MoA runs against a fake server on loopback.
+
+mod moa_http;
+mod openai;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moa_providers::{Endpoint, Registry, RetryPolicy};
+use moa_testkit::FakeOpenAi;
+
+/// Retries that wait only milliseconds, so tests that retry stay fast.
+pub fn quick_retries(max_retries: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_retries,
+        base_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+        max_retry_after: Duration::from_secs(5),
+    }
+}
+
+/// A registry whose `together` and `test` providers point at `fake`, with key `sk-test`.
+pub fn registry_for(fake: &FakeOpenAi) -> Registry {
+    let mut registry = Registry::new(Arc::new(|var| {
+        (var == "TOGETHER_API_KEY").then(|| "sk-test".to_string())
+    }));
+    let together = registry.endpoint_mut("together").unwrap();
+    together.base_url = fake.base_url();
+    together.retry = quick_retries(2);
+    let mut test = Endpoint::custom("test", &fake.base_url());
+    test.retry = quick_retries(2);
+    registry.insert_endpoint(test);
+    registry
+}
