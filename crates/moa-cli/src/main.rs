@@ -1,1 +1,48 @@
-fn main() {}
+//! The `moa` binary: parses the command line, runs a subcommand, maps errors to exit codes.
+
+mod cli;
+mod commands;
+mod config;
+mod env;
+mod exit;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("moa: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::RUN_FAILED);
+        }
+    };
+    let config = cli.config.as_deref();
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Ask(args) => commands::ask::run(config, *args).await,
+            Command::Presets(args) => commands::presets::run(config, args),
+            Command::Providers => commands::providers::run(config),
+        }
+    });
+    // Leave at once: do not wait for upstream connections a dropped run left behind.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(error) => match exit::code_for(&error) {
+            None => ExitCode::from(exit::OK),
+            Some(code) => {
+                eprintln!("moa: {error:#}");
+                ExitCode::from(code)
+            }
+        },
+    }
+}

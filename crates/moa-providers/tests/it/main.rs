@@ -1,4 +1,5 @@
 //! The OpenAI-compatible provider and whole MoA runs against a fake server on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 mod moa_http;
 mod openai;

@@ -1,0 +1,123 @@
+//! The command line: every flag of every subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use moa_core::PromptStyle;
+
+use crate::config::Flags;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "moa",
+    version,
+    about = "Mixture-of-Agents: several LLMs propose, later layers refine, one aggregator answers",
+    after_help = "Exit codes: 0 success, 1 the run failed upstream, 2 bad usage or config, \
+                  3 missing API key, 130 interrupted.\n\
+                  Environment: MOA_CONFIG, MOA_PRESET, MOA_TIMEOUT, MOA_MIN_PROPOSALS, and each \
+                  provider's API key variable (see `moa providers`)."
+)]
+pub struct Cli {
+    /// Config file to use (default: ./moa.toml, then the user config dir).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Answer one prompt with MoA, streaming the final answer to stdout.
+    Ask(Box<AskArgs>),
+    /// List the presets (built-in and from the config) with their layers and models.
+    Presets(PresetsArgs),
+    /// List the providers, their endpoints and API key variables.
+    Providers,
+}
+
+/// How a run is shaped; shared by every command that runs MoA.
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Preset to run (see `moa presets`).
+    #[arg(long, short = 'p')]
+    pub preset: Option<String>,
+    /// Proposer models for every proposer layer, comma-separated provider:model.
+    #[arg(long, value_delimiter = ',', value_name = "MODELS")]
+    pub proposers: Option<Vec<String>>,
+    /// Aggregator model (provider:model).
+    #[arg(long, value_name = "MODEL")]
+    pub aggregator: Option<String>,
+    /// MoA layers counting the aggregator's (2 = one proposer layer, the reference's rounds=1).
+    #[arg(long, value_name = "N")]
+    pub layers: Option<usize>,
+    /// Sampling temperature for every agent.
+    #[arg(long, short = 't', value_parser = non_negative)]
+    pub temperature: Option<f64>,
+    /// Output token limit for every agent.
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+    /// Fail a layer when fewer proposers than this answer [default: 1].
+    #[arg(long, value_name = "N")]
+    pub min_proposals: Option<usize>,
+    /// Seconds one model call may take, retries included; 0 for no limit [default: 600].
+    #[arg(long, value_name = "SECS", value_parser = non_negative)]
+    pub timeout: Option<f64>,
+    /// How references are written for the next layer: reference (exactly as the original MoA) or tagged.
+    #[arg(long, value_parser = prompt_style)]
+    pub prompt_style: Option<PromptStyle>,
+}
+
+impl RunArgs {
+    /// The flags as a settings layer.
+    pub fn flags(&self) -> Flags {
+        Flags {
+            preset: self.preset.clone(),
+            proposers: self.proposers.clone(),
+            aggregator: self.aggregator.clone(),
+            layers: self.layers,
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+            min_proposals: self.min_proposals,
+            timeout: self.timeout,
+            prompt_style: self.prompt_style,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    /// The prompt; `-` reads it from stdin.
+    pub prompt: String,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Print each proposer's answer to stderr as it finishes, with model and latency.
+    #[arg(long)]
+    pub show_proposals: bool,
+    /// Print the whole trace as one JSON object instead of streaming the answer.
+    #[arg(long)]
+    pub json: bool,
+    /// A system message to put before the prompt.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PresetsArgs {
+    /// Print the presets as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn non_negative(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => Ok(n),
+        _ => Err(format!("`{text}` is not a number that is 0 or more")),
+    }
+}
+
+fn prompt_style(text: &str) -> Result<PromptStyle, String> {
+    PromptStyle::from_name(text).ok_or_else(|| {
+        let names: Vec<&str> = PromptStyle::ALL.iter().map(|(n, _)| *n).collect();
+        format!("unknown style `{text}`; one of: {}", names.join(", "))
+    })
+}

@@ -1,0 +1,84 @@
+//! `moa presets`: every preset with its layers and models.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use moa_core::{AgentSpec, Preset};
+
+use crate::cli::PresetsArgs;
+use crate::config::{Config, Origin};
+
+fn settings(agent: &AgentSpec) -> String {
+    let mut parts = Vec::new();
+    if let Some(t) = agent.temperature {
+        parts.push(format!("temperature {t}"));
+    }
+    if let Some(m) = agent.max_tokens {
+        parts.push(format!("max_tokens {m}"));
+    }
+    if agent.system.is_some() {
+        parts.push("own system prompt".into());
+    }
+    for key in agent.extra.keys() {
+        parts.push(key.clone());
+    }
+    if parts.is_empty() {
+        "provider defaults".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// One preset as the listing shows it.
+pub fn describe(preset: &Preset, origin: Origin) -> String {
+    let mut out = String::new();
+    let origin = match origin {
+        Origin::BuiltIn => "built-in",
+        Origin::Config => "config",
+    };
+    let _ = writeln!(
+        out,
+        "{} ({origin}, {} layers, {} prompt style)",
+        preset.name,
+        preset.layer_count(),
+        preset.prompt_style.name()
+    );
+    if !preset.description.is_empty() {
+        let _ = writeln!(out, "  {}", preset.description);
+    }
+    for (i, layer) in preset.layers.iter().enumerate() {
+        for (j, agent) in layer.iter().enumerate() {
+            let label = if j == 0 {
+                format!("layer {}:", i + 1)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(out, "  {label:<11} {}  [{}]", agent.model, settings(agent));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  {:<11} {}  [{}]",
+        "aggregator:",
+        preset.aggregator.model,
+        settings(&preset.aggregator)
+    );
+    out
+}
+
+/// Runs `moa presets`.
+pub fn run(config_path: Option<&Path>, args: PresetsArgs) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let presets = config.presets()?;
+    if args.json {
+        let list: Vec<&Preset> = presets.iter().map(|(p, _)| p).collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if let Some(path) = &config.path {
+        println!("config: {}\n", path.display());
+    }
+    let text: Vec<String> = presets.iter().map(|(p, o)| describe(p, *o)).collect();
+    print!("{}", text.join("\n"));
+    Ok(())
+}

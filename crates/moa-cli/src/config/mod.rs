@@ -1,0 +1,305 @@
+//! The config file: where it is looked for, how it is read, and what it turns into (a provider
+//! registry, the preset catalogue, run settings).
+//!
+//! Search order, first found wins: `--config PATH`, `$MOA_CONFIG`, `./moa.toml`, then
+//! `moa.toml` in the user config dir (`~/.config/moa/` on Linux). No file is fine: defaults.
+
+mod file;
+mod preset;
+mod settings;
+
+use std::path::{Path, PathBuf};
+
+use moa_core::Preset;
+use moa_providers::{Endpoint, Registry};
+
+use crate::env;
+pub use file::ConfigFile;
+pub use settings::{apply_flags, Flags, Settings};
+
+/// A config file that cannot be used, naming the file and, where there is one, the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path} does not exist")]
+    NotFound { path: PathBuf },
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("error in config file {path}:\n{message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("error in config file {path}, key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("{name}={value}: {message}")]
+    Env {
+        name: &'static str,
+        value: String,
+        message: String,
+    },
+}
+
+/// The loaded config: the file's contents and where they came from.
+#[derive(Debug, Default)]
+pub struct Config {
+    /// The file read, if any.
+    pub path: Option<PathBuf>,
+    pub file: ConfigFile,
+}
+
+/// The user-level config file's path.
+pub fn user_config_path() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "moa").map(|d| d.config_dir().join("moa.toml"))
+}
+
+impl Config {
+    /// Finds and reads the config file, or returns the defaults if there is none.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let named = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| env::lookup(env::MOA_CONFIG).map(PathBuf::from));
+        if let Some(path) = named {
+            if !path.is_file() {
+                return Err(ConfigError::NotFound { path });
+            }
+            return Self::read(path);
+        }
+        let here = std::env::current_dir().ok().map(|d| d.join("moa.toml"));
+        let candidates = [here, user_config_path()];
+        match candidates.into_iter().flatten().find(|p| p.is_file()) {
+            Some(path) => Self::read(path),
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// Reads and parses `path`.
+    pub fn read(path: PathBuf) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text that came from `path`.
+    pub fn parse(text: &str, path: PathBuf) -> Result<Config, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let config = Config {
+            path: Some(path),
+            file,
+        };
+        if let Some(t) = config.file.timeout {
+            if !t.is_finite() || t < 0.0 {
+                return Err(
+                    config.invalid("timeout".into(), "must be seconds, 0 or more (0: no limit)")
+                );
+            }
+        }
+        // Presets are checked now, so a typo surfaces whichever preset is run.
+        config.presets()?;
+        Ok(config)
+    }
+
+    fn invalid(&self, key: String, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone().unwrap_or_default(),
+            key,
+            message: message.into(),
+        }
+    }
+
+    /// The provider registry: the known providers, changed and extended by `[providers.*]`.
+    pub fn registry(&self) -> Result<Registry, ConfigError> {
+        let mut registry = Registry::new(std::sync::Arc::new(env::lookup));
+        for (name, entry) in &self.file.providers {
+            let mut endpoint = match (Endpoint::known(name), &entry.base_url) {
+                (Some(known), _) => known,
+                (None, Some(url)) => {
+                    let mut e = Endpoint::custom(name, url);
+                    e.key_required = entry.api_key_env.is_some();
+                    e
+                }
+                (None, None) => {
+                    return Err(self.invalid(
+                        format!("providers.{name}.base_url"),
+                        format!("`{name}` is not a known provider, so it needs a base_url"),
+                    ))
+                }
+            };
+            if let Some(url) = &entry.base_url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(self.invalid(
+                        format!("providers.{name}.base_url"),
+                        "must start with http:// or https://",
+                    ));
+                }
+                endpoint.base_url = url.clone();
+            }
+            if let Some(var) = &entry.api_key_env {
+                endpoint.api_key_env = Some(var.clone());
+            }
+            if let Some(required) = entry.api_key_required {
+                endpoint.key_required = required;
+            }
+            if let Some(n) = entry.max_concurrency {
+                endpoint.max_concurrency = n;
+            }
+            if let Some(n) = entry.max_retries {
+                endpoint.retry.max_retries = n;
+            }
+            if let Some(b) = entry.stream_usage {
+                endpoint.stream_usage = b;
+            }
+            endpoint
+                .headers
+                .extend(entry.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+            registry.insert_endpoint(endpoint);
+        }
+        Ok(registry)
+    }
+
+    /// Every preset: built-in ones, then the config's (which replace built-ins of the same name).
+    pub fn presets(&self) -> Result<Vec<(Preset, Origin)>, ConfigError> {
+        let mut presets: Vec<(Preset, Origin)> = moa_core::preset::builtin_presets()
+            .into_iter()
+            .map(|p| (p, Origin::BuiltIn))
+            .collect();
+        for (name, entry) in &self.file.presets {
+            let preset =
+                preset::convert(name, entry).map_err(|(key, msg)| self.invalid(key, msg))?;
+            match presets.iter_mut().find(|(p, _)| p.name == *name) {
+                Some(slot) => *slot = (preset, Origin::Config),
+                None => presets.push((preset, Origin::Config)),
+            }
+        }
+        Ok(presets)
+    }
+
+    /// The preset called `name`.
+    pub fn preset(&self, name: &str) -> Result<Preset, anyhow::Error> {
+        let presets = self.presets()?;
+        match presets.iter().find(|(p, _)| p.name == name) {
+            Some((p, _)) => Ok(p.clone()),
+            None => {
+                let names: Vec<&str> = presets.iter().map(|(p, _)| p.name.as_str()).collect();
+                anyhow::bail!(
+                    "unknown preset `{name}`; available: {} (see `moa presets`)",
+                    names.join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// Where a preset was defined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    BuiltIn,
+    Config,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, PathBuf::from("/tmp/moa.toml"))
+    }
+
+    #[test]
+    fn unknown_keys_name_the_file_and_key() {
+        let err = parse("preset = \"x\"\ntimout = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("error in config file /tmp/moa.toml:"),
+            "{err}"
+        );
+        assert!(err.contains("unknown field `timout`"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+
+        let err = parse("[presets.p]\naggregator = { model = \"a:b\", temprature = 1 }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `temprature`"), "{err}");
+
+        let err = parse("[providers.together]\nbase = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `base`"), "{err}");
+    }
+
+    #[test]
+    fn presets_from_the_file_are_converted_and_checked() {
+        let config = parse(
+            r#"
+[presets.mine]
+description = "two cheap proposers"
+proposers = ["groq:llama-3.1-8b-instant", { model = "openai:gpt-4o-mini", temperature = 0.9, extra = { top_p = 0.5 } }]
+layers = 3
+aggregator = "openai:gpt-4o"
+temperature = 0.4
+max_tokens = 300
+prompt_style = "tagged"
+"#,
+        )
+        .unwrap();
+        let p = config.preset("mine").unwrap();
+        assert_eq!(p.layers.len(), 2);
+        assert_eq!(p.layers[0][0].temperature, Some(0.4));
+        assert_eq!(p.layers[0][1].temperature, Some(0.9));
+        assert_eq!(p.layers[0][1].extra["top_p"], 0.5);
+        assert_eq!(p.aggregator.max_tokens, Some(300));
+        assert_eq!(p.prompt_style, moa_core::PromptStyle::Tagged);
+
+        let err = parse("[presets.bad]\nproposers = [\"nocolon\"]\naggregator = \"a:b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("key `presets.bad.proposers[0].model`"),
+            "{err}"
+        );
+        let err = parse("[presets.bad]\naggregator = \"a:b\"\nprompt_style = \"fancy\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `presets.bad.prompt_style`"), "{err}");
+        assert!(err.contains("reference, tagged"), "{err}");
+    }
+
+    #[test]
+    fn providers_are_changed_and_added() {
+        let config = parse(
+            r#"
+[providers.together]
+base_url = "http://127.0.0.1:9/v1"
+max_concurrency = 3
+[providers.mybox]
+base_url = "http://10.1.2.3:8000/v1"
+api_key_env = "MYBOX_KEY"
+"#,
+        )
+        .unwrap();
+        let registry = config.registry().unwrap();
+        let together = registry.endpoint("together").unwrap();
+        assert_eq!(together.base_url, "http://127.0.0.1:9/v1");
+        assert_eq!(together.max_concurrency, 3);
+        assert_eq!(together.api_key_env.as_deref(), Some("TOGETHER_API_KEY"));
+        let mybox = registry.endpoint("mybox").unwrap();
+        assert!(mybox.key_required);
+
+        let err = parse("[providers.nowhere]\nmax_retries = 1\n")
+            .unwrap()
+            .registry()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("key `providers.nowhere.base_url`"), "{err}");
+    }
+}

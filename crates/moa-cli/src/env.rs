@@ -1,0 +1,16 @@
+//! Every environment variable moa reads, in one place. API key variables are data in the
+//! provider table (`moa providers` lists them) and are read through [`lookup`].
+
+/// Path of the config file to use instead of searching.
+pub const MOA_CONFIG: &str = "MOA_CONFIG";
+/// The preset to run when no --preset is given.
+pub const MOA_PRESET: &str = "MOA_PRESET";
+/// Seconds one model call may take, retries included (0: no limit).
+pub const MOA_TIMEOUT: &str = "MOA_TIMEOUT";
+/// How many proposers of a layer must answer.
+pub const MOA_MIN_PROPOSALS: &str = "MOA_MIN_PROPOSALS";
+
+/// A variable's value; unset and empty are the same.
+pub fn lookup(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}

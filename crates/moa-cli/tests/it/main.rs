@@ -1,0 +1,74 @@
+//! The `moa` binary end to end, against a fake OpenAI-compatible server on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod ask;
+mod presets;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use moa_testkit::FakeOpenAi;
+use tokio::io::AsyncWriteExt;
+
+/// A scratch directory with a config whose `together` provider is the fake.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Sandbox {
+    pub fn new(fake: &FakeOpenAi, extra_config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("moa.toml");
+        let text = format!(
+            "{extra_config}\n[providers.together]\nbase_url = \"{}\"\nmax_retries = 1\n",
+            fake.base_url()
+        );
+        std::fs::write(&config, text).unwrap();
+        Self { dir, config }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// What a finished `moa` process left.
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `moa` in `dir` with a clean environment (no keys, no MOA_*, HOME in `dir`).
+pub async fn moa(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_moa"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("HOME", dir)
+        .env("XDG_CONFIG_HOME", dir.join("xdg"))
+        .envs(env.iter().copied())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(text.as_bytes()).await.unwrap();
+        drop(pipe);
+    }
+    let out = child.wait_with_output().await.unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub const KEY: (&str, &str) = ("TOGETHER_API_KEY", "sk-test");
