@@ -36,6 +36,10 @@ impl FakeOpenAi {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|e| panic!("no local address: {e}"));
+        // Without TCP_NODELAY small SSE writes wait on delayed ACKs (about 40 ms each).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
