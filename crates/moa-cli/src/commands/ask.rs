@@ -40,8 +40,10 @@ pub async fn run(config_path: Option<&Path>, args: AskArgs) -> anyhow::Result<()
     messages.push(Message::user(prompt));
 
     let layers = resolved.preset.layer_count();
-    let mut stream = resolved.moa.run(messages);
+    // Poll once so the Ctrl-C handler is installed before any request is sent.
     let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
+    let _ = futures::poll!(&mut interrupt);
+    let mut stream = resolved.moa.run(messages);
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr();
     let mut ended_with_newline = true;

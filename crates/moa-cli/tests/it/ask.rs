@@ -263,3 +263,70 @@ async fn a_config_preset_on_a_custom_endpoint_runs_without_a_key() {
         .contains("<response id=\"1\" model=\"box:p1\">\np1 proposes\n</response>"));
     assert!(agg.header("authorization").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeout_flag_drops_a_stalled_proposer_and_the_run_goes_on() {
+    let fake = FakeOpenAi::start().await;
+    script(&fake, "done without the slow one");
+    fake.push(
+        "microsoft/WizardLM-2-8x22B",
+        Reply::stall_after("still thinking"),
+    );
+    let sandbox = Sandbox::new(&fake, "");
+    let out = moa(
+        sandbox.path(),
+        &["ask", "--timeout", "0.5", "--json", "Q"],
+        &[KEY],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let trace: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let wizard = &trace["layers"][0]["calls"][3];
+    assert_eq!(wizard["status"], "failed");
+    assert_eq!(wizard["error"], "together: no answer within 0.5s");
+    assert_eq!(trace["answer"], "done without the slow one");
+    let agg = fake.requests().into_iter().last().unwrap();
+    assert!(
+        !agg.messages()[0].1.contains("\n4. "),
+        "the stalled proposer is left out"
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_exits_130_and_closes_the_upstream_connection() {
+    let fake = FakeOpenAi::start().await;
+    script(&fake, "unused");
+    fake.push(AGGREGATOR, Reply::text("proposal"));
+    fake.push(AGGREGATOR, Reply::stall_after("The answer begins"));
+    let sandbox = Sandbox::new(&fake, "");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_moa"))
+        .args(["ask", "Q"])
+        .current_dir(sandbox.path())
+        .env_clear()
+        .env("HOME", sandbox.path())
+        .env(KEY.0, KEY.1)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The aggregator's request is the fifth; once it is streaming, interrupt.
+    fake.wait_for_requests(5).await;
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "moa: interrupted\n");
+    assert_eq!(fake.wait_ending(4).await, moa_testkit::Ending::ClientGone);
+}
