@@ -104,6 +104,19 @@ impl Inner {
         }
     }
 
+    /// A broken or refused connection: always worth another try.
+    fn connection_failure(&self, error: &reqwest::Error) -> Failure {
+        Failure {
+            error: ProviderError::Connection {
+                provider: self.name(),
+                message: describe(error),
+                attempts: 1,
+            },
+            retry: true,
+            retry_after: None,
+        }
+    }
+
     /// Sends `body` once and returns the response if its status is a success.
     async fn send(&self, body: Vec<u8>) -> Result<reqwest::Response, Failure> {
         let mut request = self
@@ -117,15 +130,10 @@ impl Inner {
         for (name, value) in &self.config.headers {
             request = request.header(name, value);
         }
-        let response = request.send().await.map_err(|e| Failure {
-            error: ProviderError::Connection {
-                provider: self.name(),
-                message: describe(&e),
-                attempts: 1,
-            },
-            retry: true,
-            retry_after: None,
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.connection_failure(&e))?;
         let status = response.status().as_u16();
         if response.status().is_success() {
             return Ok(response);
@@ -174,15 +182,10 @@ impl Inner {
         let _permit = self.permit().await;
         self.with_retries(|| async {
             let response = self.send(body.clone()).await?;
-            let bytes = response.bytes().await.map_err(|e| Failure {
-                error: ProviderError::Connection {
-                    provider: self.name(),
-                    message: describe(&e),
-                    attempts: 1,
-                },
-                retry: true,
-                retry_after: None,
-            })?;
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| self.connection_failure(&e))?;
             // Like the reference, an unreadable answer is worth another try.
             parse_completion(&self.config.name, &bytes).map_err(|error| Failure {
                 retry: matches!(error, ProviderError::Malformed { .. }),

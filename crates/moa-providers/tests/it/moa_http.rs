@@ -16,6 +16,16 @@ fn preset(name: &str) -> Preset {
         .unwrap()
 }
 
+/// A layer's answers as the reference numbers them: `\n1. a\n2. b`.
+fn numbered(layer: &moa_core::LayerTrace) -> String {
+    layer
+        .calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("\n{}. {}", i + 1, c.answer.as_deref().unwrap()))
+        .collect()
+}
+
 fn json_str(s: &str) -> String {
     serde_json::to_string(s).unwrap()
 }
@@ -98,12 +108,7 @@ async fn paper_moa_preset_runs_three_layers_with_its_settings() {
     assert_eq!(trace.layers.len(), 2);
     let requests = fake.requests();
     assert_eq!(requests.len(), 13);
-    let layer1 = &trace.layers[0].calls;
-    let refs: String = layer1
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("\n{}. {}", i + 1, c.answer.as_deref().unwrap()))
-        .collect();
+    let refs = numbered(&trace.layers[0]);
     for r in &requests[..6] {
         assert_eq!(
             r.messages(),
@@ -123,12 +128,7 @@ async fn paper_moa_preset_runs_three_layers_with_its_settings() {
     assert_eq!(agg.model, "Qwen/Qwen1.5-110B-Chat");
     assert_eq!(agg.json["temperature"], 0.7);
     assert_eq!(agg.json["max_tokens"], 2048);
-    let layer2_refs: String = trace.layers[1]
-        .calls
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("\n{}. {}", i + 1, c.answer.as_deref().unwrap()))
-        .collect();
+    let layer2_refs = numbered(&trace.layers[1]);
     assert_eq!(
         agg.messages()[0].1,
         format!("{AGGREGATOR_SYSTEM_PROMPT}{layer2_refs}")
@@ -165,12 +165,7 @@ async fn three_layer_preset_and_an_existing_system_message() {
         requests[0].messages()[0],
         ("system".to_string(), "Answer in French.".to_string())
     );
-    let refs: String = trace.layers[0]
-        .calls
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("\n{}. {}", i + 1, c.answer.as_deref().unwrap()))
-        .collect();
+    let refs = numbered(&trace.layers[0]);
     assert_eq!(
         requests[5].messages()[0].1,
         format!("Answer in French.\n\n{AGGREGATOR_SYSTEM_PROMPT}{refs}")
