@@ -1,0 +1,49 @@
+//! Generates one answer with a local GGUF model and reports speed.
+//! `cargo run --release -p moa-local --example generate -- MODEL.gguf "prompt" [max_tokens]`
+
+use std::time::Instant;
+
+use moa_core::{ChatRequest, Chunk, Message};
+use moa_local::model::Model;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let (path, prompt) = match (args.get(1), args.get(2)) {
+        (Some(p), Some(q)) => (p, q),
+        _ => return Err("usage: generate MODEL.gguf PROMPT [MAX_TOKENS]".into()),
+    };
+    let max_tokens = args.get(3).and_then(|n| n.parse().ok()).unwrap_or(128);
+    let started = Instant::now();
+    let model = Model::load(std::path::Path::new(path))?;
+    eprintln!(
+        "loaded {} in {:.2}s",
+        model.config.name,
+        started.elapsed().as_secs_f64()
+    );
+    let mut request = ChatRequest::new("x", vec![Message::user(prompt.clone())]);
+    request.temperature = Some(0.0);
+    request.max_tokens = Some(max_tokens);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let started = Instant::now();
+    moa_local::generate::generate(&model, &request, &tx);
+    drop(tx);
+    while let Ok(chunk) = rx.try_recv() {
+        match chunk? {
+            Chunk::Delta(t) => print!("{t}"),
+            Chunk::Finished {
+                usage,
+                finish_reason,
+            } => {
+                let u = usage.unwrap_or_default();
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "\n[{finish_reason:?}] prompt {} tokens, generated {} in {secs:.2}s ({:.1} tokens/s overall)",
+                    u.prompt_tokens,
+                    u.completion_tokens,
+                    u.completion_tokens as f64 / secs
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! In-process GGUF models for moa: the `local` provider.
+//!
+//! A model is named `local:smollm2` (a [known model](catalog::KNOWN_MODELS), fetched into the
+//! models directory) or `local:/path/to/model.gguf`. Each model is loaded once per process and
+//! shared by every concurrent request; generation runs on blocking threads, never on the async
+//! runtime's workers, and stops as soon as its stream is dropped.
+//!
+//! - [`model`]: llama / qwen2 forward pass on candle, KV cache.
+//! - [`tokenizer`], [`template`]: both read from the GGUF itself.
+//! - [`sampler`]: temperature, top-p, seed.
+//! - [`catalog`], [`fetch`]: known models, their verified download.
+
+pub mod catalog;
+pub mod fetch;
+pub mod generate;
+pub mod model;
+pub mod sampler;
+pub mod template;
+pub mod tokenizer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use futures::StreamExt;
+use moa_core::{BoxChunkStream, ChatRequest, Chunk, Provider, ProviderError};
+
+pub use model::{LoadError, Model};
+
+type Loaded = Arc<OnceLock<Result<Arc<Model>, String>>>;
+
+/// The `local` provider: runs GGUF models in this process. Cheap to clone; clones share models.
+#[derive(Clone)]
+pub struct LocalProvider {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    models_dir: PathBuf,
+    models: Mutex<HashMap<PathBuf, Loaded>>,
+}
+
+fn failed(message: impl Into<String>) -> ProviderError {
+    ProviderError::Other {
+        provider: "local".into(),
+        message: message.into(),
+    }
+}
+
+impl LocalProvider {
+    /// A provider that finds known models in `models_dir`.
+    pub fn new(models_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                models_dir: models_dir.into(),
+                models: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The directory known models are kept in.
+    pub fn models_dir(&self) -> &Path {
+        &self.inner.models_dir
+    }
+
+    /// The file for a model id: a known model's name or a path to a GGUF file. Known models must
+    /// be present and sound (see [`catalog::status`]).
+    pub fn resolve(&self, id: &str) -> Result<PathBuf, ProviderError> {
+        let dir = self.models_dir();
+        if let Some(known) = catalog::known(id) {
+            return match catalog::status(dir, known) {
+                catalog::Status::Ready => Ok(catalog::path_in(dir, known)),
+                status => Err(failed(format!(
+                    "model {id} is not ready in {} ({status:?}); run `moa models pull {id}`",
+                    dir.display()
+                ))),
+            };
+        }
+        let path = PathBuf::from(id);
+        if path.extension().is_some_and(|e| e == "gguf") || id.contains('/') {
+            return match path.is_file() {
+                true => Ok(path),
+                false => Err(failed(format!("no GGUF file at {id}"))),
+            };
+        }
+        let names: Vec<&str> = catalog::KNOWN_MODELS.iter().map(|m| m.name).collect();
+        Err(failed(format!(
+            "unknown local model `{id}`: use one of {} or a path to a .gguf file",
+            names.join(", ")
+        )))
+    }
+
+    /// The loaded model for `id`, loading it on first use: once, however many ask at once.
+    /// Blocks while loading; call it from a blocking thread.
+    pub fn model(&self, id: &str) -> Result<Arc<Model>, ProviderError> {
+        let path = self.resolve(id)?;
+        let slot = {
+            let mut models = self.inner.models.lock().unwrap_or_else(|e| e.into_inner());
+            models.entry(path.clone()).or_default().clone()
+        };
+        slot.get_or_init(|| Model::load(&path).map(Arc::new).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(failed)
+    }
+}
+
+impl Provider for LocalProvider {
+    fn name(&self) -> &str {
+        "local"
+    }
+
+    fn stream(&self, request: ChatRequest) -> BoxChunkStream {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Chunk, ProviderError>>();
+        let provider = self.clone();
+        // Loading and generating block for seconds: keep them off the async workers.
+        tokio::task::spawn_blocking(move || match provider.model(&request.model) {
+            Ok(model) => generate::generate(&model, &request, &tx),
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        });
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+    }
+}

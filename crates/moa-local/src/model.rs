@@ -1,0 +1,451 @@
+//! A llama-family transformer (llama, qwen2) read from GGUF and run on candle's CPU backend.
+//! Weights keep their quantized GGUF types; matmuls use candle's quantized kernels.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::template::ChatTemplate;
+use crate::tokenizer::Tokenizer;
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a readable GGUF file: {message}")]
+    Format { path: String, message: String },
+    #[error("{path}: unsupported architecture `{arch}` (supported: llama, qwen2)")]
+    Architecture { path: String, arch: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// The architectures this module runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// Llama and its GGUF conversions (SmolLM): interleaved rotary embedding.
+    Llama,
+    /// Qwen2: biases on q/k/v, half-split (NeoX) rotary embedding.
+    Qwen2,
+}
+
+/// Shape and constants of a model, from its GGUF metadata.
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub name: String,
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub context: usize,
+    pub eps: f64,
+    pub rope_base: f32,
+}
+
+struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.weight.forward(x)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+struct Block {
+    attn_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    ffn_norm: Tensor,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+}
+
+/// A loaded model: weights, tokenizer and chat template. Immutable, so one copy serves every
+/// concurrent generation.
+pub struct Model {
+    pub config: ModelConfig,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    embed: QMatMul,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    output: QMatMul,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// The attention keys and values of one sequence so far.
+pub struct Cache {
+    kv: Vec<Option<(Tensor, Tensor)>>,
+    /// Tokens already in the cache.
+    pub len: usize,
+}
+
+struct Gguf<'a> {
+    content: &'a Content,
+    path: &'a str,
+    arch: &'a str,
+}
+
+impl Gguf<'_> {
+    fn value(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn invalid(&self, message: String) -> LoadError {
+        LoadError::Invalid {
+            path: self.path.to_string(),
+            message,
+        }
+    }
+
+    fn int(&self, key: &str) -> Result<usize, LoadError> {
+        let key = key.replace("{arch}", self.arch);
+        self.value(&key)
+            .and_then(as_int)
+            .ok_or_else(|| self.invalid(format!("metadata `{key}` is missing or not an integer")))
+    }
+
+    fn float(&self, key: &str, default: f64) -> f64 {
+        let key = key.replace("{arch}", self.arch);
+        match self.value(&key) {
+            Some(Value::F32(v)) => f64::from(*v),
+            Some(Value::F64(v)) => *v,
+            _ => default,
+        }
+    }
+
+    fn string(&self, key: &str) -> Option<String> {
+        self.value(key).and_then(|v| v.to_string().ok()).cloned()
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<String>, LoadError> {
+        let values = self
+            .value(key)
+            .and_then(|v| v.to_vec().ok())
+            .ok_or_else(|| self.invalid(format!("metadata `{key}` is missing")))?;
+        values
+            .iter()
+            .map(|v| {
+                v.to_string()
+                    .cloned()
+                    .map_err(|_| self.invalid(format!("`{key}` holds a non-string")))
+            })
+            .collect()
+    }
+}
+
+fn as_int(value: &Value) -> Option<usize> {
+    let n: i128 = match value {
+        Value::U8(v) => (*v).into(),
+        Value::I8(v) => (*v).into(),
+        Value::U16(v) => (*v).into(),
+        Value::I16(v) => (*v).into(),
+        Value::U32(v) => (*v).into(),
+        Value::I32(v) => (*v).into(),
+        Value::U64(v) => (*v).into(),
+        Value::I64(v) => (*v).into(),
+        _ => return None,
+    };
+    usize::try_from(n).ok()
+}
+
+fn tokenizer(g: &Gguf) -> Result<(Tokenizer, ChatTemplate), LoadError> {
+    let model = g.string("tokenizer.ggml.model").unwrap_or_default();
+    let pre = g.string("tokenizer.ggml.pre");
+    let tokens = g.strings("tokenizer.ggml.tokens")?;
+    let merges = g.strings("tokenizer.ggml.merges").unwrap_or_default();
+    let types = g
+        .value("tokenizer.ggml.token_type")
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| {
+            v.iter()
+                .map(|t| as_int(t).map_or(1, |n| n as i32))
+                .collect::<Vec<i32>>()
+        });
+    let id = |key: &str| g.value(key).and_then(as_int).map(|n| n as u32);
+    let (bos, eos) = (
+        id("tokenizer.ggml.bos_token_id"),
+        id("tokenizer.ggml.eos_token_id"),
+    );
+    let text_of = |id: Option<u32>| {
+        id.and_then(|i| tokens.get(i as usize))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (bos_text, eos_text) = (text_of(bos), text_of(eos));
+    let tokenizer = Tokenizer::new(&model, pre.as_deref(), tokens, types, merges, bos, eos)
+        .map_err(|e| g.invalid(e.to_string()))?;
+    let template = ChatTemplate::new(
+        g.string("tokenizer.chat_template").as_deref(),
+        &bos_text,
+        &eos_text,
+    )
+    .map_err(|e| g.invalid(format!("chat template: {e}")))?;
+    Ok((tokenizer, template))
+}
+
+impl Model {
+    /// Reads a GGUF model file.
+    pub fn load(path: &Path) -> Result<Model, LoadError> {
+        let shown = path.display().to_string();
+        let mut file = File::open(path).map_err(|source| LoadError::Open {
+            path: shown.clone(),
+            source,
+        })?;
+        let content = Content::read(&mut file).map_err(|e| LoadError::Format {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        let arch_name = match content.metadata.get("general.architecture") {
+            Some(v) => v.to_string().cloned().unwrap_or_default(),
+            None => String::new(),
+        };
+        let arch = match arch_name.as_str() {
+            "llama" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            other => {
+                return Err(LoadError::Architecture {
+                    path: shown,
+                    arch: other.to_string(),
+                })
+            }
+        };
+        let g = Gguf {
+            content: &content,
+            path: &shown,
+            arch: &arch_name,
+        };
+        let heads = g.int("{arch}.attention.head_count")?;
+        let hidden = g.int("{arch}.embedding_length")?;
+        let config = ModelConfig {
+            arch,
+            name: g.string("general.name").unwrap_or_else(|| shown.clone()),
+            layers: g.int("{arch}.block_count")?,
+            hidden,
+            heads,
+            kv_heads: g.int("{arch}.attention.head_count_kv").unwrap_or(heads),
+            head_dim: hidden / heads.max(1),
+            context: g.int("{arch}.context_length").unwrap_or(4096),
+            eps: g.float("{arch}.attention.layer_norm_rms_epsilon", 1e-5),
+            rope_base: g.float("{arch}.rope.freq_base", 10_000.0) as f32,
+        };
+        let (tokenizer, template) = tokenizer(&g)?;
+
+        let device = Device::Cpu;
+        let fail = |e: candle_core::Error| g.invalid(e.to_string());
+        let mut tensor = |name: &str| -> Result<QTensor, LoadError> {
+            content.tensor(&mut file, name, &device).map_err(fail)
+        };
+        let embed = Arc::new(tensor("token_embd.weight")?);
+        let output = match content.tensor_infos.contains_key("output.weight") {
+            true => QMatMul::from_qtensor(tensor("output.weight")?).map_err(fail)?,
+            // Tied embeddings (SmolLM2): the output head is the embedding matrix.
+            false => QMatMul::from_arc(embed.clone()).map_err(fail)?,
+        };
+        let dense = |t: QTensor| t.dequantize(&device).map_err(fail);
+        let has = |name: &str| content.tensor_infos.contains_key(name);
+        let mut blocks = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let p = format!("blk.{i}");
+            let mut linear = |name: &str| -> Result<Linear, LoadError> {
+                let bias_name = format!("{p}.{name}.bias");
+                let bias = if has(&bias_name) {
+                    Some(dense(tensor(&bias_name)?)?)
+                } else {
+                    None
+                };
+                let weight =
+                    QMatMul::from_qtensor(tensor(&format!("{p}.{name}.weight"))?).map_err(fail)?;
+                Ok(Linear { weight, bias })
+            };
+            let (q, k, v, o) = (
+                linear("attn_q")?,
+                linear("attn_k")?,
+                linear("attn_v")?,
+                linear("attn_output")?,
+            );
+            let mut matmul = |name: &str| {
+                QMatMul::from_qtensor(tensor(&format!("{p}.{name}.weight"))?).map_err(fail)
+            };
+            let (gate, up, down) = (matmul("ffn_gate")?, matmul("ffn_up")?, matmul("ffn_down")?);
+            blocks.push(Block {
+                attn_norm: dense(tensor(&format!("{p}.attn_norm.weight"))?)?,
+                ffn_norm: dense(tensor(&format!("{p}.ffn_norm.weight"))?)?,
+                q,
+                k,
+                v,
+                o,
+                gate,
+                up,
+                down,
+            });
+        }
+        let norm = dense(tensor("output_norm.weight")?)?;
+        let (cos, sin) = rope_tables(&config, &device).map_err(fail)?;
+        Ok(Model {
+            embed: QMatMul::from_arc(embed).map_err(fail)?,
+            config,
+            tokenizer,
+            template,
+            blocks,
+            norm,
+            output,
+            cos,
+            sin,
+        })
+    }
+
+    /// An empty cache for a new sequence.
+    pub fn new_cache(&self) -> Cache {
+        Cache {
+            kv: (0..self.config.layers).map(|_| None).collect(),
+            len: 0,
+        }
+    }
+
+    /// Runs `tokens` after what `cache` holds and returns the logits of the last one.
+    pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> candle_core::Result<Vec<f32>> {
+        let c = &self.config;
+        let (seq, pos) = (tokens.len(), cache.len);
+        if pos + seq > c.context {
+            candle_core::bail!(
+                "the conversation is longer than the model's context of {} tokens",
+                c.context
+            );
+        }
+        let ids = Tensor::new(tokens, &Device::Cpu)?;
+        let mut x = self.embed.embedding(&ids)?.unsqueeze(0)?;
+        let cos = self.cos.narrow(0, pos, seq)?;
+        let sin = self.sin.narrow(0, pos, seq)?;
+        let mask = causal_mask(seq, pos)?;
+        for (block, slot) in self.blocks.iter().zip(cache.kv.iter_mut()) {
+            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, c.eps as f32)?;
+            let heads = |t: Tensor, n: usize| {
+                t.reshape((1, seq, n, c.head_dim))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let q = heads(block.q.forward(&h)?, c.heads)?;
+            let k = heads(block.k.forward(&h)?, c.kv_heads)?;
+            let v = heads(block.v.forward(&h)?, c.kv_heads)?;
+            let (q, k) = match c.arch {
+                Arch::Llama => (
+                    candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?,
+                    candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?,
+                ),
+                Arch::Qwen2 => (
+                    candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
+                    candle_nn::rotary_emb::rope(&k, &cos, &sin)?,
+                ),
+            };
+            let (k, v) = match slot.take() {
+                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                None => (k, v),
+            };
+            *slot = Some((k.clone(), v.clone()));
+            let y = attention(&q, &k, &v, mask.as_ref(), c)?;
+            x = (x + block.o.forward(&y)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, c.eps as f32)?;
+            let gated =
+                (candle_nn::ops::silu(&block.gate.forward(&h)?)? * block.up.forward(&h)?)?;
+            x = (x + block.down.forward(&gated)?)?;
+        }
+        cache.len += seq;
+        let last = x.narrow(1, seq - 1, 1)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.norm, c.eps as f32)?;
+        self.output
+            .forward(&last)?
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1()
+    }
+}
+
+/// Grouped-query attention of `q` ([1, heads, seq, d]) over `k`, `v` ([1, kv_heads, total, d]).
+fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    c: &ModelConfig,
+) -> candle_core::Result<Tensor> {
+    let seq = q.dim(2)?;
+    let repeat = c.heads / c.kv_heads;
+    let expand = |t: &Tensor| -> candle_core::Result<Tensor> {
+        if repeat == 1 {
+            return Ok(t.clone());
+        }
+        let (b, n, total, d) = t.dims4()?;
+        t.unsqueeze(2)?
+            .expand((b, n, repeat, total, d))?
+            .reshape((b, n * repeat, total, d))
+    };
+    let (k, v) = (expand(k)?, expand(v)?);
+    let scale = 1.0 / (c.head_dim as f64).sqrt();
+    let mut scores = (q.matmul(&k.t()?)? * scale)?;
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(mask)?;
+    }
+    let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+    weights
+        .matmul(&v.contiguous()?)?
+        .transpose(1, 2)?
+        .reshape((1, seq, c.heads * c.head_dim))
+}
+
+/// -inf above the diagonal, offset by the `pos` tokens already cached; none for one token.
+fn causal_mask(seq: usize, pos: usize) -> candle_core::Result<Option<Tensor>> {
+    if seq <= 1 {
+        return Ok(None);
+    }
+    let total = pos + seq;
+    let data: Vec<f32> = (0..seq)
+        .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(data, (seq, total), &Device::Cpu).map(Some)
+}
+
+fn rope_tables(c: &ModelConfig, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    let half = c.head_dim / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0 / c.rope_base.powf(2.0 * i as f32 / c.head_dim as f32))
+        .collect();
+    let inv = Tensor::from_vec(inv, (1, half), device)?;
+    let positions = Tensor::arange(0u32, c.context as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((c.context, 1))?;
+    let freqs = positions.broadcast_mul(&inv)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}
+
+/// The index of the largest logit (used by tests and greedy decoding).
+pub fn argmax(logits: &[f32]) -> u32 {
+    logits
+        .iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &l)| if l > b.1 { (i, l) } else { b },
+        )
+        .0 as u32
+}
