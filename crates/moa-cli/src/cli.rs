@@ -14,7 +14,7 @@ use crate::config::Flags;
     about = "Mixture-of-Agents: several LLMs propose, later layers refine, one aggregator answers",
     after_help = "Exit codes: 0 success, 1 the run failed upstream, 2 bad usage or config, \
                   3 missing API key, 130 interrupted.\n\
-                  Environment: MOA_CONFIG, MOA_PRESET, MOA_TIMEOUT, MOA_MIN_PROPOSALS, and each \
+                  Environment: MOA_CONFIG, MOA_PRESET, MOA_TIMEOUT, MOA_MIN_PROPOSALS, MOA_MODELS_DIR, and each \
                   provider's API key variable (see `moa providers`)."
 )]
 pub struct Cli {
@@ -33,6 +33,22 @@ pub enum Command {
     Presets(PresetsArgs),
     /// List the providers, their endpoints and API key variables.
     Providers,
+    /// Local models: list them, or fetch one.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Show the known local models and whether each is downloaded.
+    List,
+    /// Download a known model (checked against its sha256) into the models directory.
+    Pull {
+        /// The model's name, e.g. smollm2.
+        name: String,
+    },
 }
 
 /// How a run is shaped; shared by every command that runs MoA.

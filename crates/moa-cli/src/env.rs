@@ -10,6 +10,10 @@ pub const MOA_TIMEOUT: &str = "MOA_TIMEOUT";
 /// How many proposers of a layer must answer.
 pub const MOA_MIN_PROPOSALS: &str = "MOA_MIN_PROPOSALS";
 
+/// Where local models are kept (default: the user cache dir, `~/.cache/moa/models` on Linux).
+#[cfg_attr(not(feature = "local"), allow(dead_code))]
+pub const MOA_MODELS_DIR: &str = "MOA_MODELS_DIR";
+
 /// A variable's value; unset and empty are the same.
 pub fn lookup(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())

@@ -5,6 +5,7 @@ mod commands;
 mod config;
 mod env;
 mod exit;
+mod local;
 mod render;
 
 use std::process::ExitCode;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
             Command::Ask(args) => commands::ask::run(config, *args).await,
             Command::Presets(args) => commands::presets::run(config, args),
             Command::Providers => commands::providers::run(config),
+            Command::Models { command } => local::models(command),
         }
     });
     // Leave at once: do not wait for upstream connections a dropped run left behind.

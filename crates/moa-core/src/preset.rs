@@ -192,6 +192,37 @@ const PAPER_PROPOSERS: [&str; 6] = [
     "together:databricks/dbrx-instruct",
 ];
 
+/// Self-MoA on the embedded local model: one small model sampled three times at different
+/// temperatures and seeds, then aggregated at a low temperature. Sized so a whole run takes
+/// seconds on two CPU cores.
+fn local_preset() -> Preset {
+    let proposer = |temperature: f64, seed: u64| {
+        let mut agent = AgentSpec::new("local:smollm2")
+            .with_temperature(temperature)
+            .with_max_tokens(200);
+        agent.extra.insert("seed".into(), Value::from(seed));
+        agent.extra.insert("top_p".into(), Value::from(0.9));
+        agent
+    };
+    let mut aggregator = AgentSpec::new("local:smollm2")
+        .with_temperature(0.3)
+        .with_max_tokens(300);
+    aggregator.extra.insert("top_p".into(), Value::from(0.9));
+    aggregator.extra.insert("seed".into(), Value::from(0));
+    Preset {
+        name: "local".into(),
+        description: "Self-MoA on SmolLM2-135M in-process: no API key, no server; 3 samples at temperatures 0.5, 0.7, 0.9, aggregated at 0.3".into(),
+        layers: vec![vec![proposer(0.5, 1), proposer(0.7, 2), proposer(0.9, 3)]],
+        aggregator,
+        prompt_style: PromptStyle::Reference,
+    }
+}
+
+/// The built-in preset called `name`.
+pub fn builtin(name: &str) -> Option<Preset> {
+    builtin_presets().into_iter().find(|p| p.name == name)
+}
+
 /// The presets that ship with moa, in display order.
 pub fn builtin_presets() -> Vec<Preset> {
     let together_proposers = agents(
@@ -218,6 +249,7 @@ pub fn builtin_presets() -> Vec<Preset> {
     // generate_together's defaults: 0.7 and 2048.
     let paper_proposers = agents(&PAPER_PROPOSERS, 0.7, 2048);
     vec![
+        local_preset(),
         Preset {
             name: "together".into(),
             description: "The reference's moa.py: 4 proposers, 2 layers, Qwen2.5-72B aggregator".into(),
@@ -279,6 +311,10 @@ mod tests {
             p.validate().unwrap();
         }
         let by_name = |n: &str| presets.iter().find(|p| p.name == n).unwrap();
+        assert_eq!(by_name("local").layer_count(), 2);
+        assert!(by_name("local")
+            .agents()
+            .all(|a| a.model == "local:smollm2"));
         assert_eq!(by_name("together").layer_count(), 2);
         assert_eq!(by_name("together-3layer").layer_count(), 3);
         assert_eq!(by_name("moa-lite").layer_count(), 2);
@@ -293,7 +329,7 @@ mod tests {
 
     #[test]
     fn layer_count_repeats_the_first_layer() {
-        let p = builtin_presets().remove(0);
+        let p = builtin("together").unwrap();
         let three = p.clone().with_layer_count(3).unwrap();
         assert_eq!(three.layers.len(), 2);
         assert_eq!(three.layers[0], three.layers[1]);

@@ -158,7 +158,7 @@ mod tests {
     fn missing_partial_corrupt_and_ready_are_told_apart() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(status(dir.path(), &TINY), Status::Missing);
-        std::fs::write(dir.path().join("tiny.gguf.partial"), "hel").unwrap();
+        std::fs::write(dir.path().join("tiny.gguf.partial.123"), "hel").unwrap();
         assert_eq!(status(dir.path(), &TINY), Status::Partial);
         std::fs::write(dir.path().join("tiny.gguf"), "hell").unwrap();
         assert!(matches!(status(dir.path(), &TINY), Status::Corrupt(m) if m.contains("4 bytes")));

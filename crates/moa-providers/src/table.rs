@@ -334,7 +334,7 @@ mod tests {
     #[test]
     fn missing_keys_of_a_preset_are_listed_once() {
         let r = Registry::new(env(&[]));
-        let preset = moa_core::preset::builtin_presets().remove(0);
+        let preset = moa_core::preset::builtin("together").unwrap();
         assert_eq!(
             r.missing_keys(&preset),
             vec![("together".to_string(), "TOGETHER_API_KEY".to_string())]

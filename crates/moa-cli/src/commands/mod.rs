@@ -23,6 +23,7 @@ pub fn resolve(config_path: Option<&std::path::Path>, flags: &Flags) -> anyhow::
     let settings = Settings::resolve(&config, flags)?;
     let preset = config::apply_flags(config.preset(&settings.preset)?, flags)?;
     let registry: Registry = config.registry()?;
+    crate::local::register(&registry);
     let missing = registry.missing_keys(&preset);
     if !missing.is_empty() {
         return Err(MissingKeys {
@@ -31,6 +32,7 @@ pub fn resolve(config_path: Option<&std::path::Path>, flags: &Flags) -> anyhow::
         }
         .into());
     }
+    crate::local::ensure_models(&preset)?;
     let plan = registry.bind(&preset)?;
     Ok(Resolved {
         moa: Moa::new(plan, settings.options),

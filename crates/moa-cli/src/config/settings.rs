@@ -7,8 +7,21 @@ use moa_core::{AgentSpec, ModelRef, Preset, PromptStyle, RunOptions};
 use super::{Config, ConfigError};
 use crate::env;
 
-/// The preset run when none is named anywhere.
+/// The preset run when none is named anywhere and an API key for it is set.
 pub const DEFAULT_PRESET: &str = "together";
+/// The preset run when none is named anywhere and no API key is set: the embedded local model.
+pub const KEYLESS_PRESET: &str = "local";
+
+/// `together` when its key is set (or local models are not built in), else `local`.
+fn default_preset() -> &'static str {
+    let key = moa_providers::Endpoint::known(DEFAULT_PRESET).and_then(|e| e.api_key_env);
+    let has_key = key.as_deref().and_then(env::lookup).is_some();
+    if has_key || !crate::local::ENABLED {
+        DEFAULT_PRESET
+    } else {
+        KEYLESS_PRESET
+    }
+}
 /// Seconds one model call may take by default, retries included.
 pub const DEFAULT_TIMEOUT_SECS: f64 = 600.0;
 
@@ -71,7 +84,7 @@ impl Settings {
     /// Merges the layers for a run.
     pub fn resolve(config: &Config, flags: &Flags) -> Result<Settings, ConfigError> {
         let defaults = Layer {
-            preset: Some(DEFAULT_PRESET.to_string()),
+            preset: Some(default_preset().to_string()),
             timeout: Some(DEFAULT_TIMEOUT_SECS),
             min_proposals: Some(1),
             stream_proposers: Some(true),
@@ -164,7 +177,7 @@ mod tests {
     fn flags_beat_the_file_which_beats_defaults() {
         let mut config = Config::default();
         let s = Settings::resolve(&config, &Flags::default()).unwrap();
-        assert_eq!(s.preset, DEFAULT_PRESET);
+        assert_eq!(s.preset, default_preset());
         assert_eq!(s.options.timeout, Some(Duration::from_secs(600)));
 
         config.file.preset = Some("moa".into());
@@ -186,7 +199,7 @@ mod tests {
 
     #[test]
     fn flags_reshape_the_preset() {
-        let preset = moa_core::preset::builtin_presets().remove(0);
+        let preset = moa_core::preset::builtin("together").unwrap();
         let flags = Flags {
             proposers: Some(vec!["openai:gpt-4o-mini".into(), "groq:llama".into()]),
             aggregator: Some("openai:gpt-4o".into()),
@@ -206,7 +219,7 @@ mod tests {
             proposers: Some(vec!["gpt-4o".into()]),
             ..Flags::default()
         };
-        let err = apply_flags(moa_core::preset::builtin_presets().remove(0), &bad).unwrap_err();
+        let err = apply_flags(moa_core::preset::builtin("together").unwrap(), &bad).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("--proposers: `gpt-4o` is not a model reference"),

@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 mod ask;
+#[cfg(feature = "local")]
+mod local;
 mod presets;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +50,7 @@ pub async fn moa(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: Option<
         .current_dir(dir)
         .env_clear()
         .env("HOME", dir)
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("XDG_CONFIG_HOME", dir.join("xdg"))
         .envs(env.iter().copied())
         .stdin(if stdin.is_some() {
