@@ -113,9 +113,14 @@ pub(crate) fn mark_verified(path: &Path, model: &KnownModel) -> std::io::Result<
 pub fn status(dir: &Path, model: &KnownModel) -> Status {
     let path = path_in(dir, model);
     let Ok(meta) = std::fs::metadata(&path) else {
-        let mut partial = path.as_os_str().to_owned();
-        partial.push(".partial");
-        return if Path::new(&partial).exists() {
+        // Interrupted downloads leave `<file>.partial.<pid>`.
+        let partial = format!("{}.partial", model.file);
+        let interrupted = std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(&partial))
+        });
+        return if interrupted {
             Status::Partial
         } else {
             Status::Missing
