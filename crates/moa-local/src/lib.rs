@@ -13,6 +13,7 @@
 pub mod catalog;
 pub mod fetch;
 pub mod generate;
+pub mod kernels;
 pub mod model;
 pub mod sampler;
 pub mod template;
