@@ -211,8 +211,8 @@ fn local_preset() -> Preset {
     aggregator.extra.insert("seed".into(), Value::from(0));
     Preset {
         name: "local".into(),
-        description: "Self-MoA on SmolLM2-135M in-process: no API key, no server; 3 samples at temperatures 0.5, 0.7, 0.9, aggregated at 0.3".into(),
-        layers: vec![vec![proposer(0.5, 1), proposer(0.7, 2), proposer(0.9, 3)]],
+        description: "Self-MoA on SmolLM2-135M in-process: no API key, no server; 3 samples at temperatures 0.4, 0.6, 0.8, aggregated at 0.3".into(),
+        layers: vec![vec![proposer(0.4, 1), proposer(0.6, 2), proposer(0.8, 3)]],
         aggregator,
         prompt_style: PromptStyle::Reference,
     }
