@@ -38,7 +38,7 @@ fn failed(message: String) -> ProviderError {
     }
 }
 
-/// Generates the answer to `request`, sending chunks to `out`. Stops early, quietly, when the
+/// Generates the answer to `request` alone (no batching), sending chunks to `out`. Stops early, quietly, when the
 /// receiver is gone (the caller dropped the stream).
 pub fn generate(
     model: &Model,
@@ -50,19 +50,29 @@ pub fn generate(
     }
 }
 
+/// The prompt's tokens: the messages through the model's chat template, then its tokenizer.
+pub fn prompt_tokens(model: &Model, request: &ChatRequest) -> Result<Vec<u32>, ProviderError> {
+    let prompt = model
+        .template
+        .render(&request.messages)
+        .map_err(|e| failed(format!("chat template: {e}")))?;
+    Ok(model.tokenizer.encode(&prompt))
+}
+
+/// The output limit of `request`.
+pub fn limit(request: &ChatRequest) -> usize {
+    request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS) as usize
+}
+
 fn run(
     model: &Model,
     request: &ChatRequest,
     out: &UnboundedSender<Result<Chunk, ProviderError>>,
 ) -> Result<(), ProviderError> {
-    let prompt = model
-        .template
-        .render(&request.messages)
-        .map_err(|e| failed(format!("chat template: {e}")))?;
-    let tokens = model.tokenizer.encode(&prompt);
+    let tokens = prompt_tokens(model, request)?;
     let sampling = sampling(request);
     let mut rng = Rng::new(sampling.seed);
-    let limit = request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS) as usize;
+    let limit = limit(request);
     let mut cache = model.new_cache();
     let mut text = Utf8Stream::default();
     let mut logits = model

@@ -10,6 +10,7 @@
 //! - [`sampler`]: temperature, top-p, seed.
 //! - [`catalog`], [`fetch`]: known models, their verified download.
 
+pub mod batch;
 pub mod catalog;
 pub mod fetch;
 pub mod generate;
@@ -39,6 +40,8 @@ pub struct LocalProvider {
 struct Inner {
     models_dir: PathBuf,
     models: Mutex<HashMap<PathBuf, Loaded>>,
+    /// One batching worker per loaded model.
+    workers: Mutex<HashMap<PathBuf, std::sync::mpsc::Sender<batch::Job>>>,
 }
 
 fn failed(message: impl Into<String>) -> ProviderError {
@@ -55,6 +58,7 @@ impl LocalProvider {
             inner: Arc::new(Inner {
                 models_dir: models_dir.into(),
                 models: Mutex::new(HashMap::new()),
+                workers: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -94,14 +98,60 @@ impl LocalProvider {
     /// The loaded model for `id`, loading it on first use: once, however many ask at once.
     /// Blocks while loading; call it from a blocking thread.
     pub fn model(&self, id: &str) -> Result<Arc<Model>, ProviderError> {
+        self.loaded(id).map(|(_, model)| model)
+    }
+
+    fn loaded(&self, id: &str) -> Result<(PathBuf, Arc<Model>), ProviderError> {
         let path = self.resolve(id)?;
         let slot = {
             let mut models = self.inner.models.lock().unwrap_or_else(|e| e.into_inner());
             models.entry(path.clone()).or_default().clone()
         };
-        slot.get_or_init(|| Model::load(&path).map(Arc::new).map_err(|e| e.to_string()))
+        let model = slot
+            .get_or_init(|| Model::load(&path).map(Arc::new).map_err(|e| e.to_string()))
             .clone()
-            .map_err(failed)
+            .map_err(failed)?;
+        Ok((path, model))
+    }
+
+    /// Queues `job` on the model's batching worker, starting the worker if there is none (or
+    /// it has stopped).
+    fn submit(
+        &self,
+        path: PathBuf,
+        model: Arc<Model>,
+        job: batch::Job,
+    ) -> Result<(), ProviderError> {
+        let mut workers = self.inner.workers.lock().unwrap_or_else(|e| e.into_inner());
+        let job = match workers.get(&path) {
+            Some(worker) => match worker.send(job) {
+                Ok(()) => return Ok(()),
+                Err(std::sync::mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let worker = batch::spawn(model)
+            .map_err(|e| failed(format!("cannot start the model's worker: {e}")))?;
+        worker
+            .send(job)
+            .map_err(|_| failed("the model's worker stopped at once"))?;
+        workers.insert(path, worker);
+        Ok(())
+    }
+
+    fn start(
+        &self,
+        request: ChatRequest,
+        out: tokio::sync::mpsc::UnboundedSender<Result<Chunk, ProviderError>>,
+    ) -> Result<(), ProviderError> {
+        let (path, model) = self.loaded(&request.model)?;
+        let job = batch::Job {
+            prompt: generate::prompt_tokens(&model, &request)?,
+            sampling: generate::sampling(&request),
+            limit: generate::limit(&request),
+            out,
+        };
+        self.submit(path, model, job)
     }
 }
 
@@ -113,10 +163,10 @@ impl Provider for LocalProvider {
     fn stream(&self, request: ChatRequest) -> BoxChunkStream {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Chunk, ProviderError>>();
         let provider = self.clone();
-        // Loading and generating block for seconds: keep them off the async workers.
-        tokio::task::spawn_blocking(move || match provider.model(&request.model) {
-            Ok(model) => generate::generate(&model, &request, &tx),
-            Err(e) => {
+        // Loading blocks for a while and generation for seconds: keep both off the async
+        // workers. The model's worker batches this request with any others in flight.
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = provider.start(request, tx.clone()) {
                 let _ = tx.send(Err(e));
             }
         });

@@ -98,7 +98,13 @@ impl Weight {
     /// Rows `ids` as f32 ([seq, cols]): the embedding lookup.
     fn rows(&self, map: &[u8], ids: &[u32]) -> candle_core::Result<Tensor> {
         match (self, self.matrix(map)) {
-            (Weight::Candle(m), _) => m.embedding(&Tensor::new(ids, &Device::Cpu)?),
+            (Weight::Candle(m), _) => {
+                let rows = match m {
+                    QMatMul::QTensor(t) => t.dequantize(&Device::Cpu)?,
+                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
+                };
+                rows.index_select(&Tensor::new(ids, &Device::Cpu)?, 0)
+            }
             (_, Some(w)) => {
                 let mut out = vec![0.0f32; ids.len() * w.cols];
                 for (i, id) in ids.iter().enumerate() {
@@ -157,7 +163,9 @@ pub struct Model {
     sin: Tensor,
 }
 
-/// The attention keys and values of one sequence so far.
+/// The attention keys and values of one sequence so far. Cloning is cheap (tensors are shared
+/// and never written in place), so sequences with one prompt can share its prefill.
+#[derive(Clone)]
 pub struct Cache {
     kv: Vec<Option<(Tensor, Tensor)>>,
     /// Tokens already in the cache.
@@ -484,6 +492,97 @@ impl Model {
             .flatten_all()?
             .to_dtype(DType::F32)?
             .to_vec1()
+    }
+}
+
+impl Model {
+    /// Runs one new token for each of several sequences, each after its own cache, and returns
+    /// each one's logits. The products with the weights are done once for all of them, so a batch
+    /// costs little more than one sequence; attention stays per sequence.
+    pub fn forward_batch(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut Cache],
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        if tokens.len() != caches.len() {
+            candle_core::bail!("{} tokens for {} sequences", tokens.len(), caches.len());
+        }
+        rayon::scope(|_| self.forward_batch_here(tokens, caches))
+    }
+
+    fn forward_batch_here(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut Cache],
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let c = &self.config;
+        let n = tokens.len();
+        if let Some(full) = caches.iter().find(|cache| cache.len + 1 > c.context) {
+            candle_core::bail!(
+                "the conversation is longer than the model's context of {} tokens ({})",
+                c.context,
+                full.len
+            );
+        }
+        let map = &self.map[..];
+        let mut x = self.embed.rows(map, tokens)?.unsqueeze(0)?;
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, c.eps as f32)?;
+            let (q, k, v) = (
+                block.q.forward(map, &h)?,
+                block.k.forward(map, &h)?,
+                block.v.forward(map, &h)?,
+            );
+            let mut ys = Vec::with_capacity(n);
+            for (b, cache) in caches.iter_mut().enumerate() {
+                let one = |t: &Tensor, heads: usize| {
+                    t.narrow(1, b, 1)?
+                        .reshape((1, 1, heads, c.head_dim))?
+                        .transpose(1, 2)?
+                        .contiguous()
+                };
+                let (qb, kb, vb) = (
+                    one(&q, c.heads)?,
+                    one(&k, c.kv_heads)?,
+                    one(&v, c.kv_heads)?,
+                );
+                let cos = self.cos.narrow(0, cache.len, 1)?;
+                let sin = self.sin.narrow(0, cache.len, 1)?;
+                let (qb, kb) = match c.arch {
+                    Arch::Llama => (
+                        candle_nn::rotary_emb::rope_i(&qb, &cos, &sin)?,
+                        candle_nn::rotary_emb::rope_i(&kb, &cos, &sin)?,
+                    ),
+                    Arch::Qwen2 => (
+                        candle_nn::rotary_emb::rope(&qb, &cos, &sin)?,
+                        candle_nn::rotary_emb::rope(&kb, &cos, &sin)?,
+                    ),
+                };
+                let slot = &mut cache.kv[layer];
+                let (kb, vb) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &kb], 2)?, Tensor::cat(&[&pv, &vb], 2)?),
+                    None => (kb, vb),
+                };
+                *slot = Some((kb.clone(), vb.clone()));
+                ys.push(attention(&qb, &kb, &vb, None, c)?);
+            }
+            let y = Tensor::cat(&ys, 1)?;
+            x = (x + block.o.forward(map, &y)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, c.eps as f32)?;
+            let gated = (candle_nn::ops::silu(&block.gate.forward(map, &h)?)?
+                * block.up.forward(map, &h)?)?;
+            x = (x + block.down.forward(map, &gated)?)?;
+        }
+        for cache in caches.iter_mut() {
+            cache.len += 1;
+        }
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, c.eps as f32)?;
+        let logits = self
+            .output
+            .forward(map, &x)?
+            .to_dtype(DType::F32)?
+            .squeeze(0)?;
+        logits.to_vec2()
     }
 }
 

@@ -167,3 +167,70 @@ async fn a_missing_known_model_says_how_to_get_it() {
         "{err}"
     );
 }
+
+#[test]
+fn a_batched_step_equals_each_sequence_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in ["llama", "qwen2"] {
+        let model = Model::load(&tiny::write(dir.path(), arch)).unwrap();
+        // Three sequences at different positions.
+        let prompts = ["<|im_start|>user\nhi", "the cat sat on the mat", "is"];
+        let mut caches: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
+        let mut alone: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
+        for ((p, c), a) in prompts.iter().zip(&mut caches).zip(&mut alone) {
+            let ids = model.tokenizer.encode(p);
+            model.forward(&ids, c).unwrap();
+            model.forward(&ids, a).unwrap();
+        }
+        let next = [5u32, 77, 200];
+        for step in 0..3 {
+            let tokens: Vec<u32> = next.iter().map(|t| t + step).collect();
+            let mut refs: Vec<&mut moa_local::model::Cache> = caches.iter_mut().collect();
+            let batched = model.forward_batch(&tokens, &mut refs).unwrap();
+            for (i, cache) in alone.iter_mut().enumerate() {
+                let single = model.forward(&[tokens[i]], cache).unwrap();
+                let diff = single
+                    .iter()
+                    .zip(&batched[i])
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(
+                    diff < 1e-4,
+                    "{arch} step {step} sequence {i}: differs by {diff}"
+                );
+                assert_eq!(caches[i].len, cache.len);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batched_requests_answer_exactly_as_they_would_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny::write(dir.path(), "llama");
+    let provider = LocalProvider::new(dir.path());
+    // Together: the same prompt (one shared prefill), different seeds, different limits.
+    let together = futures::future::join_all(
+        (0..4).map(|i| answer(&provider, request(&path, 0.9, i, 10 + i as u32))),
+    )
+    .await;
+    for (i, (text, chunks)) in together.iter().enumerate() {
+        let (alone, _) = answer(&provider, request(&path, 0.9, i as u64, 10 + i as u32)).await;
+        assert_eq!(*text, alone, "request {i}");
+        assert!(matches!(chunks.last(), Some(Chunk::Finished { .. })));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_request_leaves_the_others_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny::write(dir.path(), "llama");
+    let provider = LocalProvider::new(dir.path());
+    let mut dropped = provider.stream(request(&path, 0.9, 1, 200));
+    let first = dropped.next().await.unwrap().unwrap();
+    assert!(matches!(first, Chunk::Delta(_)));
+    let kept = answer(&provider, request(&path, 0.9, 2, 30));
+    drop(dropped);
+    let (_, chunks) = kept.await;
+    assert!(matches!(chunks.last(), Some(Chunk::Finished { .. })));
+}
