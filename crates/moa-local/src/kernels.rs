@@ -243,6 +243,16 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
+    /// The lane-wise products of 32 unpacked weights with the 32 activations at `a`, summed
+    /// into eight lanes.
+    #[inline(always)]
+    unsafe fn dot32(w: &[__m256; 4], a: *const f32) -> __m256 {
+        let mut dot = _mm256_mul_ps(w[0], _mm256_loadu_ps(a));
+        dot = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(a.add(8)), dot);
+        dot = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(a.add(16)), dot);
+        _mm256_fmadd_ps(w[3], _mm256_loadu_ps(a.add(24)), dot)
+    }
+
     /// Eight unsigned bytes at `p` as eight f32.
     #[inline(always)]
     unsafe fn u8x8(v: __m128i) -> __m256 {
@@ -289,11 +299,7 @@ mod avx2 {
                 let dv = _mm256_set1_ps(d);
                 for (l, (acc, msum)) in acc.iter_mut().zip(msum.iter_mut()).enumerate().take(lanes)
                 {
-                    let a = x.as_ptr().add((i + l) * cols + b * BLOCK);
-                    let mut dot = _mm256_mul_ps(w[0], _mm256_loadu_ps(a));
-                    dot = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(a.add(8)), dot);
-                    dot = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(a.add(16)), dot);
-                    dot = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(a.add(24)), dot);
+                    let dot = dot32(&w, x.as_ptr().add((i + l) * cols + b * BLOCK));
                     *acc = _mm256_fmadd_ps(dot, dv, *acc);
                     *msum += m * *sums.get_unchecked((i + l) * blocks + b);
                 }
@@ -326,11 +332,7 @@ mod avx2 {
                 ];
                 let dv = _mm256_set1_ps(d);
                 for (l, acc) in acc.iter_mut().enumerate().take(lanes) {
-                    let a = x.as_ptr().add((i + l) * cols + b * BLOCK);
-                    let mut dot = _mm256_mul_ps(w[0], _mm256_loadu_ps(a));
-                    dot = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(a.add(8)), dot);
-                    dot = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(a.add(16)), dot);
-                    dot = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(a.add(24)), dot);
+                    let dot = dot32(&w, x.as_ptr().add((i + l) * cols + b * BLOCK));
                     *acc = _mm256_fmadd_ps(dot, dv, *acc);
                 }
             }

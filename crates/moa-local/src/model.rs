@@ -462,16 +462,7 @@ impl Model {
             let q = heads(block.q.forward(map, &h)?, c.heads)?;
             let k = heads(block.k.forward(map, &h)?, c.kv_heads)?;
             let v = heads(block.v.forward(map, &h)?, c.kv_heads)?;
-            let (q, k) = match c.arch {
-                Arch::Llama => (
-                    candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?,
-                    candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?,
-                ),
-                Arch::Qwen2 => (
-                    candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
-                    candle_nn::rotary_emb::rope(&k, &cos, &sin)?,
-                ),
-            };
+            let (q, k) = (self.rotate(&q, &cos, &sin)?, self.rotate(&k, &cos, &sin)?);
             let (k, v) = match slot.take() {
                 Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
                 None => (k, v),
@@ -479,10 +470,7 @@ impl Model {
             *slot = Some((k.clone(), v.clone()));
             let y = attention(&q, &k, &v, mask.as_ref(), c)?;
             x = (x + block.o.forward(map, &y)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, c.eps as f32)?;
-            let gated = (candle_nn::ops::silu(&block.gate.forward(map, &h)?)?
-                * block.up.forward(map, &h)?)?;
-            x = (x + block.down.forward(map, &gated)?)?;
+            x = (&x + self.feed_forward(block, &x)?)?;
         }
         cache.len += seq;
         let last = x.narrow(1, seq - 1, 1)?;
@@ -548,16 +536,7 @@ impl Model {
                 );
                 let cos = self.cos.narrow(0, cache.len, 1)?;
                 let sin = self.sin.narrow(0, cache.len, 1)?;
-                let (qb, kb) = match c.arch {
-                    Arch::Llama => (
-                        candle_nn::rotary_emb::rope_i(&qb, &cos, &sin)?,
-                        candle_nn::rotary_emb::rope_i(&kb, &cos, &sin)?,
-                    ),
-                    Arch::Qwen2 => (
-                        candle_nn::rotary_emb::rope(&qb, &cos, &sin)?,
-                        candle_nn::rotary_emb::rope(&kb, &cos, &sin)?,
-                    ),
-                };
+                let (qb, kb) = (self.rotate(&qb, &cos, &sin)?, self.rotate(&kb, &cos, &sin)?);
                 let slot = &mut cache.kv[layer];
                 let (kb, vb) = match slot.take() {
                     Some((pk, pv)) => (Tensor::cat(&[&pk, &kb], 2)?, Tensor::cat(&[&pv, &vb], 2)?),
@@ -568,10 +547,7 @@ impl Model {
             }
             let y = Tensor::cat(&ys, 1)?;
             x = (x + block.o.forward(map, &y)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, c.eps as f32)?;
-            let gated = (candle_nn::ops::silu(&block.gate.forward(map, &h)?)?
-                * block.up.forward(map, &h)?)?;
-            x = (x + block.down.forward(map, &gated)?)?;
+            x = (&x + self.feed_forward(block, &x)?)?;
         }
         for cache in caches.iter_mut() {
             cache.len += 1;
@@ -583,6 +559,26 @@ impl Model {
             .to_dtype(DType::F32)?
             .squeeze(0)?;
         logits.to_vec2()
+    }
+}
+
+impl Model {
+    /// The rotary position embedding of this architecture: interleaved pairs (llama GGUFs) or
+    /// halves (qwen2).
+    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+        match self.config.arch {
+            Arch::Llama => candle_nn::rotary_emb::rope_i(x, cos, sin),
+            Arch::Qwen2 => candle_nn::rotary_emb::rope(x, cos, sin),
+        }
+    }
+
+    /// The block's SwiGLU feed-forward of `x`, normalised first.
+    fn feed_forward(&self, block: &Block, x: &Tensor) -> candle_core::Result<Tensor> {
+        let map = &self.map[..];
+        let h = candle_nn::ops::rms_norm(x, &block.ffn_norm, self.config.eps as f32)?;
+        let gated =
+            (candle_nn::ops::silu(&block.gate.forward(map, &h)?)? * block.up.forward(map, &h)?)?;
+        block.down.forward(map, &gated)
     }
 }
 
