@@ -29,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Answer one prompt with MoA, streaming the final answer to stdout.
     Ask(Box<AskArgs>),
+    /// Chat with MoA, turn after turn (multi-turn as the reference's bot.py).
+    Chat(Box<ChatArgs>),
     /// List the presets (built-in and from the config) with their layers and models.
     Presets(PresetsArgs),
     /// List the providers, their endpoints and API key variables.
@@ -115,6 +117,65 @@ pub struct AskArgs {
     /// A system message to put before the prompt.
     #[arg(long, value_name = "TEXT")]
     pub system: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// Preset to run (see `moa presets`).
+    #[arg(long, short = 'p')]
+    pub preset: Option<String>,
+    /// Aggregator model (provider:model). `--model` is the reference's spelling.
+    #[arg(long, visible_alias = "model", value_name = "MODEL")]
+    pub aggregator: Option<String>,
+    /// Proposer models, comma-separated or repeated. `--reference-models` is the reference's spelling.
+    #[arg(
+        long,
+        visible_alias = "reference-models",
+        value_delimiter = ',',
+        value_name = "MODELS"
+    )]
+    pub proposers: Option<Vec<String>>,
+    /// Sampling temperature for every agent.
+    #[arg(long, short = 't', value_parser = non_negative)]
+    pub temperature: Option<f64>,
+    /// Output token limit for every agent.
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+    /// Proposer layers (MoA layers = rounds + 1).
+    #[arg(long, value_name = "N")]
+    pub rounds: Option<usize>,
+    /// Proposers see the conversation so far (the default).
+    #[arg(long, overrides_with = "no_multi_turn")]
+    pub multi_turn: bool,
+    /// Every turn stands alone.
+    #[arg(long, overrides_with = "multi_turn")]
+    pub no_multi_turn: bool,
+    /// Print each proposer's answer as it finishes (stderr).
+    #[arg(long)]
+    pub show_proposals: bool,
+    /// Fail a turn when fewer proposers than this answer in a layer [default: 1].
+    #[arg(long, value_name = "N")]
+    pub min_proposals: Option<usize>,
+    /// Seconds one model call may take, retries included; 0 for no limit [default: 600].
+    #[arg(long, value_name = "SECS", value_parser = non_negative)]
+    pub timeout: Option<f64>,
+}
+
+impl ChatArgs {
+    /// The flags as a settings layer.
+    pub fn flags(&self) -> Flags {
+        Flags {
+            preset: self.preset.clone(),
+            proposers: self.proposers.clone(),
+            aggregator: self.aggregator.clone(),
+            layers: self.rounds.map(|r| r + 1),
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+            min_proposals: self.min_proposals,
+            timeout: self.timeout,
+            prompt_style: None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -21,6 +21,11 @@ pub const INTERRUPTED: u8 = 130;
 #[error("interrupted")]
 pub struct Interrupted;
 
+/// Some turns of a piped chat failed (each was reported as it happened).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} turn(s) of the chat failed")]
+pub struct TurnsFailed(pub usize);
+
 /// API keys a preset needs and the environment lacks.
 #[derive(Debug, thiserror::Error)]
 #[error("preset `{preset}` needs {}: set {}\n(or pick another preset with --preset; `moa presets` lists them, `moa providers` the key variables)",
@@ -47,7 +52,7 @@ pub fn code_for(error: &anyhow::Error) -> Option<u8> {
         MISSING_KEY
     } else if let Some(RegistryError::MissingApiKey { .. }) = error.downcast_ref() {
         MISSING_KEY
-    } else if error.is::<MoaError>() {
+    } else if error.is::<MoaError>() || error.is::<TurnsFailed>() {
         RUN_FAILED
     } else if error.is::<ConfigError>() || error.is::<RegistryError>() || error.is::<PresetError>()
     {

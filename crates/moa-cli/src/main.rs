@@ -30,6 +30,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Ask(args) => commands::ask::run(config, *args).await,
+            Command::Chat(args) => commands::chat::run(config, *args).await,
             Command::Presets(args) => commands::presets::run(config, args),
             Command::Providers => commands::providers::run(config),
             Command::Models { command } => local::models(command),

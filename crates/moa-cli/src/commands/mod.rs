@@ -1,10 +1,11 @@
 //! One module per subcommand; each only translates between the user and the library.
 
 pub mod ask;
+pub mod chat;
 pub mod presets;
 pub mod providers;
 
-use moa_core::{Moa, Preset};
+use moa_core::{Moa, Preset, RunOptions};
 use moa_providers::Registry;
 
 use crate::config::{self, Config, Flags, Settings};
@@ -12,6 +13,9 @@ use crate::exit::MissingKeys;
 
 /// Everything a run needs, resolved from config, environment and flags.
 pub struct Resolved {
+    pub config: Config,
+    pub registry: Registry,
+    pub options: RunOptions,
     pub preset: Preset,
     pub moa: Moa,
 }
@@ -24,7 +28,19 @@ pub fn resolve(config_path: Option<&std::path::Path>, flags: &Flags) -> anyhow::
     let preset = config::apply_flags(config.preset(&settings.preset)?, flags)?;
     let registry: Registry = config.registry()?;
     crate::local::register(&registry);
-    let missing = registry.missing_keys(&preset);
+    let moa = engine(&registry, &preset, &settings.options)?;
+    Ok(Resolved {
+        config,
+        registry,
+        options: settings.options,
+        preset,
+        moa,
+    })
+}
+
+/// The engine for `preset`: its API keys checked, its local models fetched, its providers bound.
+pub fn engine(registry: &Registry, preset: &Preset, options: &RunOptions) -> anyhow::Result<Moa> {
+    let missing = registry.missing_keys(preset);
     if !missing.is_empty() {
         return Err(MissingKeys {
             preset: preset.name.clone(),
@@ -32,10 +48,6 @@ pub fn resolve(config_path: Option<&std::path::Path>, flags: &Flags) -> anyhow::
         }
         .into());
     }
-    crate::local::ensure_models(&preset)?;
-    let plan = registry.bind(&preset)?;
-    Ok(Resolved {
-        moa: Moa::new(plan, settings.options),
-        preset,
-    })
+    crate::local::ensure_models(preset)?;
+    Ok(Moa::new(registry.bind(preset)?, options.clone()))
 }

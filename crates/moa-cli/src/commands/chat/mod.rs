@@ -1,0 +1,182 @@
+//! `moa chat`: multi-turn MoA, as the reference's bot.py does it. Each turn's proposers see the
+//! conversation so far (your turns and the aggregated answers); references are fresh each turn.
+//! On a terminal: line editing, history, live proposer status, Ctrl-C to cancel an answer. With
+//! stdin not a terminal: one answer per input line on stdout, nothing else there.
+
+mod session;
+mod slash;
+mod tty;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+
+use futures::StreamExt;
+use moa_core::{MoaError, RunEvent, Trace};
+
+use crate::cli::ChatArgs;
+use crate::render;
+use session::{Outcome, Session};
+
+/// How a turn ended.
+pub enum TurnEnd {
+    Done(Trace),
+    Failed(MoaError),
+    Cancelled,
+}
+
+/// Where a turn's events go.
+pub trait View {
+    fn event(&mut self, event: &RunEvent) -> std::io::Result<()>;
+}
+
+/// Runs one turn, showing its events; with `cancellable`, Ctrl-C ends it early (and drops every
+/// request in flight) without leaving the chat.
+pub async fn run_turn(
+    session: &Session,
+    input: &str,
+    view: &mut dyn View,
+    cancellable: bool,
+) -> anyhow::Result<TurnEnd> {
+    let mut stream = session.moa.run(session.messages_for(input));
+    let mut interrupt = std::pin::pin!(async {
+        if cancellable {
+            let _ = tokio::signal::ctrl_c().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    });
+    let _ = futures::poll!(&mut interrupt);
+    loop {
+        let event = tokio::select! {
+            event = stream.next() => event,
+            _ = &mut interrupt => return Ok(TurnEnd::Cancelled),
+        };
+        match event {
+            Some(Ok(RunEvent::Done(trace))) => return Ok(TurnEnd::Done(*trace)),
+            Some(Ok(event)) => view.event(&event)?,
+            Some(Err(error)) => return Ok(TurnEnd::Failed(error)),
+            None => anyhow::bail!("the run ended without an answer"),
+        }
+    }
+}
+
+/// Plain output for pipes: the answer to stdout, proposals (if asked) to stderr.
+struct PlainView {
+    show_proposals: bool,
+    layers: usize,
+}
+
+impl View for PlainView {
+    fn event(&mut self, event: &RunEvent) -> std::io::Result<()> {
+        if self.show_proposals {
+            render::proposal(&mut std::io::stderr(), event, self.layers)?;
+        }
+        if let RunEvent::AggregatorDelta { text } = event {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads one input, joining lines that end with `\`; `None` at the end of input.
+fn read_input(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+) -> std::io::Result<Option<String>> {
+    let mut text = String::new();
+    for line in lines {
+        let line = line?;
+        match line.strip_suffix('\\') {
+            Some(head) => {
+                text.push_str(head);
+                text.push('\n');
+            }
+            None => {
+                text.push_str(&line);
+                return Ok(Some(text));
+            }
+        }
+    }
+    Ok((!text.is_empty()).then_some(text))
+}
+
+fn is_exit(input: &str) -> bool {
+    matches!(input.trim(), "exit" | "quit")
+}
+
+/// Runs `moa chat`.
+pub async fn run(config_path: Option<&Path>, args: ChatArgs) -> anyhow::Result<()> {
+    let flags = args.flags();
+    let resolved = super::resolve(config_path, &flags)?;
+    let mut session = Session::new(resolved, flags, !args.no_multi_turn);
+    if std::io::stdin().is_terminal() {
+        return tty::run(&mut session, args.show_proposals).await;
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    let mut failures = 0;
+    while let Some(input) = read_input(&mut lines)? {
+        let input = input.trim().to_string();
+        if input.is_empty() {
+            continue;
+        }
+        if is_exit(&input) {
+            break;
+        }
+        match slash::parse(&input) {
+            Ok(Some(command)) => {
+                match session.apply(command) {
+                    Ok(Outcome::Say(text)) => eprintln!("{text}"),
+                    Ok(Outcome::Exit) => break,
+                    Err(e) => eprintln!("moa: {e:#}"),
+                }
+                continue;
+            }
+            Err(e) => {
+                eprintln!("moa: {e}");
+                continue;
+            }
+            Ok(None) => {}
+        }
+        let mut view = PlainView {
+            show_proposals: args.show_proposals,
+            layers: session.preset.layer_count(),
+        };
+        match run_turn(&session, &input, &mut view, false).await? {
+            TurnEnd::Done(trace) => {
+                if !trace.answer.ends_with('\n') {
+                    println!();
+                }
+                session.record(&input, trace);
+            }
+            TurnEnd::Failed(error) => {
+                failures += 1;
+                eprintln!("moa: {error}");
+            }
+            TurnEnd::Cancelled => {}
+        }
+    }
+    if failures > 0 {
+        return Err(crate::exit::TurnsFailed(failures).into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backslash_continues_a_line() {
+        let mut lines = ["first \\", "second", "third"]
+            .into_iter()
+            .map(|l| Ok(l.to_string()));
+        assert_eq!(
+            read_input(&mut lines).unwrap().as_deref(),
+            Some("first \nsecond")
+        );
+        assert_eq!(read_input(&mut lines).unwrap().as_deref(), Some("third"));
+        assert_eq!(read_input(&mut lines).unwrap(), None);
+    }
+}

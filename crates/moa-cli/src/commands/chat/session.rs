@@ -1,0 +1,234 @@
+//! A chat's state: the conversation, the preset it runs, usage so far; and what slash commands
+//! do to it.
+
+use std::collections::BTreeMap;
+
+use moa_core::{Message, Moa, Preset, RunOptions, Trace, Usage};
+use moa_providers::Registry;
+use serde::Serialize;
+
+use super::slash::{Slash, HELP};
+use crate::commands::{engine, Resolved};
+use crate::config::{apply_flags, Config, Flags};
+
+/// One finished turn, kept for /show and /save.
+#[derive(Serialize)]
+pub struct Turn {
+    pub user: String,
+    pub answer: String,
+    pub trace: Trace,
+}
+
+/// The state of one `moa chat`.
+pub struct Session {
+    config: Config,
+    registry: Registry,
+    options: RunOptions,
+    /// The command line's flags, applied again to a preset chosen with /preset.
+    flags: Flags,
+    pub preset: Preset,
+    pub moa: Moa,
+    pub multi_turn: bool,
+    /// User turns and aggregated answers, as every proposer sees them next turn.
+    pub history: Vec<Message>,
+    pub turns: Vec<Turn>,
+    pub usage: BTreeMap<String, Usage>,
+}
+
+/// What applying a slash command asks of the loop.
+pub enum Outcome {
+    /// Print this and go on.
+    Say(String),
+    /// Leave the chat.
+    Exit,
+}
+
+impl Session {
+    pub fn new(resolved: Resolved, flags: Flags, multi_turn: bool) -> Self {
+        Self {
+            config: resolved.config,
+            registry: resolved.registry,
+            options: resolved.options,
+            flags,
+            preset: resolved.preset,
+            moa: resolved.moa,
+            multi_turn,
+            history: Vec::new(),
+            turns: Vec::new(),
+            usage: BTreeMap::new(),
+        }
+    }
+
+    /// The messages a turn with `input` sends: the conversation so far (multi-turn) and `input`.
+    pub fn messages_for(&self, input: &str) -> Vec<Message> {
+        let mut messages = if self.multi_turn {
+            self.history.clone()
+        } else {
+            Vec::new()
+        };
+        messages.push(Message::user(input));
+        messages
+    }
+
+    /// Records a finished turn: its answer joins the history every proposer sees next.
+    pub fn record(&mut self, input: &str, trace: Trace) {
+        self.history.push(Message::user(input));
+        self.history.push(Message::assistant(trace.answer.clone()));
+        for (model, usage) in &trace.usage_by_model {
+            self.usage.entry(model.clone()).or_default().add(usage);
+        }
+        self.turns.push(Turn {
+            user: input.to_string(),
+            answer: trace.answer.clone(),
+            trace,
+        });
+    }
+
+    /// A one-line description of the current setup.
+    pub fn describe(&self) -> String {
+        let proposers: Vec<&str> = self
+            .preset
+            .layers
+            .first()
+            .map(|l| l.iter().map(|a| a.model.as_str()).collect())
+            .unwrap_or_default();
+        format!(
+            "preset {} · {} layers · proposers {} · aggregator {} · {}",
+            self.preset.name,
+            self.preset.layer_count(),
+            if proposers.is_empty() {
+                "none".to_string()
+            } else {
+                proposers.join(", ")
+            },
+            self.preset.aggregator.model,
+            if self.multi_turn {
+                "multi-turn"
+            } else {
+                "single-turn"
+            }
+        )
+    }
+
+    fn rebind(&mut self, preset: Preset) -> anyhow::Result<String> {
+        self.moa = engine(&self.registry, &preset, &self.options)?;
+        self.preset = preset;
+        Ok(self.describe())
+    }
+
+    fn reshaped(&self, flags: Flags) -> anyhow::Result<Preset> {
+        apply_flags(self.preset.clone(), &flags)
+    }
+
+    /// Applies a slash command.
+    pub fn apply(&mut self, command: Slash) -> anyhow::Result<Outcome> {
+        let say = |s: String| Ok(Outcome::Say(s));
+        match command {
+            Slash::Help => say(HELP.to_string()),
+            Slash::Exit => Ok(Outcome::Exit),
+            Slash::Preset(name) => {
+                let preset = apply_flags(self.config.preset(&name)?, &self.flags_for_new_preset())?;
+                say(self.rebind(preset)?)
+            }
+            Slash::Proposers(models) => {
+                let preset = self.reshaped(Flags {
+                    proposers: Some(models),
+                    ..Flags::default()
+                })?;
+                say(self.rebind(preset)?)
+            }
+            Slash::Aggregator(model) => {
+                let preset = self.reshaped(Flags {
+                    aggregator: Some(model),
+                    ..Flags::default()
+                })?;
+                say(self.rebind(preset)?)
+            }
+            Slash::Rounds(rounds) => {
+                let preset = self.reshaped(Flags {
+                    layers: Some(rounds + 1),
+                    ..Flags::default()
+                })?;
+                say(self.rebind(preset)?)
+            }
+            Slash::Temperature(t) => {
+                let preset = self.reshaped(Flags {
+                    temperature: Some(t),
+                    ..Flags::default()
+                })?;
+                self.rebind(preset)?;
+                say(format!("temperature {t} for every agent"))
+            }
+            Slash::Show => say(self.last_proposals()),
+            Slash::Save(path) => {
+                let body = serde_json::json!({
+                    "preset": self.preset.name,
+                    "multi_turn": self.multi_turn,
+                    "messages": self.history,
+                    "turns": self.turns,
+                    "usage_by_model": self.usage,
+                });
+                std::fs::write(&path, serde_json::to_string_pretty(&body)?)
+                    .map_err(|e| anyhow::anyhow!("cannot write {path}: {e}"))?;
+                say(format!("saved {} turns to {path}", self.turns.len()))
+            }
+            Slash::Clear => {
+                self.history.clear();
+                say("conversation cleared".into())
+            }
+            Slash::Usage => say(self.usage_report()),
+        }
+    }
+
+    /// The command line's temperature and max_tokens still apply to a newly chosen preset.
+    fn flags_for_new_preset(&self) -> Flags {
+        Flags {
+            temperature: self.flags.temperature,
+            max_tokens: self.flags.max_tokens,
+            ..Flags::default()
+        }
+    }
+
+    fn last_proposals(&self) -> String {
+        let Some(turn) = self.turns.last() else {
+            return "no turn yet".into();
+        };
+        let mut out = String::new();
+        for layer in &turn.trace.layers {
+            for call in &layer.calls {
+                let body = match (&call.answer, &call.error) {
+                    (Some(answer), _) => answer.clone(),
+                    (None, Some(error)) => format!("(failed: {error})"),
+                    (None, None) => String::new(),
+                };
+                out.push_str(&format!(
+                    "── layer {} · {} · {:.2}s\n{body}\n\n",
+                    layer.layer,
+                    call.model,
+                    call.latency_ms as f64 / 1000.0
+                ));
+            }
+        }
+        out.trim_end().to_string()
+    }
+
+    fn usage_report(&self) -> String {
+        if self.usage.is_empty() {
+            return "no tokens used yet".into();
+        }
+        let mut total = Usage::default();
+        let mut out = format!("{:<50} {:>10} {:>10}\n", "model", "tokens in", "out");
+        for (model, usage) in &self.usage {
+            total.add(usage);
+            out.push_str(&format!(
+                "{model:<50} {:>10} {:>10}\n",
+                usage.prompt_tokens, usage.completion_tokens
+            ));
+        }
+        out.push_str(&format!(
+            "{:<50} {:>10} {:>10}",
+            "total", total.prompt_tokens, total.completion_tokens
+        ));
+        out
+    }
+}

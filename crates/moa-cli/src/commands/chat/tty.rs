@@ -1,0 +1,213 @@
+//! The interactive chat: line editing with a persistent history, a live status line per proposer,
+//! the answer streamed, Ctrl-C to cancel an answer and stay.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use moa_core::RunEvent;
+use rustyline::error::ReadlineError;
+use rustyline::DefaultEditor;
+
+use super::session::{Outcome, Session};
+use super::{is_exit, run_turn, slash, TurnEnd, View};
+use crate::render;
+
+/// Where the line history is kept (`~/.local/share/moa/history.txt` on Linux).
+pub fn history_path() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "moa").map(|d| d.data_dir().join("history.txt"))
+}
+
+/// One proposer's line.
+struct Status {
+    model: String,
+    state: String,
+}
+
+/// Status lines on stderr, redrawn in place; the answer on stdout.
+struct LiveView {
+    show_proposals: bool,
+    layers: usize,
+    lines: Vec<Status>,
+    drawn: usize,
+    answering: bool,
+}
+
+impl LiveView {
+    fn redraw(&mut self) -> std::io::Result<()> {
+        let mut err = std::io::stderr().lock();
+        if self.drawn > 0 {
+            write!(err, "\x1b[{}F", self.drawn)?;
+        }
+        for status in &self.lines {
+            writeln!(err, "\x1b[2K  {:<48} {}", status.model, status.state)?;
+        }
+        self.drawn = self.lines.len();
+        err.flush()
+    }
+
+    fn set(&mut self, index: usize, state: String) -> std::io::Result<()> {
+        if let Some(status) = self.lines.get_mut(index) {
+            status.state = state;
+        }
+        if self.show_proposals {
+            return Ok(());
+        }
+        self.redraw()
+    }
+}
+
+impl View for LiveView {
+    fn event(&mut self, event: &RunEvent) -> std::io::Result<()> {
+        if self.show_proposals {
+            render::proposal(&mut std::io::stderr(), event, self.layers)?;
+        }
+        match event {
+            RunEvent::LayerStarted { layer, .. } => {
+                self.lines.clear();
+                self.drawn = 0;
+                if !self.show_proposals {
+                    eprintln!("layer {layer}/{}", self.layers);
+                }
+            }
+            RunEvent::ProposerStarted { model, .. } => {
+                self.lines.push(Status {
+                    model: model.clone(),
+                    state: "waiting".into(),
+                });
+                if !self.show_proposals {
+                    self.redraw()?;
+                }
+            }
+            RunEvent::ProposerDelta { index, .. } => {
+                let streaming = self.lines.get(*index).is_some_and(|s| s.state == "waiting");
+                if streaming {
+                    self.set(*index, "streaming…".into())?;
+                }
+            }
+            RunEvent::ProposerDone {
+                index,
+                latency_ms,
+                usage,
+                ..
+            } => {
+                let tokens = usage
+                    .map(|u| format!(", {} tokens", u.completion_tokens))
+                    .unwrap_or_default();
+                self.set(
+                    *index,
+                    format!("done in {:.2}s{tokens}", *latency_ms as f64 / 1000.0),
+                )?;
+            }
+            RunEvent::ProposerFailed { index, error, .. } => {
+                let short: String = error.chars().take(60).collect();
+                self.set(*index, format!("failed: {short}"))?;
+            }
+            RunEvent::AggregatorStarted { model } => {
+                if !self.show_proposals {
+                    eprintln!("aggregating with {model}\n");
+                }
+                self.answering = true;
+            }
+            RunEvent::AggregatorDelta { text } => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(text.as_bytes())?;
+                out.flush()?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Reads one input, continuing lines that end with `\`. `None` when the user leaves.
+fn read(editor: &mut DefaultEditor) -> anyhow::Result<Option<String>> {
+    let mut text = String::new();
+    let mut prompt = "moa> ";
+    loop {
+        match editor.readline(prompt) {
+            Ok(line) => match line.strip_suffix('\\') {
+                Some(head) => {
+                    text.push_str(head);
+                    text.push('\n');
+                    prompt = "...> ";
+                }
+                None => {
+                    text.push_str(&line);
+                    return Ok(Some(text));
+                }
+            },
+            // Ctrl-C at the prompt drops what was typed, as shells do.
+            Err(ReadlineError::Interrupted) => {
+                text.clear();
+                prompt = "moa> ";
+            }
+            Err(ReadlineError::Eof) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Runs the interactive chat.
+pub async fn run(session: &mut Session, show_proposals: bool) -> anyhow::Result<()> {
+    let mut editor = DefaultEditor::new()?;
+    let history = history_path();
+    if let Some(path) = &history {
+        let _ = editor.load_history(path);
+    }
+    eprintln!("moa chat · {}", session.describe());
+    eprintln!("/help lists commands; Ctrl-C cancels an answer; Ctrl-D, exit or quit leaves.\n");
+    while let Some(input) = read(&mut editor)? {
+        let input = input.trim().to_string();
+        if input.is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(input.as_str());
+        if let Some(path) = &history {
+            // Saved after every entry, so a killed chat keeps its history.
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = editor.save_history(path);
+        }
+        if is_exit(&input) {
+            break;
+        }
+        match slash::parse(&input) {
+            Ok(Some(command)) => {
+                match session.apply(command) {
+                    Ok(Outcome::Say(text)) => eprintln!("{text}\n"),
+                    Ok(Outcome::Exit) => break,
+                    Err(e) => eprintln!("moa: {e:#}\n"),
+                }
+                continue;
+            }
+            Err(e) => {
+                eprintln!("moa: {e}\n");
+                continue;
+            }
+            Ok(None) => {}
+        }
+        let mut view = LiveView {
+            show_proposals,
+            layers: session.preset.layer_count(),
+            lines: Vec::new(),
+            drawn: 0,
+            answering: false,
+        };
+        let end = run_turn(session, &input, &mut view, true).await?;
+        match end {
+            TurnEnd::Done(trace) => {
+                println!("\n");
+                session.record(&input, trace);
+            }
+            TurnEnd::Failed(error) => eprintln!("\nmoa: {error}\n"),
+            TurnEnd::Cancelled => {
+                if view.answering {
+                    println!();
+                }
+                eprintln!("(cancelled; the conversation is as it was before this turn)\n");
+            }
+        }
+    }
+    Ok(())
+}
