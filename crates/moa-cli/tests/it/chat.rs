@@ -220,3 +220,32 @@ async fn a_failed_turn_is_reported_and_the_chat_goes_on() {
         out.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preset_temperature_help_and_quit() {
+    let fake = FakeOpenAi::start().await;
+    script(&fake);
+    let sandbox = Sandbox::new(&fake, "");
+    let input =
+        "/help\n/temperature 0.1\nfirst\n/preset together-3layer\nsecond\nquit\nnever sent\n";
+    let out = moa(sandbox.path(), &ARGS, &[KEY], Some(input)).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("/save FILE"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("temperature 0.1 for every agent"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("preset together-3layer · 3 layers"),
+        "{}",
+        out.stderr
+    );
+    let requests = fake.requests();
+    // Turn 1 on the command line's models at the new temperature; turn 2 on the 3-layer preset
+    // (the command line's --temperature 0.5 applies to it again); nothing after quit.
+    assert_eq!(requests.len(), 3 + 9);
+    assert!(requests[..3].iter().all(|r| r.json["temperature"] == 0.1));
+    assert_eq!(requests[11].model, "deepseek-ai/DeepSeek-V3");
+    assert!(requests[3..].iter().all(|r| r.json["temperature"] == 0.5));
+}

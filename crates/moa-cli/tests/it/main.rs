@@ -3,6 +3,8 @@
 
 mod ask;
 mod chat;
+#[cfg(unix)]
+mod chat_tty;
 #[cfg(feature = "local")]
 mod local;
 mod presets;
