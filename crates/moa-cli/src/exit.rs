@@ -1,9 +1,7 @@
 //! Exit codes, and which error means which.
 
-use moa_core::{MoaError, PresetError};
+use moa_core::MoaError;
 use moa_providers::RegistryError;
-
-use crate::config::ConfigError;
 
 /// Success.
 pub const OK: u8 = 0;
@@ -54,11 +52,9 @@ pub fn code_for(error: &anyhow::Error) -> Option<u8> {
         MISSING_KEY
     } else if error.is::<MoaError>() || error.is::<TurnsFailed>() {
         RUN_FAILED
-    } else if error.is::<ConfigError>() || error.is::<RegistryError>() || error.is::<PresetError>()
-    {
-        USAGE
     } else {
-        // Anything else (an unknown preset, a bad flag value) is a usage problem.
+        // ConfigError, RegistryError, PresetError, an unknown preset, a bad flag value: things
+        // the user can fix in what they typed or wrote.
         USAGE
     };
     Some(code)
