@@ -101,8 +101,39 @@ fn read_input(
     Ok((!text.is_empty()).then_some(text))
 }
 
-fn is_exit(input: &str) -> bool {
-    matches!(input.trim(), "exit" | "quit")
+/// What a line of input asks for.
+pub enum Step {
+    /// Leave the chat.
+    Leave,
+    /// A slash command, done (its output or error already shown on stderr).
+    Handled,
+    /// A turn for the models.
+    Ask,
+}
+
+/// Handles `exit`, `quit` and slash commands; `gap` follows each message (a blank line on terminals).
+pub fn step(session: &mut Session, input: &str, gap: &str) -> Step {
+    if matches!(input.trim(), "exit" | "quit") {
+        return Step::Leave;
+    }
+    match slash::parse(input) {
+        Ok(None) => Step::Ask,
+        Ok(Some(command)) => match session.apply(command) {
+            Ok(Outcome::Exit) => Step::Leave,
+            Ok(Outcome::Say(text)) => {
+                eprintln!("{text}{gap}");
+                Step::Handled
+            }
+            Err(e) => {
+                eprintln!("moa: {e:#}{gap}");
+                Step::Handled
+            }
+        },
+        Err(e) => {
+            eprintln!("moa: {e}{gap}");
+            Step::Handled
+        }
+    }
 }
 
 /// Runs `moa chat`.
@@ -121,23 +152,10 @@ pub async fn run(config_path: Option<&Path>, args: ChatArgs) -> anyhow::Result<(
         if input.is_empty() {
             continue;
         }
-        if is_exit(&input) {
-            break;
-        }
-        match slash::parse(&input) {
-            Ok(Some(command)) => {
-                match session.apply(command) {
-                    Ok(Outcome::Say(text)) => eprintln!("{text}"),
-                    Ok(Outcome::Exit) => break,
-                    Err(e) => eprintln!("moa: {e:#}"),
-                }
-                continue;
-            }
-            Err(e) => {
-                eprintln!("moa: {e}");
-                continue;
-            }
-            Ok(None) => {}
+        match step(&mut session, &input, "") {
+            Step::Leave => break,
+            Step::Handled => continue,
+            Step::Ask => {}
         }
         let mut view = PlainView {
             show_proposals: args.show_proposals,

@@ -116,8 +116,10 @@ impl Session {
         Ok(self.describe())
     }
 
-    fn reshaped(&self, flags: Flags) -> anyhow::Result<Preset> {
-        apply_flags(self.preset.clone(), &flags)
+    /// Changes the current preset as `flags` say and rebinds the engine to it.
+    fn reshape(&mut self, flags: Flags) -> anyhow::Result<String> {
+        let preset = apply_flags(self.preset.clone(), &flags)?;
+        self.rebind(preset)
     }
 
     /// Applies a slash command.
@@ -130,33 +132,23 @@ impl Session {
                 let preset = apply_flags(self.config.preset(&name)?, &self.flags_for_new_preset())?;
                 say(self.rebind(preset)?)
             }
-            Slash::Proposers(models) => {
-                let preset = self.reshaped(Flags {
-                    proposers: Some(models),
-                    ..Flags::default()
-                })?;
-                say(self.rebind(preset)?)
-            }
-            Slash::Aggregator(model) => {
-                let preset = self.reshaped(Flags {
-                    aggregator: Some(model),
-                    ..Flags::default()
-                })?;
-                say(self.rebind(preset)?)
-            }
-            Slash::Rounds(rounds) => {
-                let preset = self.reshaped(Flags {
-                    layers: Some(rounds + 1),
-                    ..Flags::default()
-                })?;
-                say(self.rebind(preset)?)
-            }
+            Slash::Proposers(models) => say(self.reshape(Flags {
+                proposers: Some(models),
+                ..Flags::default()
+            })?),
+            Slash::Aggregator(model) => say(self.reshape(Flags {
+                aggregator: Some(model),
+                ..Flags::default()
+            })?),
+            Slash::Rounds(rounds) => say(self.reshape(Flags {
+                layers: Some(rounds + 1),
+                ..Flags::default()
+            })?),
             Slash::Temperature(t) => {
-                let preset = self.reshaped(Flags {
+                self.reshape(Flags {
                     temperature: Some(t),
                     ..Flags::default()
                 })?;
-                self.rebind(preset)?;
                 say(format!("temperature {t} for every agent"))
             }
             Slash::Show => say(self.last_proposals()),

@@ -8,8 +8,8 @@ use moa_core::RunEvent;
 use rustyline::error::ReadlineError;
 use rustyline::DefaultEditor;
 
-use super::session::{Outcome, Session};
-use super::{is_exit, run_turn, slash, TurnEnd, View};
+use super::session::Session;
+use super::{run_turn, step, Step, TurnEnd, View};
 use crate::render;
 
 /// Where the line history is kept (`~/.local/share/moa/history.txt` on Linux).
@@ -169,23 +169,10 @@ pub async fn run(session: &mut Session, show_proposals: bool) -> anyhow::Result<
             }
             let _ = editor.save_history(path);
         }
-        if is_exit(&input) {
-            break;
-        }
-        match slash::parse(&input) {
-            Ok(Some(command)) => {
-                match session.apply(command) {
-                    Ok(Outcome::Say(text)) => eprintln!("{text}\n"),
-                    Ok(Outcome::Exit) => break,
-                    Err(e) => eprintln!("moa: {e:#}\n"),
-                }
-                continue;
-            }
-            Err(e) => {
-                eprintln!("moa: {e}\n");
-                continue;
-            }
-            Ok(None) => {}
+        match step(session, &input, "\n") {
+            Step::Leave => break,
+            Step::Handled => continue,
+            Step::Ask => {}
         }
         let mut view = LiveView {
             show_proposals,
