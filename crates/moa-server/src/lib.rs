@@ -1,0 +1,350 @@
+//! `moa serve`: MoA presets behind an OpenAI-compatible API, so any OpenAI client can use a preset
+//! as if it were a model. Streaming forwards the aggregator's tokens as they arrive.
+//!
+//! Routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`. The server holds no
+//! conversation state: every request carries its messages, so replicas scale out behind any load
+//! balancer. It holds no MoA logic either: requests become engine runs, events become chunks.
+
+mod error;
+mod wire;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use moa_core::{Moa, RunEvent};
+use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub use error::ApiError;
+use wire::Envelope;
+
+/// Builds the engine for one request: the preset's own, or one with the client's temperature and
+/// max_tokens for the aggregator.
+pub trait Engines: Send + Sync + 'static {
+    /// The preset names served, in listing order.
+    fn names(&self) -> Vec<String>;
+    /// The engine for `preset`, with the client's overrides for the aggregator; `None` if unknown.
+    fn engine(
+        &self,
+        preset: &str,
+        temperature: Option<f64>,
+        max_tokens: Option<u32>,
+    ) -> Option<Result<Moa, String>>;
+}
+
+/// Fixed engines by preset name (overrides are not applied): for tests and simple embeddings.
+pub struct FixedEngines(pub BTreeMap<String, Moa>);
+
+impl Engines for FixedEngines {
+    fn names(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
+    }
+
+    fn engine(&self, preset: &str, _: Option<f64>, _: Option<u32>) -> Option<Result<Moa, String>> {
+        self.0.get(preset).cloned().map(Ok)
+    }
+}
+
+/// Limits and credentials.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Clients must send `Authorization: Bearer <key>` when set.
+    pub api_key: Option<String>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// MoA runs at once; more are refused with 429.
+    pub max_concurrent_runs: usize,
+    /// The longest one request may take, start to last byte.
+    pub request_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            max_body_bytes: 4 << 20,
+            max_concurrent_runs: 1024,
+            request_timeout: Duration::from_secs(900),
+        }
+    }
+}
+
+struct AppState {
+    engines: Box<dyn Engines>,
+    config: ServerConfig,
+    runs: Arc<Semaphore>,
+    counter: AtomicU64,
+}
+
+/// The API's routes.
+pub fn router(engines: impl Engines, config: ServerConfig) -> Router {
+    let state = Arc::new(AppState {
+        engines: Box::new(engines),
+        runs: Arc::new(Semaphore::new(config.max_concurrent_runs)),
+        counter: AtomicU64::new(0),
+        config,
+    });
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/models", get(models))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "not_found",
+                "no such route; try POST /v1/chat/completions",
+            )
+        })
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .with_state(state)
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &state.config.api_key else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if same_secret(given.as_bytes(), key.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+            "missing or wrong API key: send Authorization: Bearer <the server's key>",
+        ))
+    }
+}
+
+async fn models(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let data: Vec<_> = state
+        .engines
+        .names()
+        .into_iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "moa"}))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})).into_response())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn chat(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let body = body.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            "invalid_request_error",
+            "invalid_body",
+            format!("cannot read the request body: {e}"),
+        )
+    })?;
+    let request: wire::ChatRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the request body is not a valid chat completion request: {e}"
+        ))
+    })?;
+    if request.messages.is_empty() {
+        return Err(ApiError::bad_request("`messages` is empty"));
+    }
+    let max_tokens = request.max_tokens.or(request.max_completion_tokens);
+    let moa =
+        match state
+            .engines
+            .engine(&request.model, request.temperature, max_tokens)
+        {
+            Some(Ok(moa)) => moa,
+            Some(Err(message)) => return Err(ApiError::bad_request(message)),
+            None => return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                format!(
+                    "the model `{}` does not exist here; GET /v1/models lists the presets served",
+                    request.model
+                ),
+            )),
+        };
+    let permit = state.runs.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "server_busy",
+            "the server is running as many MoA requests as it allows; retry shortly",
+        )
+    })?;
+    let env = Envelope {
+        id: format!(
+            "chatcmpl-moa-{:x}-{}",
+            now(),
+            state.counter.fetch_add(1, Ordering::Relaxed)
+        ),
+        created: now(),
+        model: request.model.clone(),
+    };
+    let timeout = state.config.request_timeout;
+    if request.stream {
+        return Ok(stream(moa, request, env, permit, timeout));
+    }
+    let trace = tokio::time::timeout(timeout, moa.run_to_end(request.messages.clone()))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_error",
+                "timeout",
+                "the MoA run took longer than the server allows",
+            )
+        })?
+        .map_err(|e| ApiError::from_run(&e))?;
+    drop(permit);
+    Ok(Json(wire::completion(&env, &trace, request.include_proposals())).into_response())
+}
+
+/// Streams the run as chat.completion.chunk events. Dropping the body (the client went away)
+/// drops the run, which cancels every upstream request.
+fn stream(
+    moa: Moa,
+    request: wire::ChatRequest,
+    env: Envelope,
+    permit: OwnedSemaphorePermit,
+    timeout: Duration,
+) -> Response {
+    let include_usage = request.include_usage();
+    let include_proposals = request.include_proposals();
+    let run = moa.run(request.messages);
+    let deadline = tokio::time::sleep(timeout);
+    let state = (run, Some(env), permit, Box::pin(deadline), false);
+    let frames = futures::stream::unfold(
+        state,
+        move |(mut run, env, permit, mut deadline, started)| async move {
+            let env = env?;
+            if !started {
+                let first = wire::delta(&env, json!({"role": "assistant", "content": ""}));
+                return Some((
+                    Ok::<_, std::convert::Infallible>(first),
+                    (run, Some(env), permit, deadline, true),
+                ));
+            }
+            loop {
+                let event = tokio::select! {
+                    event = run.next() => event,
+                    _ = &mut deadline => {
+                        let error = ApiError::new(StatusCode::GATEWAY_TIMEOUT, "upstream_error", "timeout", "the MoA run took longer than the server allows");
+                        let frame = Bytes::from(format!("data: {}\n\ndata: [DONE]\n\n", error.body()));
+                        return Some((Ok(frame), (run, None, permit, deadline, true)));
+                    }
+                };
+                match event {
+                    Some(Ok(RunEvent::AggregatorDelta { text })) => {
+                        let frame = wire::delta(&env, json!({"content": text}));
+                        return Some((Ok(frame), (run, Some(env), permit, deadline, true)));
+                    }
+                    Some(Ok(RunEvent::Done(trace))) => {
+                        let reason = trace
+                            .aggregator
+                            .finish_reason
+                            .clone()
+                            .unwrap_or_else(|| "stop".into());
+                        let mut frames = wire::finish(&env, &reason).to_vec();
+                        if include_proposals {
+                            frames.extend_from_slice(&wire::chunk(
+                                &env,
+                                json!([]),
+                                Some(("moa", wire::proposals(&trace))),
+                            ));
+                        }
+                        if include_usage {
+                            frames.extend_from_slice(&wire::usage_chunk(&env, &trace.usage));
+                        }
+                        frames.extend_from_slice(b"data: [DONE]\n\n");
+                        return Some((
+                            Ok(Bytes::from(frames)),
+                            (run, None, permit, deadline, true),
+                        ));
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(error)) => {
+                        let body = ApiError::from_run(&error).body();
+                        let frame = Bytes::from(format!("data: {body}\n\ndata: [DONE]\n\n"));
+                        return Some((Ok(frame), (run, None, permit, deadline, true)));
+                    }
+                    None => return None,
+                }
+            }
+        },
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(frames))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets in-flight requests finish
+/// for at most `grace`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let signalled = async move {
+        shutdown.await;
+        let _ = stop_tx.send(());
+    };
+    let server = axum::serve(listener, router).with_graceful_shutdown(signalled);
+    tokio::select! {
+        result = std::future::IntoFuture::into_future(server) => result,
+        _ = async {
+            let _ = stop_rx.await;
+            tokio::time::sleep(grace).await;
+        } => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"sk-abc", b"sk-abc"));
+        assert!(!same_secret(b"sk-abc", b"sk-abd"));
+        assert!(!same_secret(b"sk-abc", b"sk-ab"));
+        assert!(!same_secret(b"", b"x"));
+    }
+}

@@ -1,0 +1,354 @@
+//! The server end to end: an HTTP client against it on 127.0.0.1:0, the fake OpenAI server as
+//! upstream.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use moa_core::{AgentSpec, Moa, Preset, PromptStyle, RunOptions, AGGREGATOR_SYSTEM_PROMPT};
+use moa_providers::{Endpoint, Registry, RetryPolicy};
+use moa_server::{router, serve, FixedEngines, ServerConfig};
+use moa_testkit::{Ending, FakeOpenAi, Reply};
+use serde_json::{json, Value};
+
+struct Setup {
+    fake: FakeOpenAi,
+    base: String,
+    http: reqwest::Client,
+}
+
+fn preset() -> Preset {
+    Preset {
+        name: "mini".into(),
+        description: String::new(),
+        layers: vec![vec![AgentSpec::new("up:p1"), AgentSpec::new("up:p2")]],
+        aggregator: AgentSpec::new("up:agg"),
+        prompt_style: PromptStyle::Reference,
+    }
+}
+
+async fn start(config: ServerConfig) -> Setup {
+    let fake = FakeOpenAi::start().await;
+    fake.respond_with(|r| {
+        if r.model == "agg" {
+            Reply::text("The final answer.").with_usage(100, 4)
+        } else {
+            Reply::text(format!("{} thinks so", r.model)).with_usage(10, 3)
+        }
+    });
+    let mut registry = Registry::new(Arc::new(|_| None));
+    let mut endpoint = Endpoint::custom("up", &fake.base_url());
+    endpoint.retry = RetryPolicy::none();
+    registry.insert_endpoint(endpoint);
+    let moa = Moa::new(registry.bind(&preset()).unwrap(), RunOptions::default());
+    let engines = FixedEngines(BTreeMap::from([("mini".to_string(), moa)]));
+    let app = router(engines, config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve(
+        listener,
+        app,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    Setup {
+        fake,
+        base,
+        http: reqwest::Client::new(),
+    }
+}
+
+fn body(stream: bool) -> Value {
+    json!({"model": "mini", "messages": [{"role": "user", "content": "Why?"}], "stream": stream})
+}
+
+impl Setup {
+    async fn post(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/chat/completions", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// The `data:` payloads of an SSE body.
+fn events(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_whole_completion_in_openais_shape_with_total_usage() {
+    let s = start(ServerConfig::default()).await;
+    let response = s.post(&body(false)).await;
+    assert_eq!(response.status(), 200);
+    let json: Value = response.json().await.unwrap();
+    assert_eq!(json["object"], "chat.completion");
+    assert!(json["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(json["model"], "mini");
+    assert_eq!(json["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(
+        json["choices"][0]["message"]["content"],
+        "The final answer."
+    );
+    assert_eq!(json["choices"][0]["finish_reason"], "stop");
+    // Every upstream call counts: two proposers (10 + 3 each) and the aggregator (100 + 4).
+    assert_eq!(
+        json["usage"],
+        json!({"prompt_tokens": 120, "completion_tokens": 10, "total_tokens": 130})
+    );
+    assert!(json.get("moa").is_none(), "the extension is opt-in");
+    let agg = s.fake.requests_for("agg").remove(0);
+    assert_eq!(
+        agg.messages()[0].1,
+        format!("{AGGREGATOR_SYSTEM_PROMPT}\n1. p1 thinks so\n2. p2 thinks so")
+    );
+}
+
+#[tokio::test]
+async fn streaming_forwards_the_aggregators_tokens_then_usage_and_done() {
+    let s = start(ServerConfig::default()).await;
+    let mut request = body(true);
+    request["stream_options"] = json!({"include_usage": true});
+    let response = s.post(&request).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let events = events(&response.text().await.unwrap());
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"]));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "The final answer.");
+    assert!(chunks.len() > 4, "the answer came in several chunks");
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["total_tokens"], 130);
+
+    // Without include_usage there is no usage chunk.
+    let events_plain = events_of(&s, body(true)).await;
+    assert!(events_plain.iter().all(|e| !e.contains("\"usage\"")));
+}
+
+async fn events_of(s: &Setup, body: Value) -> Vec<String> {
+    events(&s.post(&body).await.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn multi_turn_messages_reach_the_proposers_as_sent() {
+    let s = start(ServerConfig::default()).await;
+    let messages = json!([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Why?"}
+    ]);
+    let response = s
+        .post(&json!({"model": "mini", "messages": messages}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let p1 = s.fake.requests_for("p1").remove(0);
+    assert_eq!(p1.json["messages"], messages);
+}
+
+#[tokio::test]
+async fn the_extension_returns_every_proposal_and_usage_per_model() {
+    let s = start(ServerConfig::default()).await;
+    let mut request = body(false);
+    request["moa"] = json!({"include_proposals": true});
+    let json: Value = s.post(&request).await.json().await.unwrap();
+    let calls = json["moa"]["layers"][0]["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0]["answer"], "p1 thinks so");
+    assert_eq!(json["moa"]["usage_by_model"]["up:agg"]["total_tokens"], 104);
+    // Streamed, it arrives as one extra chunk with no choices.
+    request["stream"] = json!(true);
+    let events = events_of(&s, request).await;
+    assert!(events
+        .iter()
+        .any(|e| e.contains("\"moa\"") && e.contains("\"choices\":[]")));
+}
+
+#[tokio::test]
+async fn errors_come_in_openais_shape_with_the_right_status() {
+    let s = start(ServerConfig::default()).await;
+    let bad = s
+        .http
+        .post(format!("{}/v1/chat/completions", s.base))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let json: Value = bad.json().await.unwrap();
+    assert_eq!(json["error"]["type"], "invalid_request_error");
+    assert!(json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not a valid chat completion request"));
+
+    let unknown = s
+        .post(&json!({"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(unknown.status(), 404);
+    let json: Value = unknown.json().await.unwrap();
+    assert_eq!(json["error"]["code"], "model_not_found");
+
+    let empty = s.post(&json!({"model": "mini", "messages": []})).await;
+    assert_eq!(empty.status(), 400);
+}
+
+#[tokio::test]
+async fn upstream_failures_are_502() {
+    let s = start(ServerConfig::default()).await;
+    s.fake
+        .respond_with(|_| Reply::error(500, "server_error", "upstream broke"));
+    let response = s.post(&body(false)).await;
+    assert_eq!(response.status(), 502);
+    let json: Value = response.json().await.unwrap();
+    assert_eq!(json["error"]["type"], "upstream_error");
+    assert!(json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("only 0 of 2 proposers answered"));
+}
+
+#[tokio::test]
+async fn an_api_key_is_required_when_set() {
+    let s = start(ServerConfig {
+        api_key: Some("sk-server".into()),
+        ..ServerConfig::default()
+    })
+    .await;
+    let none = s.post(&body(false)).await;
+    assert_eq!(none.status(), 401);
+    assert_eq!(
+        none.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_api_key"
+    );
+    let url = format!("{}/v1/chat/completions", s.base);
+    let wrong = s
+        .http
+        .post(&url)
+        .bearer_auth("sk-wrong")
+        .json(&body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = s
+        .http
+        .post(&url)
+        .bearer_auth("sk-server")
+        .json(&body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    let models = s
+        .http
+        .get(format!("{}/v1/models", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 401);
+    // Health checks need no key.
+    assert_eq!(
+        s.http
+            .get(format!("{}/health", s.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn models_lists_the_presets_and_bodies_are_limited() {
+    let s = start(ServerConfig {
+        max_body_bytes: 1024,
+        ..ServerConfig::default()
+    })
+    .await;
+    let json: Value = s
+        .http
+        .get(format!("{}/v1/models", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(json["object"], "list");
+    assert_eq!(json["data"][0]["id"], "mini");
+    let big = json!({"model": "mini", "messages": [{"role": "user", "content": "x".repeat(4096)}]});
+    let response = s.post(&big).await;
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error"]["type"],
+        "invalid_request_error"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_cancels_the_upstream_requests() {
+    let s = start(ServerConfig::default()).await;
+    s.fake.push("agg", Reply::stall_after("The answer starts"));
+    let response = s.post(&body(true)).await;
+    let mut bytes = response.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("The ") {
+        seen.push_str(&String::from_utf8_lossy(
+            &bytes.next().await.unwrap().unwrap(),
+        ));
+    }
+    drop(bytes);
+    let agg = s
+        .fake
+        .requests()
+        .iter()
+        .find(|r| r.model == "agg")
+        .unwrap()
+        .seq;
+    let ending = tokio::time::timeout(Duration::from_secs(10), s.fake.wait_ending(agg)).await;
+    assert_eq!(ending, Ok(Ending::ClientGone));
+}
+
+#[tokio::test]
+async fn a_saturated_server_answers_429() {
+    let s = start(ServerConfig {
+        max_concurrent_runs: 1,
+        ..ServerConfig::default()
+    })
+    .await;
+    s.fake
+        .push("agg", Reply::stall_after("Holding the only slot"));
+    let first = s.post(&body(true)).await;
+    let mut held = first.bytes_stream();
+    held.next().await.unwrap().unwrap();
+    let second = s.post(&body(false)).await;
+    assert_eq!(second.status(), 429);
+    assert_eq!(
+        second.json::<Value>().await.unwrap()["error"]["code"],
+        "server_busy"
+    );
+    drop(held);
+}
