@@ -31,6 +31,8 @@ pub enum Command {
     Ask(Box<AskArgs>),
     /// Chat with MoA, turn after turn (multi-turn as the reference's bot.py).
     Chat(Box<ChatArgs>),
+    /// Serve the presets as models behind an OpenAI-compatible API.
+    Serve(ServeArgs),
     /// List the presets (built-in and from the config) with their layers and models.
     Presets(PresetsArgs),
     /// List the providers, their endpoints and API key variables.
@@ -176,6 +178,31 @@ impl ChatArgs {
             prompt_style: None,
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; the default only accepts this machine.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8787)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` from clients (or set MOA_SERVER_API_KEY).
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// Serve only these presets (comma-separated); default: every preset whose keys are set.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub presets: Vec<String>,
+    /// MoA runs at once; more get 429.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub max_concurrent: usize,
+    /// Largest request body, in KiB.
+    #[arg(long, default_value_t = 4096, value_name = "KIB")]
+    pub max_body_kb: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS", value_parser = non_negative)]
+    pub grace: f64,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,9 @@ pub const MOA_MIN_PROPOSALS: &str = "MOA_MIN_PROPOSALS";
 #[cfg_attr(not(feature = "local"), allow(dead_code))]
 pub const MOA_MODELS_DIR: &str = "MOA_MODELS_DIR";
 
+/// The bearer token `moa serve` requires from its clients (or --api-key).
+pub const MOA_SERVER_API_KEY: &str = "MOA_SERVER_API_KEY";
+
 /// A variable's value; unset and empty are the same.
 pub fn lookup(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Ask(args) => commands::ask::run(config, *args).await,
             Command::Chat(args) => commands::chat::run(config, *args).await,
+            Command::Serve(args) => commands::serve::run(config, args).await,
             Command::Presets(args) => commands::presets::run(config, args),
             Command::Providers => commands::providers::run(config),
             Command::Models { command } => local::models(command),

@@ -179,14 +179,14 @@ async fn chat(
         return Err(ApiError::bad_request("`messages` is empty"));
     }
     let max_tokens = request.max_tokens.or(request.max_completion_tokens);
-    let moa =
-        match state
-            .engines
-            .engine(&request.model, request.temperature, max_tokens)
-        {
-            Some(Ok(moa)) => moa,
-            Some(Err(message)) => return Err(ApiError::bad_request(message)),
-            None => return Err(ApiError::new(
+    let moa = match state
+        .engines
+        .engine(&request.model, request.temperature, max_tokens)
+    {
+        Some(Ok(moa)) => moa,
+        Some(Err(message)) => return Err(ApiError::bad_request(message)),
+        None => {
+            return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
                 "model_not_found",
@@ -194,8 +194,9 @@ async fn chat(
                     "the model `{}` does not exist here; GET /v1/models lists the presets served",
                     request.model
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let permit = state.runs.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -4,6 +4,7 @@ pub mod ask;
 pub mod chat;
 pub mod presets;
 pub mod providers;
+pub mod serve;
 
 use moa_core::{Moa, Preset, RunOptions};
 use moa_providers::Registry;

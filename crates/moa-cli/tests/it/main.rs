@@ -8,6 +8,8 @@ mod chat_tty;
 #[cfg(feature = "local")]
 mod local;
 mod presets;
+#[cfg(unix)]
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
