@@ -352,3 +352,38 @@ async fn a_saturated_server_answers_429() {
     );
     drop(held);
 }
+
+/// async-openai's types, as an independent check that ordinary OpenAI clients read our answers.
+#[tokio::test]
+async fn responses_deserialize_with_async_openais_types() {
+    use async_openai::types::chat::{
+        CreateChatCompletionResponse, CreateChatCompletionStreamResponse,
+    };
+    let s = start(ServerConfig::default()).await;
+    let mut request = body(false);
+    request["moa"] = json!({"include_proposals": true});
+    let text = s.post(&request).await.text().await.unwrap();
+    let whole: CreateChatCompletionResponse = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        whole.choices[0].message.content.as_deref(),
+        Some("The final answer.")
+    );
+    assert_eq!(whole.usage.unwrap().total_tokens, 130);
+
+    request["stream"] = json!(true);
+    request["stream_options"] = json!({"include_usage": true});
+    let events = events_of(&s, request).await;
+    let chunks: Vec<CreateChatCompletionStreamResponse> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("{err}: {e}")))
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c.choices.first().and_then(|ch| ch.delta.content.clone()))
+        .collect();
+    assert_eq!(text, "The final answer.");
+    assert_eq!(
+        chunks.last().unwrap().usage.as_ref().unwrap().total_tokens,
+        130
+    );
+}
