@@ -19,26 +19,7 @@ use moa_testkit::{FakeOpenAi, Reply};
 const CLIENT: &str = "moa-client";
 const UPSTREAM: &str = "fake-upstream";
 
-/// CPU nanoseconds used so far by this process's threads whose name starts with `prefix`.
-fn cpu_ns(prefix: &str) -> u64 {
-    let mut total = 0;
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    for task in tasks.flatten() {
-        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if !name.trim_end().starts_with(prefix) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        total += stat
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    total
-}
+use moa_testkit::measure::thread_cpu_ns as cpu_ns;
 
 /// Answers at once with a fixed text in a few deltas: only the engine's cost remains.
 struct InstantProvider;

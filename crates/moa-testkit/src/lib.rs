@@ -6,6 +6,7 @@
 //! - [`ScriptedProvider`]: the same scripts served in-process through the provider trait, for
 //!   engine tests and benchmarks that should not pay for HTTP.
 
+pub mod measure;
 mod openai;
 mod reply;
 mod script;

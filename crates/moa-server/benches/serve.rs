@@ -1,0 +1,200 @@
+//! `moa serve` under load: many concurrent streamed MoA requests (4 proposers + aggregator)
+//! against a fake upstream that takes 200 ms per call, all on this machine.
+//!
+//! `cargo bench -p moa-server --bench serve` (`-- --requests N` to change the 1,000).
+//! Reports: successes, time to first token against the critical path (two layers of 200 ms),
+//! requests/s, the server's CPU per request (its threads only), and the process's peak RSS.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use moa_core::{AgentSpec, Moa, Preset, PromptStyle, RunOptions};
+use moa_providers::{Endpoint, Registry, RetryPolicy};
+use moa_server::{router, serve, FixedEngines, ServerConfig};
+use moa_testkit::measure::{peak_rss_kib, thread_cpu_ns};
+use moa_testkit::{FakeOpenAi, Reply};
+
+const UPSTREAM_LATENCY: Duration = Duration::from_millis(200);
+
+fn runtime(name: &'static str, workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"))
+}
+
+/// Whether an SSE text holds a chunk with non-empty content (the opening chunk's is empty).
+fn has_content(text: &str) -> bool {
+    text.match_indices("\"delta\":{\"content\":\"")
+        .any(|(i, m)| !text[i + m.len()..].starts_with('"'))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let requests: usize = args
+        .iter()
+        .position(|a| a == "--requests")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(if full { 1000 } else { 20 });
+
+    let upstream = runtime("fake-upstream", 1);
+    let fake = upstream.block_on(FakeOpenAi::start());
+    let answer = "Here is a considered answer with a handful of words in it. ".repeat(3);
+    fake.respond_with(move |_| {
+        Reply::text(answer.clone())
+            .with_chunk_chars(24)
+            .with_delay(UPSTREAM_LATENCY)
+            .with_usage(50, 30)
+    });
+
+    let server = runtime("moa-server", 2);
+    let base = server.block_on(async {
+        let mut registry = Registry::new(Arc::new(|_| None));
+        let mut endpoint = Endpoint::custom("up", &fake.base_url());
+        endpoint.max_concurrency = 0;
+        endpoint.retry = RetryPolicy::none();
+        registry.insert_endpoint(endpoint);
+        let preset = Preset {
+            name: "bench".into(),
+            description: String::new(),
+            layers: vec![(0..4).map(|i| AgentSpec::new(format!("up:p{i}"))).collect()],
+            aggregator: AgentSpec::new("up:agg"),
+            prompt_style: PromptStyle::Reference,
+        };
+        let moa = Moa::new(
+            registry.bind(&preset).unwrap_or_else(|e| panic!("{e}")),
+            RunOptions::default(),
+        );
+        let app = router(
+            FixedEngines(BTreeMap::from([("bench".to_string(), moa)])),
+            ServerConfig::default(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let base = format!(
+            "http://{}/v1/chat/completions",
+            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+        );
+        tokio::spawn(serve(
+            listener,
+            app,
+            std::future::pending(),
+            Duration::from_secs(1),
+        ));
+        base
+    });
+
+    let client = runtime("bench-client", 1);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(requests)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let body = serde_json::json!({"model": "bench", "messages": [{"role": "user", "content": "Why is the sky blue?"}], "stream": true});
+    let burst = || {
+        client.block_on(async {
+            let calls = (0..requests).map(|_| {
+                let (http, base, body) = (http.clone(), base.clone(), body.clone());
+                tokio::spawn(async move {
+                    let sent = Instant::now();
+                    let response = http
+                        .post(&base)
+                        .json(&body)
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if !response.status().is_success() {
+                        return Err(format!("status {}", response.status()));
+                    }
+                    let mut stream = response.bytes_stream();
+                    let (mut first_token, mut text) = (None, String::new());
+                    while let Some(chunk) = stream.next().await {
+                        text.push_str(&String::from_utf8_lossy(&chunk.map_err(|e| e.to_string())?));
+                        if first_token.is_none() && has_content(&text) {
+                            first_token = Some(sent.elapsed());
+                        }
+                    }
+                    if !text.ends_with("data: [DONE]\n\n") || text.contains("\"error\"") {
+                        return Err("incomplete or failed stream".into());
+                    }
+                    first_token.ok_or_else(|| "no content".to_string())
+                })
+            });
+            let mut out = Vec::new();
+            for handle in futures::future::join_all(calls).await {
+                out.push(handle.unwrap_or_else(|e| Err(e.to_string())));
+            }
+            out
+        })
+    };
+    // A first burst opens the connection pools, as a server that has been up a while has them.
+    let warm = burst();
+    let cpu_before = thread_cpu_ns("moa-server");
+    let started = Instant::now();
+    let results: Vec<Result<Duration, String>> = burst();
+    let wall = started.elapsed();
+    let warm_failures = warm.iter().filter(|r| r.is_err()).count();
+    let server_cpu = thread_cpu_ns("moa-server") - cpu_before;
+    let mut ttft: Vec<Duration> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    ttft.sort();
+    let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let critical = UPSTREAM_LATENCY * 2;
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| concurrent streamed requests | {requests} |");
+    println!(
+        "| succeeded | {} ({} failed{}) |",
+        ttft.len(),
+        failures.len(),
+        failures
+            .first()
+            .map(|f| format!(", first: {f}"))
+            .unwrap_or_default()
+    );
+    if !ttft.is_empty() {
+        println!(
+            "| critical path (2 layers x {} ms) | {} ms |",
+            UPSTREAM_LATENCY.as_millis(),
+            critical.as_millis()
+        );
+        for (name, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
+            let t = percentile(&ttft, p);
+            println!(
+                "| time to first token {name} | {} ms ({:+.1}% over the critical path) |",
+                t.as_millis(),
+                (t.as_secs_f64() / critical.as_secs_f64() - 1.0) * 100.0
+            );
+        }
+    }
+    println!("| wall time, all requests | {:.2} s |", wall.as_secs_f64());
+    println!(
+        "| requests/s | {:.0} |",
+        requests as f64 / wall.as_secs_f64()
+    );
+    println!(
+        "| server CPU per request (5 upstream calls) | {:.0} µs |",
+        server_cpu as f64 / requests as f64 / 1000.0
+    );
+    println!(
+        "| peak RSS, whole process (server + fake upstream + client) | {} MiB |",
+        peak_rss_kib() / 1024
+    );
+    println!(
+        "| upstream calls served (both bursts) | {} ({warm_failures} failures in the warm-up) |",
+        fake.requests().len()
+    );
+    drop(fake);
+}
