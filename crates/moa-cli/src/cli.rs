@@ -14,7 +14,7 @@ use crate::config::Flags;
     about = "Mixture-of-Agents: several LLMs propose, later layers refine, one aggregator answers",
     after_help = "Exit codes: 0 success, 1 the run failed upstream, 2 bad usage or config, \
                   3 missing API key, 130 interrupted.\n\
-                  Environment: MOA_CONFIG, MOA_PRESET, MOA_TIMEOUT, MOA_MIN_PROPOSALS, MOA_MODELS_DIR, and each \
+                  Environment: MOA_CONFIG, MOA_PRESET, MOA_TIMEOUT, MOA_MIN_PROPOSALS, MOA_MODELS_DIR, MOA_SERVER_API_KEY, and each \
                   provider's API key variable (see `moa providers`)."
 )]
 pub struct Cli {

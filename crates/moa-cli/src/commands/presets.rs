@@ -19,8 +19,8 @@ fn settings(agent: &AgentSpec) -> String {
     if agent.system.is_some() {
         parts.push("own system prompt".into());
     }
-    for key in agent.extra.keys() {
-        parts.push(key.clone());
+    for (key, value) in &agent.extra {
+        parts.push(format!("{key} {value}"));
     }
     if parts.is_empty() {
         "provider defaults".into()
