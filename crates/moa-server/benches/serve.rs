@@ -73,7 +73,11 @@ fn main() {
         };
         let moa = Moa::new(
             registry.bind(&preset).unwrap_or_else(|e| panic!("{e}")),
-            RunOptions::default(),
+            RunOptions {
+                // The server never forwards proposer deltas: whole answers cost it less.
+                stream_proposers: false,
+                ..RunOptions::default()
+            },
         );
         let app = router(
             FixedEngines(BTreeMap::from([("bench".to_string(), moa)])),
