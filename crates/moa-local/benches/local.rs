@@ -48,7 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prefill_best = prefill_best.max(prompt.len() as f64 / t.elapsed().as_secs_f64());
         let t = Instant::now();
         for _ in 0..gen_len {
-            let next = moa_local::model::argmax(&logits);
+            let next = moa_local::sampler::argmax(&logits);
             logits = model.forward(&[next], &mut cache)?;
         }
         decode_best = decode_best.max(gen_len as f64 / t.elapsed().as_secs_f64());
@@ -59,12 +59,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut cache = model.new_cache();
         let logits = model.forward(&prompt, &mut cache)?;
         let mut caches = [cache.clone(), cache.clone(), cache];
-        let mut tokens = vec![moa_local::model::argmax(&logits); 3];
+        let mut tokens = vec![moa_local::sampler::argmax(&logits); 3];
         let t = Instant::now();
         for _ in 0..gen_len {
             let mut refs: Vec<&mut moa_local::model::Cache> = caches.iter_mut().collect();
             let all = model.forward_batch(&tokens, &mut refs)?;
-            tokens = all.iter().map(|l| moa_local::model::argmax(l)).collect();
+            tokens = all.iter().map(|l| moa_local::sampler::argmax(l)).collect();
         }
         batch_best = batch_best.max(3.0 * gen_len as f64 / t.elapsed().as_secs_f64());
     }

@@ -1,10 +1,13 @@
-//! Generates one answer with a local GGUF model and reports speed.
+//! Generates one answer with a local GGUF model, through the same batching worker the provider
+//! uses, and reports speed.
 //! `cargo run --release -p moa-local --example generate -- MODEL.gguf "prompt" [max_tokens]`
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use moa_core::{ChatRequest, Chunk, Message};
 use moa_local::model::Model;
+use moa_local::{batch, request};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -14,20 +17,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let max_tokens = args.get(3).and_then(|n| n.parse().ok()).unwrap_or(128);
     let started = Instant::now();
-    let model = Model::load(std::path::Path::new(path))?;
+    let model = Arc::new(Model::load(std::path::Path::new(path))?);
     eprintln!(
         "loaded {} in {:.2}s",
         model.config.name,
         started.elapsed().as_secs_f64()
     );
-    let mut request = ChatRequest::new("x", vec![Message::user(prompt.clone())]);
-    request.temperature = Some(0.0);
-    request.max_tokens = Some(max_tokens);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut chat = ChatRequest::new("x", vec![Message::user(prompt.clone())]);
+    chat.temperature = Some(0.0);
+    chat.max_tokens = Some(max_tokens);
+    let (out, mut answer) = tokio::sync::mpsc::unbounded_channel();
+    let job = batch::Job {
+        prompt: request::prompt_tokens(&model, &chat)?,
+        sampling: request::sampling(&chat),
+        limit: request::limit(&chat),
+        out,
+    };
     let started = Instant::now();
-    moa_local::generate::generate(&model, &request, &tx);
-    drop(tx);
-    while let Ok(chunk) = rx.try_recv() {
+    batch::spawn(model)?.send(job)?;
+    while let Some(chunk) = answer.blocking_recv() {
         match chunk? {
             Chunk::Delta(t) => print!("{t}"),
             Chunk::Finished {
@@ -42,6 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     u.completion_tokens,
                     u.completion_tokens as f64 / secs
                 );
+                break;
             }
         }
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use moa_core::{Chunk, ProviderError, Usage};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::failed;
 use crate::model::{Cache, Model};
 use crate::sampler::{sample, Rng, Sampling};
 use crate::tokenizer::Utf8Stream;
@@ -28,13 +29,6 @@ struct Sequence {
     text: Utf8Stream,
     generated: usize,
     next: u32,
-}
-
-fn failed(message: String) -> ProviderError {
-    ProviderError::Other {
-        provider: "local".into(),
-        message,
-    }
 }
 
 /// Starts the worker for `model`; it ends when every sender is dropped.

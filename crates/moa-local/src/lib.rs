@@ -13,9 +13,9 @@
 pub mod batch;
 pub mod catalog;
 pub mod fetch;
-pub mod generate;
 pub mod kernels;
 pub mod model;
+pub mod request;
 pub mod sampler;
 pub mod template;
 pub mod tokenizer;
@@ -44,7 +44,8 @@ struct Inner {
     workers: Mutex<HashMap<PathBuf, std::sync::mpsc::Sender<batch::Job>>>,
 }
 
-fn failed(message: impl Into<String>) -> ProviderError {
+/// An error of the local provider.
+pub(crate) fn failed(message: impl Into<String>) -> ProviderError {
     ProviderError::Other {
         provider: "local".into(),
         message: message.into(),
@@ -146,9 +147,9 @@ impl LocalProvider {
     ) -> Result<(), ProviderError> {
         let (path, model) = self.loaded(&request.model)?;
         let job = batch::Job {
-            prompt: generate::prompt_tokens(&model, &request)?,
-            sampling: generate::sampling(&request),
-            limit: generate::limit(&request),
+            prompt: request::prompt_tokens(&model, &request)?,
+            sampling: request::sampling(&request),
+            limit: request::limit(&request),
             out,
         };
         self.submit(path, model, job)

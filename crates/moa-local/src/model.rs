@@ -638,15 +638,3 @@ fn rope_tables(c: &ModelConfig, device: &Device) -> candle_core::Result<(Tensor,
     let freqs = positions.broadcast_mul(&inv)?;
     Ok((freqs.cos()?, freqs.sin()?))
 }
-
-/// The index of the largest logit (used by tests and greedy decoding).
-pub fn argmax(logits: &[f32]) -> u32 {
-    logits
-        .iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &l)| if l > b.1 { (i, l) } else { b },
-        )
-        .0 as u32
-}

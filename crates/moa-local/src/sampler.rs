@@ -43,21 +43,24 @@ impl Default for Sampling {
     }
 }
 
+/// The index of the largest logit: greedy decoding.
+pub fn argmax(logits: &[f32]) -> u32 {
+    logits
+        .iter()
+        .enumerate()
+        .fold((0usize, f32::NEG_INFINITY), |best, (i, &l)| {
+            if l > best.1 {
+                (i, l)
+            } else {
+                best
+            }
+        })
+        .0 as u32
+}
+
 /// Picks a token from `logits`.
 pub fn sample(logits: &[f32], sampling: &Sampling, rng: &mut Rng) -> u32 {
-    let argmax = || {
-        logits
-            .iter()
-            .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |best, (i, &l)| {
-                if l > best.1 {
-                    (i, l)
-                } else {
-                    best
-                }
-            })
-            .0 as u32
-    };
+    let argmax = || argmax(logits);
     if sampling.temperature <= 1e-4 {
         return argmax();
     }
