@@ -5,6 +5,7 @@ pub mod chat;
 pub mod presets;
 pub mod providers;
 pub mod serve;
+pub mod turn;
 
 use moa_core::{Moa, Preset, RunOptions};
 use moa_providers::Registry;

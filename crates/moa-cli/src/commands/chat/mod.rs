@@ -7,78 +7,12 @@ mod session;
 mod slash;
 mod tty;
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 
-use futures::StreamExt;
-use moa_core::{MoaError, RunEvent, Trace};
-
+use super::turn::{self, PlainView, TurnEnd};
 use crate::cli::ChatArgs;
-use crate::render;
 use session::{Outcome, Session};
-
-/// How a turn ended.
-pub enum TurnEnd {
-    Done(Trace),
-    Failed(MoaError),
-    Cancelled,
-}
-
-/// Where a turn's events go.
-pub trait View {
-    fn event(&mut self, event: &RunEvent) -> std::io::Result<()>;
-}
-
-/// Runs one turn, showing its events; with `cancellable`, Ctrl-C ends it early (and drops every
-/// request in flight) without leaving the chat.
-pub async fn run_turn(
-    session: &Session,
-    input: &str,
-    view: &mut dyn View,
-    cancellable: bool,
-) -> anyhow::Result<TurnEnd> {
-    let mut stream = session.moa.run(session.messages_for(input));
-    let mut interrupt = std::pin::pin!(async {
-        if cancellable {
-            let _ = tokio::signal::ctrl_c().await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    });
-    let _ = futures::poll!(&mut interrupt);
-    loop {
-        let event = tokio::select! {
-            event = stream.next() => event,
-            _ = &mut interrupt => return Ok(TurnEnd::Cancelled),
-        };
-        match event {
-            Some(Ok(RunEvent::Done(trace))) => return Ok(TurnEnd::Done(*trace)),
-            Some(Ok(event)) => view.event(&event)?,
-            Some(Err(error)) => return Ok(TurnEnd::Failed(error)),
-            None => anyhow::bail!("the run ended without an answer"),
-        }
-    }
-}
-
-/// Plain output for pipes: the answer to stdout, proposals (if asked) to stderr.
-struct PlainView {
-    show_proposals: bool,
-    layers: usize,
-}
-
-impl View for PlainView {
-    fn event(&mut self, event: &RunEvent) -> std::io::Result<()> {
-        if self.show_proposals {
-            render::proposal(&mut std::io::stderr(), event, self.layers)?;
-        }
-        if let RunEvent::AggregatorDelta { text } = event {
-            let mut out = std::io::stdout().lock();
-            out.write_all(text.as_bytes())?;
-            out.flush()?;
-        }
-        Ok(())
-    }
-}
 
 /// Reads one input, joining lines that end with `\`; `None` at the end of input.
 fn read_input(
@@ -157,11 +91,8 @@ pub async fn run(config_path: Option<&Path>, args: ChatArgs) -> anyhow::Result<(
             Step::Handled => continue,
             Step::Ask => {}
         }
-        let mut view = PlainView {
-            show_proposals: args.show_proposals,
-            layers: session.preset.layer_count(),
-        };
-        match run_turn(&session, &input, &mut view, false).await? {
+        let mut view = PlainView::new(args.show_proposals, true, session.preset.layer_count());
+        match turn::run(&session.moa, session.messages_for(&input), &mut view, false).await? {
             TurnEnd::Done(trace) => {
                 if !trace.answer.ends_with('\n') {
                     println!();

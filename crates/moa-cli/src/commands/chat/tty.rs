@@ -9,7 +9,8 @@ use rustyline::error::ReadlineError;
 use rustyline::DefaultEditor;
 
 use super::session::Session;
-use super::{run_turn, step, Step, TurnEnd, View};
+use super::{step, Step};
+use crate::commands::turn::{self, TurnEnd, View};
 use crate::render;
 
 /// Where the line history is kept (`~/.local/share/moa/history.txt` on Linux).
@@ -181,7 +182,7 @@ pub async fn run(session: &mut Session, show_proposals: bool) -> anyhow::Result<
             drawn: 0,
             answering: false,
         };
-        let end = run_turn(session, &input, &mut view, true).await?;
+        let end = turn::run(&session.moa, session.messages_for(&input), &mut view, true).await?;
         match end {
             TurnEnd::Done(trace) => {
                 println!("\n");
