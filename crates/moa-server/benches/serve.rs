@@ -144,11 +144,17 @@ fn main() {
     // A first burst opens the connection pools, as a server that has been up a while has them.
     let warm = burst();
     let cpu_before = thread_cpu_ns("moa-server");
+    let others_before = (
+        thread_cpu_ns("fake-upstream"),
+        thread_cpu_ns("bench-client"),
+    );
     let started = Instant::now();
     let results: Vec<Result<Duration, String>> = burst();
     let wall = started.elapsed();
     let warm_failures = warm.iter().filter(|r| r.is_err()).count();
     let server_cpu = thread_cpu_ns("moa-server") - cpu_before;
+    let upstream_cpu = thread_cpu_ns("fake-upstream") - others_before.0;
+    let client_cpu = thread_cpu_ns("bench-client") - others_before.1;
     let mut ttft: Vec<Duration> = results
         .iter()
         .filter_map(|r| r.as_ref().ok().copied())
@@ -191,6 +197,11 @@ fn main() {
     println!(
         "| server CPU per request (5 upstream calls) | {:.0} µs |",
         server_cpu as f64 / requests as f64 / 1000.0
+    );
+    println!(
+        "| CPU of the fake upstream / the client, whole burst | {} ms / {} ms |",
+        upstream_cpu / 1_000_000,
+        client_cpu / 1_000_000
     );
     println!(
         "| peak RSS, whole process (server + fake upstream + client) | {} MiB |",

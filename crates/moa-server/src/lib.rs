@@ -205,15 +205,15 @@ async fn chat(
             "the server is running as many MoA requests as it allows; retry shortly",
         )
     })?;
-    let env = Envelope {
-        id: format!(
+    let env = Envelope::new(
+        format!(
             "chatcmpl-moa-{:x}-{}",
             now(),
             state.counter.fetch_add(1, Ordering::Relaxed)
         ),
-        created: now(),
-        model: request.model.clone(),
-    };
+        now(),
+        request.model.clone(),
+    );
     let timeout = state.config.request_timeout;
     if request.stream {
         return Ok(stream(moa, request, env, permit, timeout));
@@ -252,7 +252,7 @@ fn stream(
         move |(mut run, env, permit, mut deadline, started)| async move {
             let env = env?;
             if !started {
-                let first = wire::delta(&env, json!({"role": "assistant", "content": ""}));
+                let first = wire::opening(&env);
                 return Some((
                     Ok::<_, std::convert::Infallible>(first),
                     (run, Some(env), permit, deadline, true),
@@ -269,7 +269,7 @@ fn stream(
                 };
                 match event {
                     Some(Ok(RunEvent::AggregatorDelta { text })) => {
-                        let frame = wire::delta(&env, json!({"content": text}));
+                        let frame = wire::delta(&env, &text);
                         return Some((Ok(frame), (run, Some(env), permit, deadline, true)));
                     }
                     Some(Ok(RunEvent::Done(trace))) => {

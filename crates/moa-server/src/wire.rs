@@ -53,7 +53,27 @@ pub struct Envelope {
     pub id: String,
     pub created: u64,
     pub model: String,
+    /// `data: {"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":[{"index":0,"delta":{"content":`
+    /// built once, so each content delta costs one allocation and one string escape.
+    delta_prefix: String,
 }
+
+impl Envelope {
+    pub fn new(id: String, created: u64, model: String) -> Self {
+        let head = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model});
+        let mut delta_prefix = format!("data: {head}");
+        delta_prefix.pop(); // the closing brace: choices follow
+        delta_prefix.push_str(r#","choices":[{"index":0,"delta":{"content":"#);
+        Self {
+            id,
+            created,
+            model,
+            delta_prefix,
+        }
+    }
+}
+
+const DELTA_SUFFIX: &str = "},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
 
 fn usage_json(usage: &Usage) -> Value {
     json!({
@@ -108,13 +128,24 @@ pub fn chunk(env: &Envelope, choices: Value, extra: Option<(&str, Value)>) -> by
     bytes::Bytes::from(format!("data: {body}\n\n"))
 }
 
-/// A content delta.
-pub fn delta(env: &Envelope, delta: Value) -> bytes::Bytes {
+/// The first chunk: the assistant role and empty content.
+pub fn opening(env: &Envelope) -> bytes::Bytes {
     chunk(
         env,
-        json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}]),
+        json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
         None,
     )
+}
+
+/// A content delta: the envelope's prefix, the text as a JSON string, the fixed suffix.
+pub fn delta(env: &Envelope, text: &str) -> bytes::Bytes {
+    let mut frame =
+        Vec::with_capacity(env.delta_prefix.len() + text.len() + 2 + DELTA_SUFFIX.len() + 8);
+    frame.extend_from_slice(env.delta_prefix.as_bytes());
+    // Writing a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut frame, text);
+    frame.extend_from_slice(DELTA_SUFFIX.as_bytes());
+    bytes::Bytes::from(frame)
 }
 
 /// The chunk that closes the choice.
@@ -129,4 +160,28 @@ pub fn finish(env: &Envelope, reason: &str) -> bytes::Bytes {
 /// The usage chunk (`choices` empty), as OpenAI sends it with include_usage.
 pub fn usage_chunk(env: &Envelope, usage: &Usage) -> bytes::Bytes {
     chunk(env, json!([]), Some(("usage", usage_json(usage))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delta_frame_is_the_chunk_json_with_the_text_escaped() {
+        let env = Envelope::new("chatcmpl-1".into(), 7, "m\"x".into());
+        for text in ["plain", "quote \" backslash \\ newline \n tab \t", "é ✓ 🦀", "\u{1}"] {
+            let frame = delta(&env, text);
+            let frame = std::str::from_utf8(&frame).unwrap();
+            let body = frame
+                .strip_prefix("data: ")
+                .and_then(|f| f.strip_suffix("\n\n"))
+                .unwrap();
+            let parsed: Value = serde_json::from_str(body).unwrap();
+            assert_eq!(
+                parsed,
+                json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m\"x",
+                    "choices": [{"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]})
+            );
+        }
+    }
 }
