@@ -7,6 +7,7 @@
 //!
 //! Nothing here knows about the CLI or the server.
 
+pub(crate) mod http;
 pub mod openai;
 pub mod retry;
 pub mod sse;

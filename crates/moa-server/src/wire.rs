@@ -169,7 +169,12 @@ mod tests {
     #[test]
     fn a_delta_frame_is_the_chunk_json_with_the_text_escaped() {
         let env = Envelope::new("chatcmpl-1".into(), 7, "m\"x".into());
-        for text in ["plain", "quote \" backslash \\ newline \n tab \t", "é ✓ 🦀", "\u{1}"] {
+        for text in [
+            "plain",
+            "quote \" backslash \\ newline \n tab \t",
+            "é ✓ 🦀",
+            "\u{1}",
+        ] {
             let frame = delta(&env, text);
             let frame = std::str::from_utf8(&frame).unwrap();
             let body = frame

@@ -4,17 +4,15 @@
 mod stream;
 pub mod wire;
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use moa_core::{BoxChunkStream, ChatRequest, Completion, Provider, ProviderError};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::retry::{retry_after, retryable_status, RetryPolicy};
-use wire::{error_message, truncate, WireResponse};
+use crate::http::{error_message, open_stream, truncate, Failure, HasTransport, Transport};
+use crate::retry::RetryPolicy;
+use wire::WireResponse;
 
 /// Settings of one OpenAI-compatible endpoint.
 #[derive(Clone, Debug)]
@@ -58,29 +56,30 @@ pub struct OpenAiCompatible {
 struct Inner {
     config: OpenAiConfig,
     endpoint: String,
-    http: reqwest::Client,
-    limit: Option<Arc<Semaphore>>,
+    transport: Transport,
 }
 
-/// A failed attempt, and whether another may succeed.
-struct Failure {
-    error: ProviderError,
-    retry: bool,
-    retry_after: Option<Duration>,
+impl HasTransport for Inner {
+    fn transport(&self) -> &Transport {
+        &self.transport
+    }
 }
 
 impl OpenAiCompatible {
     /// A client for `config`, sending through `http` (share one client between providers).
     pub fn new(config: OpenAiConfig, http: reqwest::Client) -> Self {
         let endpoint = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
-        let limit =
-            (config.max_concurrency > 0).then(|| Arc::new(Semaphore::new(config.max_concurrency)));
+        let transport = Transport::new(
+            config.name.clone(),
+            http,
+            config.retry.clone(),
+            config.max_concurrency,
+        );
         Self {
             inner: Arc::new(Inner {
                 config,
                 endpoint,
-                http,
-                limit,
+                transport,
             }),
         }
     }
@@ -92,34 +91,10 @@ impl OpenAiCompatible {
 }
 
 impl Inner {
-    fn name(&self) -> String {
-        self.config.name.clone()
-    }
-
-    async fn permit(&self) -> Option<OwnedSemaphorePermit> {
-        match &self.limit {
-            // The semaphore is never closed, so acquiring only fails if it were.
-            Some(limit) => limit.clone().acquire_owned().await.ok(),
-            None => None,
-        }
-    }
-
-    /// A broken or refused connection: always worth another try.
-    fn connection_failure(&self, error: &reqwest::Error) -> Failure {
-        Failure {
-            error: ProviderError::Connection {
-                provider: self.name(),
-                message: describe(error),
-                attempts: 1,
-            },
-            retry: true,
-            retry_after: None,
-        }
-    }
-
-    /// Sends `body` once and returns the response if its status is a success.
+    /// Sends `body` once.
     async fn send(&self, body: Vec<u8>) -> Result<reqwest::Response, Failure> {
         let mut request = self
+            .transport
             .http
             .post(&self.endpoint)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -130,70 +105,24 @@ impl Inner {
         for (name, value) in &self.config.headers {
             request = request.header(name, value);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| self.connection_failure(&e))?;
-        let status = response.status().as_u16();
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        let wait = retry_after(response.headers());
-        let body = response.text().await.unwrap_or_default();
-        Err(Failure {
-            error: ProviderError::Status {
-                provider: self.name(),
-                status,
-                message: error_message(&body),
-                body,
-                attempts: 1,
-            },
-            retry: retryable_status(status),
-            retry_after: wait,
-        })
-    }
-
-    /// Runs `attempt` until it succeeds, fails for good, or retries run out.
-    async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> Result<T, ProviderError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, Failure>>,
-    {
-        let policy = &self.config.retry;
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let failure = match attempt().await {
-                Ok(value) => return Ok(value),
-                Err(failure) => failure,
-            };
-            let too_long = failure
-                .retry_after
-                .is_some_and(|w| w > policy.max_retry_after);
-            if !failure.retry || attempts > policy.max_retries || too_long {
-                return Err(with_attempts(failure.error, attempts));
-            }
-            tokio::time::sleep(policy.delay(attempts, failure.retry_after)).await;
-        }
+        self.transport.send(request).await
     }
 
     async fn complete(self: Arc<Self>, request: ChatRequest) -> Result<Completion, ProviderError> {
         let body = wire::request_body(&request, false, false);
-        let _permit = self.permit().await;
-        self.with_retries(|| async {
-            let response = self.send(body.clone()).await?;
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|e| self.connection_failure(&e))?;
-            // Like the reference, an unreadable answer is worth another try.
-            parse_completion(&self.config.name, &bytes).map_err(|error| Failure {
-                retry: matches!(error, ProviderError::Malformed { .. }),
-                error,
-                retry_after: None,
+        let _permit = self.transport.permit().await;
+        self.transport
+            .with_retries(|| async {
+                let response = self.send(body.clone()).await?;
+                let bytes = self.transport.read_body(response).await?;
+                // Like the reference, an unreadable answer is worth another try.
+                parse_completion(&self.config.name, &bytes).map_err(|error| Failure {
+                    retry: matches!(error, ProviderError::Malformed { .. }),
+                    error,
+                    retry_after: None,
+                })
             })
-        })
-        .await
+            .await
     }
 }
 
@@ -223,64 +152,21 @@ fn parse_completion(provider: &str, bytes: &[u8]) -> Result<Completion, Provider
     })
 }
 
-fn with_attempts(error: ProviderError, count: u32) -> ProviderError {
-    match error {
-        ProviderError::Status {
-            provider,
-            status,
-            message,
-            body,
-            ..
-        } => ProviderError::Status {
-            provider,
-            status,
-            message,
-            body,
-            attempts: count,
-        },
-        ProviderError::Connection {
-            provider, message, ..
-        } => ProviderError::Connection {
-            provider,
-            message,
-            attempts: count,
-        },
-        other => other,
-    }
-}
-
-/// A reqwest error with its causes, which hold the useful part ("connection refused").
-fn describe(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 impl Provider for OpenAiCompatible {
     fn name(&self) -> &str {
         &self.inner.config.name
     }
 
     fn stream(&self, request: ChatRequest) -> BoxChunkStream {
-        let inner = self.inner.clone();
-        futures::stream::once(async move {
-            let body = wire::request_body(&request, true, inner.config.stream_usage);
-            let permit = inner.permit().await;
-            let response = inner.with_retries(|| inner.send(body.clone())).await?;
-            Ok(stream::ChunkStream::new(inner.name(), response, permit))
-        })
-        .flat_map(
-            |opened: Result<stream::ChunkStream, ProviderError>| match opened {
-                Ok(chunks) => chunks.boxed(),
-                Err(e) => futures::stream::iter([Err(e)]).boxed(),
+        let body = wire::request_body(&request, true, self.inner.config.stream_usage);
+        open_stream(
+            self.inner.clone(),
+            stream::Decoder::default(),
+            move |inner: Arc<Inner>| {
+                let body = body.clone();
+                async move { inner.send(body).await }
             },
         )
-        .boxed()
     }
 
     fn complete(

@@ -107,35 +107,10 @@ pub struct WireResponse {
     pub error: Option<Value>,
 }
 
-/// The message of an OpenAI-shaped error body (`{"error":{"message":...}}`), else the body.
-pub fn error_message(body: &str) -> String {
-    let parsed: Option<Value> = serde_json::from_str(body).ok();
-    let message = parsed.as_ref().and_then(|v| match &v["error"] {
-        Value::String(s) => Some(s.clone()),
-        e => e["message"].as_str().map(str::to_string),
-    });
-    match message {
-        Some(m) => m,
-        None if body.trim().is_empty() => "(empty body)".to_string(),
-        None => truncate(body.trim(), 500),
-    }
-}
-
-/// At most `max` bytes of `text`, cut at a character boundary.
-pub fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::{error_message, truncate};
 
     #[test]
     fn body_has_only_what_is_set() {

@@ -1,0 +1,395 @@
+//! What every HTTP dialect shares: a concurrency limit, sending with retries, reading error
+//! bodies, and turning a streamed body into [`Chunk`]s through a dialect's decoder.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use moa_core::{BoxChunkStream, Chunk, ProviderError, Usage};
+use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::retry::{retry_after, retryable_status, RetryPolicy};
+
+/// One provider's way to the network: its name, client, retry policy and concurrency limit.
+pub(crate) struct Transport {
+    pub name: String,
+    pub http: reqwest::Client,
+    pub retry: RetryPolicy,
+    limit: Option<Arc<Semaphore>>,
+}
+
+/// A failed attempt, and whether another may succeed.
+pub(crate) struct Failure {
+    pub error: ProviderError,
+    pub retry: bool,
+    pub retry_after: Option<Duration>,
+}
+
+impl Transport {
+    pub fn new(
+        name: String,
+        http: reqwest::Client,
+        retry: RetryPolicy,
+        max_concurrency: usize,
+    ) -> Self {
+        let limit = (max_concurrency > 0).then(|| Arc::new(Semaphore::new(max_concurrency)));
+        Self {
+            name,
+            http,
+            retry,
+            limit,
+        }
+    }
+
+    /// A slot under the concurrency limit, held for the whole call.
+    pub async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        match &self.limit {
+            // The semaphore is never closed, so acquiring only fails if it were.
+            Some(limit) => limit.clone().acquire_owned().await.ok(),
+            None => None,
+        }
+    }
+
+    /// A broken or refused connection: always worth another try.
+    pub fn connection_failure(&self, error: &reqwest::Error) -> Failure {
+        Failure {
+            error: ProviderError::Connection {
+                provider: self.name.clone(),
+                message: describe(error),
+                attempts: 1,
+            },
+            retry: true,
+            retry_after: None,
+        }
+    }
+
+    /// An answer that does not follow the protocol.
+    pub fn malformed(&self, message: String, raw: &[u8]) -> ProviderError {
+        ProviderError::Malformed {
+            provider: self.name.clone(),
+            message,
+            raw: truncate(&String::from_utf8_lossy(raw), 2000),
+        }
+    }
+
+    /// Sends `request` once and returns the response if its status is a success. An error
+    /// status is read into [`ProviderError::Status`] with the vendor's message.
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Failure> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.connection_failure(&e))?;
+        let status = response.status().as_u16();
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let wait = retry_after(response.headers());
+        // AWS names the error in a header (`ThrottlingException:http://...`).
+        let kind = response
+            .headers()
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(':').next())
+            .map(str::to_string);
+        let body = response.text().await.unwrap_or_default();
+        let mut message = error_message(&body);
+        if let Some(kind) = kind.filter(|k| !message.contains(k.as_str())) {
+            message = format!("{kind}: {message}");
+        }
+        Err(Failure {
+            error: ProviderError::Status {
+                provider: self.name.clone(),
+                status,
+                message,
+                body,
+                attempts: 1,
+            },
+            retry: retryable_status(status),
+            retry_after: wait,
+        })
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or retries run out.
+    pub async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> Result<T, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let policy = &self.retry;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let failure = match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(failure) => failure,
+            };
+            let too_long = failure
+                .retry_after
+                .is_some_and(|w| w > policy.max_retry_after);
+            if !failure.retry || attempts > policy.max_retries || too_long {
+                return Err(with_attempts(failure.error, attempts));
+            }
+            tokio::time::sleep(policy.delay(attempts, failure.retry_after)).await;
+        }
+    }
+
+    /// Reads a whole successful response body; a body that breaks off is a connection failure.
+    pub async fn read_body(&self, response: reqwest::Response) -> Result<Bytes, Failure> {
+        response
+            .bytes()
+            .await
+            .map_err(|e| self.connection_failure(&e))
+    }
+}
+
+/// A provider whose requests go through a [`Transport`].
+pub(crate) trait HasTransport: Send + Sync + 'static {
+    fn transport(&self) -> &Transport;
+}
+
+/// Opens a stream with retries (`open` sends one attempt), then decodes its body with `decoder`.
+/// The concurrency permit is held until the stream is dropped.
+pub(crate) fn open_stream<I, D, F, Fut>(inner: Arc<I>, decoder: D, open: F) -> BoxChunkStream
+where
+    I: HasTransport,
+    D: Decode + Unpin,
+    F: Fn(Arc<I>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<reqwest::Response, Failure>> + Send,
+{
+    futures::stream::once(async move {
+        let transport = inner.transport();
+        let permit = transport.permit().await;
+        let response = transport.with_retries(|| open(inner.clone())).await?;
+        Ok(ChunkStream::new(
+            transport.name.clone(),
+            response,
+            decoder,
+            permit,
+        ))
+    })
+    .flat_map(
+        |opened: Result<ChunkStream<D>, ProviderError>| match opened {
+            Ok(chunks) => chunks.boxed(),
+            Err(e) => futures::stream::iter([Err(e)]).boxed(),
+        },
+    )
+    .boxed()
+}
+
+fn with_attempts(error: ProviderError, count: u32) -> ProviderError {
+    match error {
+        ProviderError::Status {
+            provider,
+            status,
+            message,
+            body,
+            ..
+        } => ProviderError::Status {
+            provider,
+            status,
+            message,
+            body,
+            attempts: count,
+        },
+        ProviderError::Connection {
+            provider, message, ..
+        } => ProviderError::Connection {
+            provider,
+            message,
+            attempts: count,
+        },
+        other => other,
+    }
+}
+
+/// A reqwest error with its causes, which hold the useful part ("connection refused").
+pub(crate) fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The message of an error body in any common vendor shape: OpenAI's and Anthropic's
+/// `{"error":{"message":...}}`, `{"error":"..."}`, AWS's `{"message":...}`; else the body.
+pub fn error_message(body: &str) -> String {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let message = parsed.as_ref().and_then(|v| match &v["error"] {
+        Value::String(s) => Some(s.clone()),
+        e => e["message"]
+            .as_str()
+            .or_else(|| v["message"].as_str())
+            .or_else(|| v["Message"].as_str())
+            .map(str::to_string),
+    });
+    match message {
+        Some(m) => m,
+        None if body.trim().is_empty() => "(empty body)".to_string(),
+        None => truncate(body.trim(), 500),
+    }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// A dialect's streaming decoder: bytes in, chunk events out through [`Events`].
+pub(crate) trait Decode: Send + 'static {
+    /// Takes the next bytes of the body (cut anywhere).
+    fn feed(&mut self, bytes: &[u8], out: &mut Events);
+    /// The body ended cleanly; flush what is buffered.
+    fn end(&mut self, out: &mut Events);
+}
+
+/// What a decoder reports: deltas, usage, the finish reason, the end, or a failure.
+pub(crate) struct Events {
+    pub provider: String,
+    pending: VecDeque<Result<Chunk, ProviderError>>,
+    pub finish_reason: Option<String>,
+    pub usage: Option<Usage>,
+    /// `Finished` (or an error) has been queued; nothing more is reported.
+    ended: bool,
+}
+
+impl Events {
+    fn new(provider: String) -> Self {
+        Self {
+            provider,
+            pending: VecDeque::new(),
+            finish_reason: None,
+            usage: None,
+            ended: false,
+        }
+    }
+
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    pub fn delta(&mut self, text: String) {
+        if !self.ended && !text.is_empty() {
+            self.pending.push_back(Ok(Chunk::Delta(text)));
+        }
+    }
+
+    /// The answer is complete.
+    pub fn finish(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.pending.push_back(Ok(Chunk::Finished {
+                finish_reason: self.finish_reason.take(),
+                usage: self.usage.take(),
+            }));
+        }
+    }
+
+    pub fn fail(&mut self, error: ProviderError) {
+        if !self.ended {
+            self.ended = true;
+            self.pending.push_back(Err(error));
+        }
+    }
+
+    /// Data that does not parse.
+    pub fn malformed(&mut self, message: String, raw: &str) {
+        let provider = self.provider.clone();
+        self.fail(ProviderError::Malformed {
+            provider,
+            message,
+            raw: truncate(raw, 2000),
+        });
+    }
+
+    /// An error the upstream reported inside the stream.
+    pub fn upstream(&mut self, message: String) {
+        let provider = self.provider.clone();
+        self.fail(ProviderError::Upstream { provider, message });
+    }
+}
+
+/// The chunks of one streamed response. Holds the concurrency permit until dropped; dropping it
+/// drops the response body, which closes the connection.
+pub(crate) struct ChunkStream<D> {
+    body: BoxStream<'static, reqwest::Result<Bytes>>,
+    decoder: D,
+    events: Events,
+    /// The body has ended.
+    eof: bool,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<D: Decode> ChunkStream<D> {
+    pub fn new(
+        provider: String,
+        response: reqwest::Response,
+        decoder: D,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        Self {
+            body: response.bytes_stream().boxed(),
+            decoder,
+            events: Events::new(provider),
+            eof: false,
+            _permit: permit,
+        }
+    }
+}
+
+impl<D: Decode + Unpin> Stream for ChunkStream<D> {
+    type Item = Result<Chunk, ProviderError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(item) = this.events.pending.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            // After the end marker the body is still read to its end, so that the connection
+            // goes back to the pool.
+            if this.eof {
+                return Poll::Ready(None);
+            }
+            match this.body.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(bytes))) => this.decoder.feed(&bytes, &mut this.events),
+                Poll::Ready(Some(Err(e))) => {
+                    this.eof = true;
+                    let error = ProviderError::Connection {
+                        provider: this.events.provider.clone(),
+                        message: format!("the stream broke off: {}", describe(&e)),
+                        attempts: 1,
+                    };
+                    this.events.fail(error);
+                }
+                Poll::Ready(None) => {
+                    this.eof = true;
+                    this.decoder.end(&mut this.events);
+                    // A clean end of body without an end marker is accepted, as some servers do.
+                    this.events.finish();
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
