@@ -13,6 +13,18 @@ pub enum Role {
     Other(String),
 }
 
+impl Role {
+    /// The role's name on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Other(name) => name,
+        }
+    }
+}
+
 /// One message of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {

@@ -157,32 +157,41 @@ pub(crate) trait HasTransport: Send + Sync + 'static {
     fn transport(&self) -> &Transport;
 }
 
-/// Opens a stream with retries (`open` sends one attempt), then decodes its body with `decoder`.
-/// The concurrency permit is held until the stream is dropped.
-pub(crate) fn open_stream<I, D, F, Fut>(inner: Arc<I>, decoder: D, open: F) -> BoxChunkStream
+/// Opens a stream with retries (`open` sends one attempt), then decodes its body with a fresh
+/// `D`. A stream whose first event is a retryable failure (a throttling or overload event sent
+/// after a 200, before any text) is opened again under the same retry policy. The concurrency
+/// permit is held until the stream is dropped.
+pub(crate) fn open_stream<I, D, F, Fut>(inner: Arc<I>, open: F) -> BoxChunkStream
 where
     I: HasTransport,
-    D: Decode + Unpin,
+    D: Decode + Default + Unpin,
     F: Fn(Arc<I>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<reqwest::Response, Failure>> + Send,
 {
     futures::stream::once(async move {
         let transport = inner.transport();
         let permit = transport.permit().await;
-        let response = transport.with_retries(|| open(inner.clone())).await?;
-        Ok(ChunkStream::new(
-            transport.name.clone(),
-            response,
-            decoder,
-            permit,
-        ))
+        let mut retries = 0;
+        loop {
+            let response = transport.with_retries(|| open(inner.clone())).await?;
+            let mut chunks = ChunkStream::new(transport.name.clone(), response, D::default(), None);
+            let first = chunks.next().await;
+            if matches!(first, Some(Err(_)))
+                && chunks.events.retryable
+                && retries < transport.retry.max_retries
+            {
+                retries += 1;
+                tokio::time::sleep(transport.retry.delay(retries, None)).await;
+                continue;
+            }
+            chunks._permit = permit;
+            return Ok::<_, ProviderError>(futures::stream::iter(first).chain(chunks));
+        }
     })
-    .flat_map(
-        |opened: Result<ChunkStream<D>, ProviderError>| match opened {
-            Ok(chunks) => chunks.boxed(),
-            Err(e) => futures::stream::iter([Err(e)]).boxed(),
-        },
-    )
+    .flat_map(|opened| match opened {
+        Ok(chunks) => chunks.boxed(),
+        Err(e) => futures::stream::iter([Err(e)]).boxed(),
+    })
     .boxed()
 }
 
@@ -271,6 +280,8 @@ pub(crate) struct Events {
     pub usage: Option<Usage>,
     /// `Finished` (or an error) has been queued; nothing more is reported.
     ended: bool,
+    /// The failure reported is one another attempt may not meet (throttling, overload).
+    retryable: bool,
 }
 
 impl Events {
@@ -281,6 +292,7 @@ impl Events {
             finish_reason: None,
             usage: None,
             ended: false,
+            retryable: false,
         }
     }
 
@@ -309,6 +321,14 @@ impl Events {
         if !self.ended {
             self.ended = true;
             self.pending.push_back(Err(error));
+        }
+    }
+
+    /// A failure worth another attempt if nothing was delivered yet.
+    pub fn fail_retryable(&mut self, error: ProviderError) {
+        if !self.ended {
+            self.retryable = true;
+            self.fail(error);
         }
     }
 

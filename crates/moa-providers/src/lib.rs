@@ -1,18 +1,26 @@
 //! Model backends for moa, each behind [`moa_core::Provider`].
 //!
 //! - [`openai`]: the OpenAI-compatible chat-completions dialect, streamed and not.
+//! - [`anthropic`]: Anthropic's Messages API.
+//! - [`bedrock`]: Amazon Bedrock's Converse and ConverseStream, signed with SigV4 or a Bedrock API key.
 //! - [`sse`]: a Server-Sent Events decoder tolerant of how servers split their output.
 //! - [`retry`]: backoff with jitter and Retry-After.
 //! - [`table`]: the known providers as data rows, and the [`Registry`] that serves them.
 //!
 //! Nothing here knows about the CLI or the server.
 
+pub mod anthropic;
+pub mod bedrock;
 pub(crate) mod http;
 pub mod openai;
 pub mod retry;
 pub mod sse;
 pub mod table;
 
+pub use anthropic::{Anthropic, AnthropicConfig};
+pub use bedrock::{Bedrock, BedrockAuth, BedrockConfig};
 pub use openai::{OpenAiCompatible, OpenAiConfig};
 pub use retry::RetryPolicy;
-pub use table::{Endpoint, EnvLookup, KnownProvider, Registry, RegistryError, KNOWN_PROVIDERS};
+pub use table::{
+    Dialect, Endpoint, EnvLookup, KnownProvider, Registry, RegistryError, KNOWN_PROVIDERS,
+};

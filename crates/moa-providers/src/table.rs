@@ -7,13 +7,52 @@ use std::time::Duration;
 
 use moa_core::{ModelRef, Plan, Preset, PresetError, Provider};
 
+use crate::anthropic::{Anthropic, AnthropicConfig};
+use crate::bedrock::{AwsCredentials, Bedrock, BedrockAuth, BedrockConfig};
 use crate::openai::{OpenAiCompatible, OpenAiConfig};
 use crate::retry::RetryPolicy;
 
-/// One OpenAI-compatible vendor: where it is and which variable holds its key.
+/// The wire protocol an endpoint speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// OpenAI's chat completions (most vendors and local servers).
+    OpenAi,
+    /// Anthropic's Messages API.
+    Anthropic,
+    /// Amazon Bedrock's Converse API.
+    Bedrock,
+}
+
+impl Dialect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::OpenAi => "openai",
+            Dialect::Anthropic => "anthropic",
+            Dialect::Bedrock => "bedrock",
+        }
+    }
+
+    /// The dialect called `name` in config.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Dialect::OpenAi, Dialect::Anthropic, Dialect::Bedrock]
+            .into_iter()
+            .find(|d| d.as_str() == name)
+    }
+}
+
+/// The variables a Bedrock client reads (besides the region's).
+pub const AWS_BEARER_TOKEN: &str = "AWS_BEARER_TOKEN_BEDROCK";
+pub const AWS_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+pub const AWS_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+pub const AWS_SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+pub const AWS_REGION: &str = "AWS_REGION";
+pub const AWS_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
+
+/// One vendor: where it is, which dialect it speaks and which variable holds its key.
 #[derive(Clone, Copy, Debug)]
 pub struct KnownProvider {
     pub name: &'static str,
+    pub dialect: Dialect,
     pub base_url: &'static str,
     pub api_key_env: &'static str,
     /// Whether a request without a key makes sense (local servers need none).
@@ -22,9 +61,10 @@ pub struct KnownProvider {
 }
 
 /// Every OpenAI-compatible provider moa knows by name.
-pub const KNOWN_PROVIDERS: [KnownProvider; 9] = [
+pub const KNOWN_PROVIDERS: [KnownProvider; 11] = [
     KnownProvider {
         name: "together",
+        dialect: Dialect::OpenAi,
         base_url: "https://api.together.xyz/v1",
         api_key_env: "TOGETHER_API_KEY",
         key_required: true,
@@ -32,13 +72,32 @@ pub const KNOWN_PROVIDERS: [KnownProvider; 9] = [
     },
     KnownProvider {
         name: "openai",
+        dialect: Dialect::OpenAi,
         base_url: "https://api.openai.com/v1",
         api_key_env: "OPENAI_API_KEY",
         key_required: true,
         about: "OpenAI",
     },
     KnownProvider {
+        name: "anthropic",
+        dialect: Dialect::Anthropic,
+        base_url: "https://api.anthropic.com/v1",
+        api_key_env: "ANTHROPIC_API_KEY",
+        key_required: true,
+        about: "Anthropic (Messages API)",
+    },
+    KnownProvider {
+        name: "bedrock",
+        dialect: Dialect::Bedrock,
+        // Derived from the region unless config sets one.
+        base_url: "",
+        api_key_env: AWS_BEARER_TOKEN,
+        key_required: true,
+        about: "Amazon Bedrock (Converse; SigV4 from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or AWS_BEARER_TOKEN_BEDROCK; region from AWS_REGION)",
+    },
+    KnownProvider {
         name: "groq",
+        dialect: Dialect::OpenAi,
         base_url: "https://api.groq.com/openai/v1",
         api_key_env: "GROQ_API_KEY",
         key_required: true,
@@ -46,6 +105,7 @@ pub const KNOWN_PROVIDERS: [KnownProvider; 9] = [
     },
     KnownProvider {
         name: "fireworks",
+        dialect: Dialect::OpenAi,
         base_url: "https://api.fireworks.ai/inference/v1",
         api_key_env: "FIREWORKS_API_KEY",
         key_required: true,
@@ -53,6 +113,7 @@ pub const KNOWN_PROVIDERS: [KnownProvider; 9] = [
     },
     KnownProvider {
         name: "openrouter",
+        dialect: Dialect::OpenAi,
         base_url: "https://openrouter.ai/api/v1",
         api_key_env: "OPENROUTER_API_KEY",
         key_required: true,
@@ -60,6 +121,7 @@ pub const KNOWN_PROVIDERS: [KnownProvider; 9] = [
     },
     KnownProvider {
         name: "deepinfra",
+        dialect: Dialect::OpenAi,
         base_url: "https://api.deepinfra.com/v1/openai",
         api_key_env: "DEEPINFRA_API_KEY",
         key_required: true,
@@ -67,6 +129,7 @@ pub const KNOWN_PROVIDERS: [KnownProvider; 9] = [
     },
     KnownProvider {
         name: "ollama",
+        dialect: Dialect::OpenAi,
         base_url: "http://localhost:11434/v1",
         api_key_env: "OLLAMA_API_KEY",
         key_required: false,
@@ -74,6 +137,7 @@ pub const KNOWN_PROVIDERS: [KnownProvider; 9] = [
     },
     KnownProvider {
         name: "vllm",
+        dialect: Dialect::OpenAi,
         base_url: "http://localhost:8000/v1",
         api_key_env: "VLLM_API_KEY",
         key_required: false,
@@ -81,6 +145,7 @@ pub const KNOWN_PROVIDERS: [KnownProvider; 9] = [
     },
     KnownProvider {
         name: "llamacpp",
+        dialect: Dialect::OpenAi,
         base_url: "http://localhost:8080/v1",
         api_key_env: "LLAMACPP_API_KEY",
         key_required: false,
@@ -88,10 +153,13 @@ pub const KNOWN_PROVIDERS: [KnownProvider; 9] = [
     },
 ];
 
-/// Settings of one named OpenAI-compatible endpoint: a table row, possibly changed by config.
+/// Settings of one named endpoint: a table row, possibly changed by config.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Endpoint {
     pub name: String,
+    pub dialect: Dialect,
+    /// Bedrock's region (else AWS_REGION, then AWS_DEFAULT_REGION).
+    pub region: Option<String>,
     pub base_url: String,
     /// The variable the key is read from.
     pub api_key_env: Option<String>,
@@ -111,6 +179,7 @@ impl Endpoint {
             .find(|p| p.name == name)
             .map(|p| Self {
                 name: p.name.to_string(),
+                dialect: p.dialect,
                 base_url: p.base_url.to_string(),
                 api_key_env: Some(p.api_key_env.to_string()),
                 key_required: p.key_required,
@@ -122,6 +191,8 @@ impl Endpoint {
     pub fn custom(name: &str, base_url: &str) -> Self {
         Self {
             name: name.to_string(),
+            dialect: Dialect::OpenAi,
+            region: None,
             base_url: base_url.to_string(),
             api_key_env: None,
             key_required: false,
@@ -140,6 +211,8 @@ pub enum RegistryError {
     UnknownProvider { name: String, known: String },
     #[error("provider `{provider}` needs an API key: set the environment variable {var}")]
     MissingApiKey { provider: String, var: String },
+    #[error("provider `{provider}` needs an AWS region: set AWS_REGION, or `region` under [providers.{provider}] in the config")]
+    MissingRegion { provider: String },
     #[error(transparent)]
     Preset(#[from] PresetError),
 }
@@ -230,32 +303,109 @@ impl Registry {
                 name: name.to_string(),
                 known: self.names().join(", "),
             })?;
-        let api_key = endpoint
-            .api_key_env
-            .as_deref()
-            .and_then(|var| (self.env)(var));
-        if api_key.is_none() && endpoint.key_required {
-            return Err(RegistryError::MissingApiKey {
-                provider: name.to_string(),
-                var: endpoint.api_key_env.clone().unwrap_or_default(),
-            });
-        }
-        let config = OpenAiConfig {
-            name: endpoint.name.clone(),
-            base_url: endpoint.base_url.clone(),
-            api_key,
-            max_concurrency: endpoint.max_concurrency,
-            retry: endpoint.retry.clone(),
-            stream_usage: endpoint.stream_usage,
-            headers: endpoint.headers.clone(),
+        let provider = match endpoint.dialect {
+            Dialect::OpenAi | Dialect::Anthropic => self.keyed(endpoint)?,
+            Dialect::Bedrock => self.bedrock(endpoint)?,
         };
-        let provider: Arc<dyn Provider> =
-            Arc::new(OpenAiCompatible::new(config, self.http.clone()));
         Ok(self
             .lock()
             .entry(name.to_string())
             .or_insert(provider)
             .clone())
+    }
+
+    fn key(&self, endpoint: &Endpoint) -> Result<Option<String>, RegistryError> {
+        let key = endpoint
+            .api_key_env
+            .as_deref()
+            .and_then(|var| (self.env)(var));
+        if key.is_none() && endpoint.key_required {
+            return Err(RegistryError::MissingApiKey {
+                provider: endpoint.name.clone(),
+                var: endpoint.api_key_env.clone().unwrap_or_default(),
+            });
+        }
+        Ok(key)
+    }
+
+    /// An OpenAI-compatible or Anthropic endpoint, authenticated by one key.
+    fn keyed(&self, endpoint: &Endpoint) -> Result<Arc<dyn Provider>, RegistryError> {
+        let api_key = self.key(endpoint)?;
+        Ok(match endpoint.dialect {
+            Dialect::Anthropic => Arc::new(Anthropic::new(
+                AnthropicConfig {
+                    name: endpoint.name.clone(),
+                    base_url: endpoint.base_url.clone(),
+                    api_key,
+                    max_concurrency: endpoint.max_concurrency,
+                    retry: endpoint.retry.clone(),
+                    headers: endpoint.headers.clone(),
+                },
+                self.http.clone(),
+            )),
+            _ => Arc::new(OpenAiCompatible::new(
+                OpenAiConfig {
+                    name: endpoint.name.clone(),
+                    base_url: endpoint.base_url.clone(),
+                    api_key,
+                    max_concurrency: endpoint.max_concurrency,
+                    retry: endpoint.retry.clone(),
+                    stream_usage: endpoint.stream_usage,
+                    headers: endpoint.headers.clone(),
+                },
+                self.http.clone(),
+            )),
+        })
+    }
+
+    /// A Bedrock endpoint: a Bedrock API key if one is set, else SigV4 with the AWS variables.
+    fn bedrock(&self, endpoint: &Endpoint) -> Result<Arc<dyn Provider>, RegistryError> {
+        let region = endpoint
+            .region
+            .clone()
+            .or_else(|| (self.env)(AWS_REGION))
+            .or_else(|| (self.env)(AWS_DEFAULT_REGION))
+            .ok_or_else(|| RegistryError::MissingRegion {
+                provider: endpoint.name.clone(),
+            })?;
+        let bearer = endpoint
+            .api_key_env
+            .as_deref()
+            .and_then(|var| (self.env)(var));
+        let auth = match (
+            bearer,
+            (self.env)(AWS_ACCESS_KEY_ID),
+            (self.env)(AWS_SECRET_ACCESS_KEY),
+        ) {
+            (Some(key), _, _) => BedrockAuth::ApiKey(key),
+            (None, Some(access_key_id), Some(secret_access_key)) => {
+                BedrockAuth::SigV4(AwsCredentials {
+                    access_key_id,
+                    secret_access_key,
+                    session_token: (self.env)(AWS_SESSION_TOKEN),
+                })
+            }
+            _ => {
+                return Err(RegistryError::MissingApiKey {
+                    provider: endpoint.name.clone(),
+                    var: format!(
+                        "{AWS_ACCESS_KEY_ID} and {AWS_SECRET_ACCESS_KEY} (or {})",
+                        endpoint.api_key_env.as_deref().unwrap_or(AWS_BEARER_TOKEN)
+                    ),
+                })
+            }
+        };
+        Ok(Arc::new(Bedrock::new(
+            BedrockConfig {
+                name: endpoint.name.clone(),
+                region,
+                base_url: (!endpoint.base_url.is_empty()).then(|| endpoint.base_url.clone()),
+                auth,
+                max_concurrency: endpoint.max_concurrency,
+                retry: endpoint.retry.clone(),
+            },
+            self.http.clone(),
+        )))
     }
 
     /// Every provider name the registry can serve.
@@ -267,17 +417,21 @@ impl Registry {
         names
     }
 
-    /// The API key variables `preset` needs that are not set, as `(provider, variable)`.
+    /// The API key variables `preset` needs that are not set, as `(provider, variable)`
+    /// (a missing AWS region is reported here too, as its variable).
     pub fn missing_keys(&self, preset: &Preset) -> Vec<(String, String)> {
         let mut missing = Vec::new();
         for agent in preset.agents() {
             if let Ok(model) = agent.model_ref() {
-                if let Err(RegistryError::MissingApiKey { provider, var }) =
-                    self.provider(&model.provider)
-                {
-                    if !missing.contains(&(provider.clone(), var.clone())) {
-                        missing.push((provider, var));
+                let (provider, var) = match self.provider(&model.provider) {
+                    Err(RegistryError::MissingApiKey { provider, var }) => (provider, var),
+                    Err(RegistryError::MissingRegion { provider }) => {
+                        (provider, AWS_REGION.to_string())
                     }
+                    _ => continue,
+                };
+                if !missing.contains(&(provider.clone(), var.clone())) {
+                    missing.push((provider, var));
                 }
             }
         }
@@ -329,6 +483,36 @@ mod tests {
             err.contains("together") && err.contains("llamacpp"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn bedrock_needs_a_region_and_credentials_and_says_which() {
+        let r = Registry::new(env(&[]));
+        let err = r.provider("bedrock").err().unwrap().to_string();
+        assert!(err.contains("needs an AWS region: set AWS_REGION"), "{err}");
+        let r = Registry::new(env(&[("AWS_REGION", "us-west-2")]));
+        let err = r.provider("bedrock").err().unwrap().to_string();
+        assert_eq!(
+            err,
+            "provider `bedrock` needs an API key: set the environment variable \
+             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_BEARER_TOKEN_BEDROCK)"
+        );
+        for vars in [
+            &[
+                ("AWS_DEFAULT_REGION", "eu-west-1"),
+                ("AWS_BEARER_TOKEN_BEDROCK", "k"),
+            ][..],
+            &[
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ACCESS_KEY_ID", "AKID"),
+                ("AWS_SECRET_ACCESS_KEY", "s"),
+            ][..],
+        ] {
+            let r = Registry::new(env(vars));
+            assert_eq!(r.provider("bedrock").unwrap().name(), "bedrock");
+        }
+        let anthropic = Registry::new(env(&[])).provider("anthropic").err().unwrap();
+        assert!(anthropic.to_string().contains("ANTHROPIC_API_KEY"));
     }
 
     #[test]

@@ -159,14 +159,10 @@ impl Provider for OpenAiCompatible {
 
     fn stream(&self, request: ChatRequest) -> BoxChunkStream {
         let body = wire::request_body(&request, true, self.inner.config.stream_usage);
-        open_stream(
-            self.inner.clone(),
-            stream::Decoder::default(),
-            move |inner: Arc<Inner>| {
-                let body = body.clone();
-                async move { inner.send(body).await }
-            },
-        )
+        open_stream::<_, stream::Decoder, _, _>(self.inner.clone(), move |inner: Arc<Inner>| {
+            let body = body.clone();
+            async move { inner.send(body).await }
+        })
     }
 
     fn complete(

@@ -1,0 +1,171 @@
+//! Anthropic's Messages API (`anthropic:` models): system prompt as its own field, `max_tokens`
+//! always sent, the SSE event types (`message_start`, `content_block_delta`, `message_delta`,
+//! `message_stop`, `error`), usage from the start and delta events, and retries on 429 and 529
+//! (overloaded) honouring `retry-after`.
+
+mod stream;
+pub mod wire;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use moa_core::{BoxChunkStream, ChatRequest, Completion, Provider, ProviderError};
+
+use crate::http::{error_message, open_stream, Failure, HasTransport, Transport};
+use crate::retry::RetryPolicy;
+use wire::WireMessage;
+
+/// Settings of one Messages API endpoint.
+#[derive(Clone, Debug)]
+pub struct AnthropicConfig {
+    pub name: String,
+    /// The base URL, e.g. `https://api.anthropic.com/v1`; `/messages` is appended.
+    pub base_url: String,
+    /// Sent as `x-api-key`.
+    pub api_key: Option<String>,
+    /// At most this many requests in flight (0: no limit).
+    pub max_concurrency: usize,
+    pub retry: RetryPolicy,
+    /// Extra headers (`anthropic-beta`, say).
+    pub headers: Vec<(String, String)>,
+}
+
+impl AnthropicConfig {
+    pub fn new(name: impl Into<String>, base_url: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            base_url: base_url.into(),
+            api_key: None,
+            max_concurrency: 0,
+            retry: RetryPolicy::default(),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// A client for one Messages API endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct Anthropic {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: AnthropicConfig,
+    endpoint: String,
+    transport: Transport,
+}
+
+impl HasTransport for Inner {
+    fn transport(&self) -> &Transport {
+        &self.transport
+    }
+}
+
+impl Anthropic {
+    pub fn new(config: AnthropicConfig, http: reqwest::Client) -> Self {
+        let endpoint = format!("{}/messages", config.base_url.trim_end_matches('/'));
+        let transport = Transport::new(
+            config.name.clone(),
+            http,
+            config.retry.clone(),
+            config.max_concurrency,
+        );
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                endpoint,
+                transport,
+            }),
+        }
+    }
+}
+
+impl Inner {
+    async fn send(&self, body: Vec<u8>) -> Result<reqwest::Response, Failure> {
+        let mut request = self
+            .transport
+            .http
+            .post(&self.endpoint)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("anthropic-version", wire::API_VERSION)
+            .body(body);
+        if let Some(key) = &self.config.api_key {
+            request = request.header("x-api-key", key);
+        }
+        for (name, value) in &self.config.headers {
+            request = request.header(name, value);
+        }
+        self.transport.send(request).await
+    }
+
+    async fn complete(self: Arc<Self>, request: ChatRequest) -> Result<Completion, ProviderError> {
+        let body = wire::request_body(&request, false);
+        let _permit = self.transport.permit().await;
+        self.transport
+            .with_retries(|| async {
+                let response = self.send(body.clone()).await?;
+                let bytes = self.transport.read_body(response).await?;
+                self.parse_completion(&bytes).map_err(|error| Failure {
+                    retry: matches!(error, ProviderError::Malformed { .. }),
+                    error,
+                    retry_after: None,
+                })
+            })
+            .await
+    }
+
+    fn parse_completion(&self, bytes: &[u8]) -> Result<Completion, ProviderError> {
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+            self.transport
+                .malformed(format!("invalid JSON: {e}"), bytes)
+        })?;
+        if value["type"] == "error" {
+            return Err(ProviderError::Upstream {
+                provider: self.config.name.clone(),
+                message: error_message(&value.to_string()),
+            });
+        }
+        let message: WireMessage = serde_json::from_value(value).map_err(|e| {
+            self.transport
+                .malformed(format!("unexpected message: {e}"), bytes)
+        })?;
+        let text: String = message
+            .content
+            .iter()
+            .filter(|b| b.kind == "text")
+            .filter_map(|b| b.text.as_deref())
+            .collect();
+        let usage = message.usage.and_then(|u| {
+            let output = u.output_tokens;
+            (u.input().is_some() || output.is_some())
+                .then(|| wire::usage(u.input().unwrap_or(0), output.unwrap_or(0)))
+        });
+        Ok(Completion {
+            text,
+            finish_reason: message.stop_reason.as_deref().map(wire::finish_reason),
+            usage,
+        })
+    }
+}
+
+impl Provider for Anthropic {
+    fn name(&self) -> &str {
+        &self.inner.config.name
+    }
+
+    fn stream(&self, request: ChatRequest) -> BoxChunkStream {
+        let body = wire::request_body(&request, true);
+        open_stream::<_, stream::Decoder, _, _>(self.inner.clone(), move |inner: Arc<Inner>| {
+            let body = body.clone();
+            async move { inner.send(body).await }
+        })
+    }
+
+    fn complete(
+        &self,
+        request: ChatRequest,
+    ) -> BoxFuture<'static, Result<Completion, ProviderError>> {
+        self.inner.clone().complete(request).boxed()
+    }
+}

@@ -1,0 +1,215 @@
+//! Anthropic's Messages API: the request body, the whole response and the streamed events.
+
+use moa_core::{ChatRequest, Role, Usage};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The API version moa speaks (sent as `anthropic-version`).
+pub const API_VERSION: &str = "2023-06-01";
+
+/// Anthropic requires `max_tokens`; this is sent when neither the request nor config sets one.
+pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+
+/// Fields the client owns; config `extra` may not set them.
+pub const RESERVED_FIELDS: [&str; 4] = ["model", "messages", "system", "stream"];
+
+#[derive(Serialize)]
+struct Message<'a> {
+    role: &'a str,
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<String>,
+    messages: Vec<Message<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+/// Serializes `request` as a Messages API body: system messages become the `system` field
+/// (joined by a blank line when there are several), the rest keep their order.
+pub fn request_body(request: &ChatRequest, stream: bool) -> Vec<u8> {
+    let mut system: Vec<&str> = Vec::new();
+    let mut messages = Vec::new();
+    for message in &request.messages {
+        match &message.role {
+            Role::System => system.push(&message.content),
+            role => messages.push(Message {
+                role: role.as_str(),
+                content: &message.content,
+            }),
+        }
+    }
+    let mut extra = request.extra.clone();
+    extra.retain(|k, _| {
+        let set_already = match k.as_str() {
+            "temperature" => request.temperature.is_some(),
+            "max_tokens" => request.max_tokens.is_some(),
+            other => RESERVED_FIELDS.contains(&other),
+        };
+        !set_already
+    });
+    let max_tokens = match extra.remove("max_tokens").and_then(|v| v.as_u64()) {
+        Some(n) => u32::try_from(n).unwrap_or(u32::MAX),
+        None => request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+    };
+    let body = Body {
+        model: &request.model,
+        max_tokens,
+        system: (!system.is_empty()).then(|| system.join("\n\n")),
+        messages,
+        temperature: request.temperature,
+        stream,
+        extra,
+    };
+    // Serializing plain data with string keys cannot fail.
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// Anthropic's stop reasons in OpenAI's words, which the rest of moa uses.
+pub fn finish_reason(stop_reason: &str) -> String {
+    match stop_reason {
+        "end_turn" | "stop_sequence" | "pause_turn" => "stop",
+        "max_tokens" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        other => other,
+    }
+    .to_string()
+}
+
+/// Usage as Anthropic reports it; cached input counts as input.
+#[derive(Deserialize, Default, Clone, Copy)]
+pub struct WireUsage {
+    #[serde(default)]
+    pub input_tokens: Option<u64>,
+    #[serde(default)]
+    pub output_tokens: Option<u64>,
+    #[serde(default)]
+    pub cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    pub cache_read_input_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    pub fn input(&self) -> Option<u64> {
+        let parts = [
+            self.input_tokens,
+            self.cache_creation_input_tokens,
+            self.cache_read_input_tokens,
+        ];
+        parts
+            .iter()
+            .any(Option::is_some)
+            .then(|| parts.iter().flatten().sum())
+    }
+}
+
+pub fn usage(input: u64, output: u64) -> Usage {
+    Usage {
+        prompt_tokens: input,
+        completion_tokens: output,
+        total_tokens: input + output,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ContentBlock {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// A whole (non-streamed) response.
+#[derive(Deserialize)]
+pub struct WireMessage {
+    #[serde(default)]
+    pub content: Vec<ContentBlock>,
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+    #[serde(default)]
+    pub usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct Delta {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+}
+
+/// One streamed event's data; `type` says which fields are present.
+#[derive(Deserialize)]
+pub struct WireEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub message: Option<WireMessage>,
+    #[serde(default)]
+    pub delta: Option<Delta>,
+    #[serde(default)]
+    pub usage: Option<WireUsage>,
+    #[serde(default)]
+    pub error: Option<Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moa_core::Message as M;
+
+    #[test]
+    fn system_messages_become_the_system_field_and_max_tokens_is_always_sent() {
+        let mut r = ChatRequest::new(
+            "claude-3-haiku-20240307",
+            vec![
+                M::system("be brief"),
+                M::user("hi"),
+                M::assistant("hello"),
+                M::user("again"),
+            ],
+        );
+        assert_eq!(
+            String::from_utf8(request_body(&r, true)).unwrap(),
+            r#"{"model":"claude-3-haiku-20240307","max_tokens":4096,"system":"be brief","messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"},{"role":"user","content":"again"}],"stream":true}"#
+        );
+        r.messages = vec![M::user("q")];
+        r.temperature = Some(0.0);
+        r.max_tokens = Some(512);
+        r.extra.insert("top_k".into(), Value::from(5));
+        r.extra.insert("system".into(), Value::from("sneaky"));
+        assert_eq!(
+            String::from_utf8(request_body(&r, false)).unwrap(),
+            r#"{"model":"claude-3-haiku-20240307","max_tokens":512,"messages":[{"role":"user","content":"q"}],"temperature":0.0,"top_k":5}"#
+        );
+    }
+
+    #[test]
+    fn stop_reasons_are_translated() {
+        assert_eq!(finish_reason("end_turn"), "stop");
+        assert_eq!(finish_reason("max_tokens"), "length");
+        assert_eq!(finish_reason("something_new"), "something_new");
+    }
+
+    #[test]
+    fn cached_input_counts_as_input() {
+        let u: WireUsage = serde_json::from_str(
+            r#"{"input_tokens":10,"cache_read_input_tokens":90,"output_tokens":1}"#,
+        )
+        .unwrap();
+        assert_eq!(u.input(), Some(100));
+        assert_eq!(WireUsage::default().input(), None);
+    }
+}

@@ -1,0 +1,235 @@
+//! Amazon Bedrock's Converse and ConverseStream APIs (`bedrock:` models). Requests are signed
+//! with SigV4 from the standard AWS variables, or carry a Bedrock API key as a bearer token;
+//! the streamed answer arrives in AWS's binary event-stream framing, decoded with its CRCs
+//! checked. Throttling (HTTP 429 `ThrottlingException`, or a `throttlingException` event before
+//! any text) is retried.
+
+pub mod eventstream;
+pub mod sigv4;
+mod stream;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use moa_core::{BoxChunkStream, ChatRequest, Completion, Provider, ProviderError};
+
+use crate::http::{open_stream, Failure, HasTransport, Transport};
+use crate::retry::RetryPolicy;
+pub use sigv4::AwsCredentials;
+use wire::ConverseResponse;
+
+/// How requests prove who sends them.
+#[derive(Clone, Debug)]
+pub enum BedrockAuth {
+    /// A Bedrock API key (`AWS_BEARER_TOKEN_BEDROCK`), sent as `Authorization: Bearer`.
+    ApiKey(String),
+    /// SigV4 with these credentials.
+    SigV4(AwsCredentials),
+}
+
+/// Settings of one Bedrock runtime endpoint.
+#[derive(Clone, Debug)]
+pub struct BedrockConfig {
+    pub name: String,
+    pub region: String,
+    /// `https://bedrock-runtime.{region}.amazonaws.com` unless set (a VPC endpoint, a test fake).
+    pub base_url: Option<String>,
+    pub auth: BedrockAuth,
+    /// At most this many requests in flight (0: no limit).
+    pub max_concurrency: usize,
+    pub retry: RetryPolicy,
+}
+
+impl BedrockConfig {
+    /// The runtime endpoint of `region`.
+    pub fn default_base_url(region: &str) -> String {
+        format!("https://bedrock-runtime.{region}.amazonaws.com")
+    }
+}
+
+/// A client for one Bedrock runtime endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct Bedrock {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: BedrockConfig,
+    base_url: String,
+    transport: Transport,
+}
+
+impl HasTransport for Inner {
+    fn transport(&self) -> &Transport {
+        &self.transport
+    }
+}
+
+/// A model id as one URL path segment (`anthropic.claude-3-haiku-20240307-v1:0` has a colon;
+/// ARNs have slashes).
+fn encode_segment(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for byte in id.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+impl Bedrock {
+    pub fn new(config: BedrockConfig, http: reqwest::Client) -> Self {
+        let base_url = config
+            .base_url
+            .clone()
+            .unwrap_or_else(|| BedrockConfig::default_base_url(&config.region))
+            .trim_end_matches('/')
+            .to_string();
+        let transport = Transport::new(
+            config.name.clone(),
+            http,
+            config.retry.clone(),
+            config.max_concurrency,
+        );
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                base_url,
+                transport,
+            }),
+        }
+    }
+}
+
+impl Inner {
+    /// Sends one signed request to `/model/{model}/{operation}`.
+    async fn send(
+        &self,
+        model: &str,
+        operation: &str,
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response, Failure> {
+        let url = format!(
+            "{}/model/{}/{operation}",
+            self.base_url,
+            encode_segment(model)
+        );
+        let accept = if operation == "converse-stream" {
+            "application/vnd.amazon.eventstream"
+        } else {
+            "application/json"
+        };
+        let mut request = self
+            .transport
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT, accept);
+        match &self.config.auth {
+            BedrockAuth::ApiKey(key) => request = request.bearer_auth(key),
+            BedrockAuth::SigV4(credentials) => {
+                let headers = sigv4::sign_request(
+                    credentials,
+                    &self.config.region,
+                    "bedrock",
+                    &sigv4::Unsigned {
+                        method: "POST",
+                        url: &url,
+                        headers: &[("content-type", "application/json"), ("accept", accept)],
+                        body: &body,
+                    },
+                    SystemTime::now(),
+                )
+                .map_err(|message| Failure {
+                    error: ProviderError::Other {
+                        provider: self.config.name.clone(),
+                        message,
+                    },
+                    retry: false,
+                    retry_after: None,
+                })?;
+                for (name, value) in headers {
+                    request = request.header(name, value);
+                }
+            }
+        }
+        self.transport.send(request.body(body)).await
+    }
+
+    async fn complete(self: Arc<Self>, request: ChatRequest) -> Result<Completion, ProviderError> {
+        let body = wire::request_body(&request);
+        let _permit = self.transport.permit().await;
+        self.transport
+            .with_retries(|| async {
+                let response = self.send(&request.model, "converse", body.clone()).await?;
+                let bytes = self.transport.read_body(response).await?;
+                self.parse_completion(&bytes).map_err(|error| Failure {
+                    retry: matches!(error, ProviderError::Malformed { .. }),
+                    error,
+                    retry_after: None,
+                })
+            })
+            .await
+    }
+
+    fn parse_completion(&self, bytes: &[u8]) -> Result<Completion, ProviderError> {
+        let response: ConverseResponse = serde_json::from_slice(bytes).map_err(|e| {
+            self.transport
+                .malformed(format!("unexpected response: {e}"), bytes)
+        })?;
+        let text = response
+            .output
+            .message
+            .map(|m| m.content.into_iter().filter_map(|b| b.text).collect())
+            .unwrap_or_default();
+        Ok(Completion {
+            text,
+            finish_reason: response.stop_reason.as_deref().map(wire::finish_reason),
+            usage: response.usage.map(Into::into),
+        })
+    }
+}
+
+impl Provider for Bedrock {
+    fn name(&self) -> &str {
+        &self.inner.config.name
+    }
+
+    fn stream(&self, request: ChatRequest) -> BoxChunkStream {
+        let body = wire::request_body(&request);
+        let model = request.model;
+        open_stream::<_, stream::Decoder, _, _>(self.inner.clone(), move |inner: Arc<Inner>| {
+            let (body, model) = (body.clone(), model.clone());
+            async move { inner.send(&model, "converse-stream", body).await }
+        })
+    }
+
+    fn complete(
+        &self,
+        request: ChatRequest,
+    ) -> BoxFuture<'static, Result<Completion, ProviderError>> {
+        self.inner.clone().complete(request).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_ids_are_one_path_segment() {
+        assert_eq!(
+            encode_segment("anthropic.claude-3-haiku-20240307-v1:0"),
+            "anthropic.claude-3-haiku-20240307-v1%3A0"
+        );
+        assert_eq!(
+            encode_segment("arn:aws:bedrock:us-east-1::foundation-model/x"),
+            "arn%3Aaws%3Abedrock%3Aus-east-1%3A%3Afoundation-model%2Fx"
+        );
+    }
+}

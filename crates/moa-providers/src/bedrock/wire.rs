@@ -1,0 +1,200 @@
+//! Bedrock's Converse API: the request body and the response and stream event shapes.
+
+use moa_core::{ChatRequest, Role, Usage};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+#[derive(Serialize)]
+struct Text<'a> {
+    text: &'a str,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    role: &'a str,
+    content: Vec<Text<'a>>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    messages: Vec<Message<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    system: Vec<Text<'a>>,
+    #[serde(rename = "inferenceConfig", skip_serializing_if = "Map::is_empty")]
+    inference_config: Map<String, Value>,
+    #[serde(
+        rename = "additionalModelRequestFields",
+        skip_serializing_if = "Map::is_empty"
+    )]
+    additional: Map<String, Value>,
+}
+
+/// Serializes `request` as a Converse body. System messages go to `system`; consecutive
+/// messages of one role are merged into one message of several text blocks, since Converse
+/// wants the roles to alternate. temperature, max_tokens, top_p and stop go to
+/// `inferenceConfig`; any other extra field to `additionalModelRequestFields` (top_k, say).
+pub fn request_body(request: &ChatRequest) -> Vec<u8> {
+    let mut system = Vec::new();
+    let mut messages: Vec<Message> = Vec::new();
+    for message in &request.messages {
+        let text = Text {
+            text: &message.content,
+        };
+        match &message.role {
+            Role::System => system.push(text),
+            role => match messages.last_mut() {
+                Some(last) if last.role == role.as_str() => last.content.push(text),
+                _ => messages.push(Message {
+                    role: role.as_str(),
+                    content: vec![text],
+                }),
+            },
+        }
+    }
+    let mut inference_config = Map::new();
+    let mut additional = Map::new();
+    if let Some(n) = request.max_tokens {
+        inference_config.insert("maxTokens".into(), json!(n));
+    }
+    if let Some(t) = request.temperature {
+        inference_config.insert("temperature".into(), json!(t));
+    }
+    for (key, value) in &request.extra {
+        match key.as_str() {
+            "max_tokens" if request.max_tokens.is_none() => {
+                inference_config.insert("maxTokens".into(), value.clone());
+            }
+            "temperature" if request.temperature.is_none() => {
+                inference_config.insert("temperature".into(), value.clone());
+            }
+            "max_tokens" | "temperature" => {}
+            "top_p" => {
+                inference_config.insert("topP".into(), value.clone());
+            }
+            "stop" => {
+                let stops = match value {
+                    Value::String(s) => json!([s]),
+                    other => other.clone(),
+                };
+                inference_config.insert("stopSequences".into(), stops);
+            }
+            _ => {
+                additional.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    let body = Body {
+        messages,
+        system,
+        inference_config,
+        additional,
+    };
+    // Serializing plain data with string keys cannot fail.
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// Bedrock's stop reasons in OpenAI's words.
+pub fn finish_reason(stop_reason: &str) -> String {
+    match stop_reason {
+        "end_turn" | "stop_sequence" => "stop",
+        "max_tokens" => "length",
+        "tool_use" => "tool_calls",
+        "guardrail_intervened" | "content_filtered" => "content_filter",
+        other => other,
+    }
+    .to_string()
+}
+
+#[derive(Deserialize, Clone, Copy)]
+pub struct WireUsage {
+    #[serde(rename = "inputTokens", default)]
+    pub input_tokens: u64,
+    #[serde(rename = "outputTokens", default)]
+    pub output_tokens: u64,
+    #[serde(rename = "totalTokens", default)]
+    pub total_tokens: Option<u64>,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(u: WireUsage) -> Self {
+        Usage {
+            prompt_tokens: u.input_tokens,
+            completion_tokens: u.output_tokens,
+            total_tokens: u.total_tokens.unwrap_or(u.input_tokens + u.output_tokens),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct Block {
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct OutputMessage {
+    #[serde(default)]
+    pub content: Vec<Block>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct Output {
+    #[serde(default)]
+    pub message: Option<OutputMessage>,
+}
+
+/// A whole Converse response.
+#[derive(Deserialize)]
+pub struct ConverseResponse {
+    pub output: Output,
+    #[serde(rename = "stopReason", default)]
+    pub stop_reason: Option<String>,
+    #[serde(default)]
+    pub usage: Option<WireUsage>,
+}
+
+/// The payload of a stream event; which fields are set depends on `:event-type`.
+#[derive(Deserialize, Default)]
+pub struct StreamPayload {
+    #[serde(default)]
+    pub delta: Option<Block>,
+    #[serde(rename = "stopReason", default)]
+    pub stop_reason: Option<String>,
+    #[serde(default)]
+    pub usage: Option<WireUsage>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moa_core::Message as M;
+
+    #[test]
+    fn converse_bodies_put_everything_where_bedrock_wants_it() {
+        let mut r = ChatRequest::new(
+            "anthropic.claude-3-haiku-20240307-v1:0",
+            vec![
+                M::system("refs"),
+                M::user("a"),
+                M::user("b"),
+                M::assistant("c"),
+            ],
+        );
+        r.temperature = Some(0.0);
+        r.max_tokens = Some(512);
+        r.extra.insert("top_p".into(), json!(0.9));
+        r.extra.insert("stop".into(), json!("END"));
+        r.extra.insert("top_k".into(), json!(40));
+        assert_eq!(
+            String::from_utf8(request_body(&r)).unwrap(),
+            r#"{"messages":[{"role":"user","content":[{"text":"a"},{"text":"b"}]},{"role":"assistant","content":[{"text":"c"}]}],"system":[{"text":"refs"}],"inferenceConfig":{"maxTokens":512,"stopSequences":["END"],"temperature":0.0,"topP":0.9},"additionalModelRequestFields":{"top_k":40}}"#
+        );
+        let plain = ChatRequest::new("m", vec![M::user("q")]);
+        assert_eq!(
+            String::from_utf8(request_body(&plain)).unwrap(),
+            r#"{"messages":[{"role":"user","content":[{"text":"q"}]}]}"#
+        );
+    }
+}
