@@ -17,6 +17,9 @@ pub enum ReplyKind {
     Stall(String),
     /// Sends this text, then breaks the connection without finishing the response.
     Disconnect(String),
+    /// A 200 stream whose first event is an error of this kind (Anthropic's `error` event,
+    /// Bedrock's exception message, an OpenAI `{"error":...}` chunk).
+    StreamError { kind: String, message: String },
 }
 
 /// A scripted answer and how to deliver it.
@@ -76,6 +79,51 @@ impl Reply {
         Self::new(ReplyKind::Status {
             status,
             body: body.to_string(),
+        })
+    }
+
+    /// An error status with Anthropic's error JSON: `{"type":"error","error":{"type","message"}}`.
+    pub fn anthropic_error(status: u16, kind: &str, message: &str) -> Self {
+        let body =
+            serde_json::json!({"type": "error", "error": {"type": kind, "message": message}});
+        Self::new(ReplyKind::Status {
+            status,
+            body: body.to_string(),
+        })
+    }
+
+    /// Anthropic's 529 `overloaded_error`.
+    pub fn overloaded() -> Self {
+        Self::anthropic_error(529, "overloaded_error", "Overloaded")
+    }
+
+    /// An AWS error: the status, `x-amzn-ErrorType` naming the exception, `{"message":...}`.
+    pub fn aws_error(status: u16, exception: &str, message: &str) -> Self {
+        let body = serde_json::json!({ "message": message });
+        Self::new(ReplyKind::Status {
+            status,
+            body: body.to_string(),
+        })
+        .with_header(
+            "x-amzn-errortype",
+            &format!("{exception}:http://internal.amazon.com/coral/com.amazon.bedrock/"),
+        )
+    }
+
+    /// Bedrock's 429 `ThrottlingException`.
+    pub fn throttled() -> Self {
+        Self::aws_error(
+            429,
+            "ThrottlingException",
+            "Too many requests, please wait before trying again.",
+        )
+    }
+
+    /// A 200 stream that opens with an error event of `kind`.
+    pub fn stream_error(kind: &str, message: &str) -> Self {
+        Self::new(ReplyKind::StreamError {
+            kind: kind.to_string(),
+            message: message.to_string(),
         })
     }
 

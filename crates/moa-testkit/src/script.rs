@@ -41,27 +41,43 @@ impl Recorded {
         std::str::from_utf8(&self.body).unwrap_or("<not utf-8>")
     }
 
-    /// The request's messages as `(role, content)` pairs.
+    /// The request's messages as `(role, content)` pairs, in any dialect: OpenAI's messages;
+    /// Anthropic's and Bedrock's `system` field first as a `system` message, and content given
+    /// as blocks joined.
     pub fn messages(&self) -> Vec<(String, String)> {
-        self.json["messages"]
-            .as_array()
-            .map(|messages| {
-                messages
-                    .iter()
-                    .map(|m| {
-                        (
-                            m["role"].as_str().unwrap_or_default().to_string(),
-                            m["content"].as_str().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut out = Vec::new();
+        let system = text_of(&self.json["system"]);
+        if !system.is_empty() {
+            out.push(("system".to_string(), system));
+        }
+        if let Some(messages) = self.json["messages"].as_array() {
+            for m in messages {
+                out.push((
+                    m["role"].as_str().unwrap_or_default().to_string(),
+                    text_of(&m["content"]),
+                ));
+            }
+        }
+        out
     }
 
-    /// Whether the request asked for a stream.
+    /// Whether the request asked for a stream (a `stream` field, or Bedrock's
+    /// `converse-stream` path).
     pub fn is_stream(&self) -> bool {
-        self.json["stream"].as_bool() == Some(true)
+        self.json["stream"].as_bool() == Some(true) || self.path.ends_with("/converse-stream")
+    }
+}
+
+/// A content value as text: a string, or the `text` of each block joined by newlines.
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
     }
 }
 

@@ -130,6 +130,14 @@ fn answer(
             };
             return futures::stream::iter([Err(error)]).boxed();
         }
+        ReplyKind::StreamError { kind, message } => {
+            guard.finish();
+            let error = ProviderError::Upstream {
+                provider,
+                message: format!("{kind}: {message}"),
+            };
+            return futures::stream::iter([Err(error)]).boxed();
+        }
         ReplyKind::Malformed(raw) => {
             guard.finish();
             let error = ProviderError::Malformed {

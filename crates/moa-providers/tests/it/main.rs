@@ -1,12 +1,16 @@
 //! The OpenAI-compatible provider and whole MoA runs against a fake server on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
+mod anthropic;
+mod bedrock;
 mod moa_http;
 mod openai;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use moa_core::{Chunk, Provider, ProviderError};
 use moa_providers::{Endpoint, Registry, RetryPolicy};
 use moa_testkit::FakeOpenAi;
 
@@ -32,4 +36,27 @@ pub fn registry_for(fake: &FakeOpenAi) -> Registry {
     test.retry = quick_retries(2);
     registry.insert_endpoint(test);
     registry
+}
+
+/// Everything a provider streams for `request`: the text, every chunk, and the error it ended
+/// with, if any.
+pub async fn collect_stream(
+    provider: &dyn Provider,
+    request: moa_core::ChatRequest,
+) -> (String, Vec<Chunk>, Option<ProviderError>) {
+    let mut text = String::new();
+    let mut chunks = Vec::new();
+    let mut stream = provider.stream(request);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(chunk) => {
+                if let Chunk::Delta(t) = &chunk {
+                    text.push_str(t);
+                }
+                chunks.push(chunk);
+            }
+            Err(e) => return (text, chunks, Some(e)),
+        }
+    }
+    (text, chunks, None)
 }
