@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::completion::Usage;
+use crate::price::PriceTable;
 
 /// One step of a MoA run. Layers are numbered from 1; proposer indexes from 0 within a layer.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -107,12 +108,16 @@ pub struct Trace {
     pub usage_by_model: BTreeMap<String, Usage>,
     /// Token counts over the whole run.
     pub usage: Usage,
+    /// US dollars per `provider:model`, for the models with a known price.
+    pub cost_by_model: BTreeMap<String, f64>,
+    /// US dollars for the whole run; `None` if a model that reported usage has no price.
+    pub cost: Option<f64>,
     pub elapsed_ms: u64,
 }
 
 impl Trace {
-    /// Sums usage per model and in total from the calls.
-    pub(crate) fn tally(&mut self) {
+    /// Sums usage and cost per model and in total from the calls.
+    pub(crate) fn tally(&mut self, prices: &PriceTable) {
         let mut by_model: BTreeMap<String, Usage> = BTreeMap::new();
         let mut total = Usage::default();
         let calls = self
@@ -126,6 +131,18 @@ impl Trace {
                 total.add(usage);
             }
         }
+        let mut cost = Some(0.0);
+        self.cost_by_model.clear();
+        for (model, usage) in &by_model {
+            match prices.cost(model, usage) {
+                Some(c) => {
+                    self.cost_by_model.insert(model.clone(), c);
+                    cost = cost.map(|sum| sum + c);
+                }
+                None => cost = None,
+            }
+        }
+        self.cost = cost;
         self.usage_by_model = by_model;
         self.usage = total;
     }

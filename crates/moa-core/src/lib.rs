@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod message;
 pub mod preset;
+pub mod price;
 pub mod prompt;
 pub mod provider;
 
@@ -21,5 +22,6 @@ pub use error::{MoaError, ProposalFailure};
 pub use event::{CallStatus, CallTrace, LayerTrace, RunEvent, Trace};
 pub use message::{Message, Role};
 pub use preset::{AgentSpec, ModelRef, Preset, PresetError};
+pub use price::{Price, PriceTable, PRICES_AS_OF};
 pub use prompt::{inject_references, PromptStyle, Reference, AGGREGATOR_SYSTEM_PROMPT};
 pub use provider::{BoxChunkStream, Provider, ProviderError};

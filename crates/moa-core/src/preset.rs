@@ -192,6 +192,34 @@ const PAPER_PROPOSERS: [&str; 6] = [
     "together:databricks/dbrx-instruct",
 ];
 
+/// The AWS sample's cheap Bedrock MoA: Claude 3 Haiku, Mixtral 8x7B and Llama 3.2 3B propose,
+/// Claude 3 Haiku aggregates at temperature 0. Llama 3.2 is reached through its cross-region
+/// inference profile (`us.`), the only way Bedrock serves it on demand.
+fn bedrock_haiku() -> Preset {
+    const HAIKU: &str = "bedrock:anthropic.claude-3-haiku-20240307-v1:0";
+    let proposers = agents(
+        &[
+            HAIKU,
+            "bedrock:mistral.mixtral-8x7b-instruct-v0:1",
+            "bedrock:us.meta.llama3-2-3b-instruct-v1:0",
+        ],
+        0.7,
+        512,
+    );
+    let mut aggregator = AgentSpec::new(HAIKU);
+    aggregator.temperature = Some(0.0);
+    aggregator.max_tokens = Some(2048);
+    Preset {
+        name: "bedrock-haiku".into(),
+        description:
+            "The AWS sample on Bedrock: Haiku, Mixtral 8x7B, Llama 3.2 3B; Haiku aggregates at 0"
+                .into(),
+        layers: vec![proposers],
+        aggregator,
+        prompt_style: PromptStyle::Reference,
+    }
+}
+
 /// Self-MoA on the embedded local model: one small model sampled three times at different
 /// temperatures and seeds, then aggregated at a low temperature. Sized so a whole run takes
 /// seconds on two CPU cores.
@@ -250,6 +278,7 @@ pub fn builtin_presets() -> Vec<Preset> {
     let paper_proposers = agents(&PAPER_PROPOSERS, 0.7, 2048);
     vec![
         local_preset(),
+        bedrock_haiku(),
         Preset {
             name: "together".into(),
             description: "The reference's moa.py: 4 proposers, 2 layers, Qwen2.5-72B aggregator".into(),
@@ -312,6 +341,8 @@ mod tests {
         }
         let by_name = |n: &str| presets.iter().find(|p| p.name == n).unwrap();
         assert_eq!(by_name("local").layer_count(), 2);
+        assert_eq!(by_name("bedrock-haiku").layers[0].len(), 3);
+        assert_eq!(by_name("bedrock-haiku").aggregator.temperature, Some(0.0));
         assert!(by_name("local")
             .agents()
             .all(|a| a.model == "local:smollm2"));

@@ -89,6 +89,8 @@ pub fn proposals(trace: &Trace) -> Value {
         "preset": trace.preset,
         "layers": trace.layers,
         "usage_by_model": trace.usage_by_model,
+        "cost_by_model": trace.cost_by_model,
+        "cost": trace.cost,
     })
 }
 

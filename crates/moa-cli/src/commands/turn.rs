@@ -10,7 +10,7 @@ use crate::render;
 
 /// How a run ended.
 pub enum TurnEnd {
-    Done(Trace),
+    Done(Box<Trace>),
     Failed(MoaError),
     Cancelled,
 }
@@ -43,7 +43,7 @@ pub async fn run(
             _ = &mut interrupt => return Ok(TurnEnd::Cancelled),
         };
         match event {
-            Some(Ok(RunEvent::Done(trace))) => return Ok(TurnEnd::Done(*trace)),
+            Some(Ok(RunEvent::Done(trace))) => return Ok(TurnEnd::Done(trace)),
             Some(Ok(event)) => view.event(&event)?,
             Some(Err(error)) => return Ok(TurnEnd::Failed(error)),
             None => anyhow::bail!("the run ended without an answer"),

@@ -21,6 +21,19 @@ pub struct ConfigFile {
     pub providers: BTreeMap<String, ProviderEntry>,
     #[serde(default)]
     pub presets: BTreeMap<String, PresetEntry>,
+    /// `[prices."provider:model"]`: US dollars per million tokens, over the built-in table.
+    #[serde(default)]
+    pub prices: BTreeMap<String, PriceEntry>,
+}
+
+/// `[prices."provider:model"]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceEntry {
+    /// US dollars per million input (prompt) tokens.
+    pub input: f64,
+    /// US dollars per million output (completion) tokens.
+    pub output: f64,
 }
 
 /// `[providers.NAME]`: changes a known provider or defines an OpenAI-compatible endpoint.
@@ -28,6 +41,11 @@ pub struct ConfigFile {
 #[serde(deny_unknown_fields)]
 pub struct ProviderEntry {
     pub base_url: Option<String>,
+    /// The wire protocol of a provider of the user's own: `openai` (default), `anthropic`,
+    /// `bedrock`.
+    pub dialect: Option<String>,
+    /// Bedrock's AWS region (else AWS_REGION, then AWS_DEFAULT_REGION).
+    pub region: Option<String>,
     /// The variable holding the key.
     pub api_key_env: Option<String>,
     /// Whether a missing key is an error (known providers: as in the table; others: true when

@@ -11,7 +11,8 @@ mod settings;
 use std::path::{Path, PathBuf};
 
 use moa_core::Preset;
-use moa_providers::{Endpoint, Registry};
+use moa_core::{Price, PriceTable};
+use moa_providers::{Dialect, Endpoint, Registry};
 
 use crate::env;
 pub use file::ConfigFile;
@@ -119,14 +120,31 @@ impl Config {
     pub fn registry(&self) -> Result<Registry, ConfigError> {
         let mut registry = Registry::new(std::sync::Arc::new(env::lookup));
         for (name, entry) in &self.file.providers {
-            let mut endpoint = match (Endpoint::known(name), &entry.base_url) {
-                (Some(known), _) => known,
-                (None, Some(url)) => {
+            let dialect = match &entry.dialect {
+                None => None,
+                Some(d) => Some(Dialect::parse(d).ok_or_else(|| {
+                    self.invalid(
+                        format!("providers.{name}.dialect"),
+                        format!(
+                            "`{d}` is not a dialect moa speaks; use openai, anthropic or bedrock"
+                        ),
+                    )
+                })?),
+            };
+            let mut endpoint = match (Endpoint::known(name), &entry.base_url, dialect) {
+                (Some(known), _, _) => known,
+                (None, _, Some(Dialect::Bedrock)) => {
+                    let mut e =
+                        Endpoint::known("bedrock").unwrap_or_else(|| Endpoint::custom(name, ""));
+                    e.name = name.clone();
+                    e
+                }
+                (None, Some(url), _) => {
                     let mut e = Endpoint::custom(name, url);
                     e.key_required = entry.api_key_env.is_some();
                     e
                 }
-                (None, None) => {
+                (None, None, _) => {
                     return Err(self.invalid(
                         format!("providers.{name}.base_url"),
                         format!("`{name}` is not a known provider, so it needs a base_url"),
@@ -141,6 +159,12 @@ impl Config {
                     ));
                 }
                 endpoint.base_url = url.clone();
+            }
+            if let Some(dialect) = dialect {
+                endpoint.dialect = dialect;
+            }
+            if let Some(region) = &entry.region {
+                endpoint.region = Some(region.clone());
             }
             if let Some(var) = &entry.api_key_env {
                 endpoint.api_key_env = Some(var.clone());
@@ -163,6 +187,32 @@ impl Config {
             registry.insert_endpoint(endpoint);
         }
         Ok(registry)
+    }
+
+    /// The built-in prices with the config's `[prices]` over them.
+    pub fn prices(&self) -> Result<PriceTable, ConfigError> {
+        let mut table = PriceTable::builtin();
+        for (model, entry) in &self.file.prices {
+            if let Err(e) = moa_core::ModelRef::parse(model) {
+                return Err(self.invalid(format!("prices.\"{model}\""), e.to_string()));
+            }
+            for (name, value) in [("input", entry.input), ("output", entry.output)] {
+                if !(value.is_finite() && value >= 0.0) {
+                    return Err(self.invalid(
+                        format!("prices.\"{model}\".{name}"),
+                        "must be a number of US dollars per million tokens, 0 or more",
+                    ));
+                }
+            }
+            table.set(
+                model.clone(),
+                Price {
+                    input: entry.input,
+                    output: entry.output,
+                },
+            );
+        }
+        Ok(table)
     }
 
     /// Every preset: built-in ones, then the config's (which replace built-ins of the same name).
@@ -271,6 +321,69 @@ prompt_style = "tagged"
             .to_string();
         assert!(err.contains("key `presets.bad.prompt_style`"), "{err}");
         assert!(err.contains("reference, tagged"), "{err}");
+    }
+
+    #[test]
+    fn prices_override_the_table_and_bad_ones_name_the_key() {
+        let config = parse(
+            "[prices.\"together:acme/model\"]\ninput = 0.5\noutput = 1.5\n\n[prices.\"openai:gpt-4o\"]\ninput = 1\noutput = 2\n",
+        )
+        .unwrap();
+        let table = config.prices().unwrap();
+        assert_eq!(
+            table.price("together:acme/model"),
+            Some(Price {
+                input: 0.5,
+                output: 1.5
+            })
+        );
+        assert_eq!(
+            table.price("openai:gpt-4o"),
+            Some(Price {
+                input: 1.0,
+                output: 2.0
+            })
+        );
+        let err = parse("[prices.\"openai:x\"]\ninput = -1\noutput = 2\n")
+            .unwrap()
+            .prices()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/tmp/moa.toml") && err.contains("prices.\"openai:x\".input"),
+            "{err}"
+        );
+        let err = parse("[prices.\"openai:x\"]\ninput = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("output"), "{err}");
+    }
+
+    #[test]
+    fn bedrock_endpoints_take_a_region_and_dialects_are_checked() {
+        let config = parse(
+            "[providers.bedrock]\nregion = \"eu-central-1\"\n\n[providers.claude-proxy]\nbase_url = \"http://127.0.0.1:9/v1\"\ndialect = \"anthropic\"\n",
+        )
+        .unwrap();
+        let registry = config.registry().unwrap();
+        assert_eq!(
+            registry.endpoint("bedrock").unwrap().region.as_deref(),
+            Some("eu-central-1")
+        );
+        assert_eq!(
+            registry.endpoint("claude-proxy").unwrap().dialect,
+            Dialect::Anthropic
+        );
+        let err = parse("[providers.x]\nbase_url = \"http://h\"\ndialect = \"soap\"\n")
+            .unwrap()
+            .registry()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("providers.x.dialect") && err.contains("openai, anthropic or bedrock"),
+            "{err}"
+        );
     }
 
     #[test]

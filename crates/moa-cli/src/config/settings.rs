@@ -116,6 +116,7 @@ impl Settings {
                 min_proposals: merged.min_proposals.unwrap_or(1).max(1),
                 timeout: (timeout > 0.0).then(|| Duration::from_secs_f64(timeout)),
                 stream_proposers: merged.stream_proposers.unwrap_or(true),
+                prices: std::sync::Arc::new(config.prices()?),
             },
         })
     }

@@ -48,7 +48,7 @@ async fn presets_lists_built_in_and_config_presets_with_their_models() {
 
     let json = moa(sandbox.path(), &["presets", "--json"], &[], None).await;
     let list: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 6);
+    assert_eq!(list.as_array().unwrap().len(), 7);
 }
 
 #[tokio::test(flavor = "multi_thread")]

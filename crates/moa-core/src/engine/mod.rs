@@ -134,6 +134,8 @@ pub struct RunOptions {
     pub timeout: Option<Duration>,
     /// Stream proposers (deltas become events) rather than ask for whole answers.
     pub stream_proposers: bool,
+    /// Prices the trace's usage is costed at.
+    pub prices: std::sync::Arc<crate::price::PriceTable>,
 }
 
 impl Default for RunOptions {
@@ -142,6 +144,7 @@ impl Default for RunOptions {
             min_proposals: 1,
             timeout: Some(Duration::from_secs(600)),
             stream_proposers: true,
+            prices: std::sync::Arc::new(crate::price::PriceTable::builtin()),
         }
     }
 }

@@ -190,8 +190,10 @@ async fn drive(
         aggregator: outcome.trace,
         usage_by_model: Default::default(),
         usage: Default::default(),
+        cost_by_model: Default::default(),
+        cost: None,
         elapsed_ms: millis(ctx.started.elapsed()),
     };
-    trace.tally();
+    trace.tally(&options.prices);
     Ok(trace)
 }

@@ -97,7 +97,7 @@ pub async fn run(config_path: Option<&Path>, args: ChatArgs) -> anyhow::Result<(
                 if !trace.answer.ends_with('\n') {
                     println!();
                 }
-                session.record(&input, trace);
+                session.record(&input, *trace);
             }
             TurnEnd::Failed(error) => {
                 failures += 1;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use moa_core::{Message, Moa, Preset, RunOptions, Trace, Usage};
+use moa_core::{Message, Moa, Preset, PriceTable, RunOptions, Trace, Usage};
 use moa_providers::Registry;
 use serde::Serialize;
 
@@ -205,22 +205,82 @@ impl Session {
     }
 
     fn usage_report(&self) -> String {
-        if self.usage.is_empty() {
-            return "no tokens used yet".into();
-        }
-        let mut total = Usage::default();
-        let mut out = format!("{:<50} {:>10} {:>10}\n", "model", "tokens in", "out");
-        for (model, usage) in &self.usage {
-            total.add(usage);
-            out.push_str(&format!(
-                "{model:<50} {:>10} {:>10}\n",
-                usage.prompt_tokens, usage.completion_tokens
-            ));
-        }
+        usage_table(&self.usage, &self.options.prices)
+    }
+}
+
+/// Tokens and cost per model and in total; a model without a known price shows `?` and makes
+/// the total a lower bound.
+pub fn usage_table(usage: &BTreeMap<String, Usage>, prices: &PriceTable) -> String {
+    if usage.is_empty() {
+        return "no tokens used yet".into();
+    }
+    let mut total = Usage::default();
+    let mut cost = 0.0;
+    let mut unpriced = false;
+    let mut out = format!(
+        "{:<50} {:>10} {:>10} {:>10}\n",
+        "model", "tokens in", "out", "cost"
+    );
+    for (model, usage) in usage {
+        total.add(usage);
+        let shown = match prices.cost(model, usage) {
+            Some(c) => {
+                cost += c;
+                format!("${c:.4}")
+            }
+            None => {
+                unpriced = true;
+                "?".to_string()
+            }
+        };
         out.push_str(&format!(
-            "{:<50} {:>10} {:>10}",
-            "total", total.prompt_tokens, total.completion_tokens
+            "{model:<50} {:>10} {:>10} {shown:>10}\n",
+            usage.prompt_tokens, usage.completion_tokens
         ));
-        out
+    }
+    let total_cost = format!("{}${cost:.4}", if unpriced { ">=" } else { "" });
+    out.push_str(&format!(
+        "{:<50} {:>10} {:>10} {total_cost:>10}",
+        "total", total.prompt_tokens, total.completion_tokens
+    ));
+    if unpriced {
+        out.push_str("\n(? = no price known; add one under [prices] in the config)");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_usage_table_prices_what_it_can() {
+        let mut usage = BTreeMap::new();
+        usage.insert(
+            "bedrock:anthropic.claude-3-haiku-20240307-v1:0".to_string(),
+            Usage {
+                prompt_tokens: 4000,
+                completion_tokens: 800,
+                total_tokens: 4800,
+            },
+        );
+        let table = usage_table(&usage, &PriceTable::builtin());
+        // 4,000 x $0.25/M + 800 x $1.25/M = $0.002.
+        assert!(
+            table.lines().last().unwrap().ends_with("$0.0020"),
+            "{table}"
+        );
+        usage.insert(
+            "acme:mystery".to_string(),
+            Usage {
+                prompt_tokens: 1,
+                completion_tokens: 1,
+                total_tokens: 2,
+            },
+        );
+        let table = usage_table(&usage, &PriceTable::builtin());
+        assert!(table.contains(">=$0.0020"), "{table}");
+        assert!(table.contains("no price known"), "{table}");
     }
 }

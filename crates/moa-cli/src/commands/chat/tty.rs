@@ -186,7 +186,7 @@ pub async fn run(session: &mut Session, show_proposals: bool) -> anyhow::Result<
         match end {
             TurnEnd::Done(trace) => {
                 println!("\n");
-                session.record(&input, trace);
+                session.record(&input, *trace);
             }
             TurnEnd::Failed(error) => eprintln!("\nmoa: {error}\n"),
             TurnEnd::Cancelled => {
