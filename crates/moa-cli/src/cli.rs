@@ -33,6 +33,8 @@ pub enum Command {
     Chat(Box<ChatArgs>),
     /// Serve the presets as models behind an OpenAI-compatible API.
     Serve(ServeArgs),
+    /// Measure presets and single models over a prompt set: latency, first token, tokens, cost.
+    Bench(BenchArgs),
     /// List the presets (built-in and from the config) with their layers and models.
     Presets(PresetsArgs),
     /// List the providers, their endpoints and API key variables.
@@ -203,6 +205,35 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 30.0, value_name = "SECS", value_parser = non_negative)]
     pub grace: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The prompts: a .json array or .jsonl of objects with `instruction` or `prompt` (AlpacaEval's
+    /// files work as they are), or a text file with one prompt per line.
+    #[arg(long, value_name = "FILE")]
+    pub prompts: std::path::PathBuf,
+    /// Presets to measure (comma-separated or repeated).
+    #[arg(long = "preset", value_delimiter = ',', value_name = "NAMES")]
+    pub presets: Vec<String>,
+    /// Single models to measure, as `provider:model` (comma-separated or repeated).
+    #[arg(long = "model", value_delimiter = ',', value_name = "MODELS")]
+    pub models: Vec<String>,
+    /// Only the first N prompts.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Prompts in flight at once, per target.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub parallel: usize,
+    /// Where results, report.json and chart.svg go; rerunning with the same directory resumes.
+    #[arg(long, default_value = "moa-bench", value_name = "DIR")]
+    pub out: std::path::PathBuf,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds one model call may take, retries included (0: no limit).
+    #[arg(long, value_name = "SECS", value_parser = non_negative)]
+    pub timeout: Option<f64>,
 }
 
 #[derive(Debug, Args)]

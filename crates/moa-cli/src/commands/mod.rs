@@ -1,6 +1,7 @@
 //! One module per subcommand; each only translates between the user and the library.
 
 pub mod ask;
+pub mod bench;
 pub mod chat;
 pub mod presets;
 pub mod providers;

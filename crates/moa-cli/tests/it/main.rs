@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 mod ask;
+mod bench;
 mod chat;
 #[cfg(unix)]
 mod chat_tty;
