@@ -180,11 +180,7 @@ impl Progress {
             )
         };
         let width = 24;
-        let filled = if total == 0 {
-            width
-        } else {
-            done * width / total
-        };
+        let filled = (done * width).checked_div(total).unwrap_or(width);
         eprint!(
             "\r\x1b[2K{target} [{}{}] {done}/{total} · {failed} failed · ${cost:.4}{eta}",
             "#".repeat(filled),
