@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use moa_core::{BoxChunkStream, Chunk, ProviderError, Usage};
+use moa_core::{BoxChunkStream, Chunk, Completion, ProviderError, Usage};
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -141,6 +141,29 @@ impl Transport {
             }
             tokio::time::sleep(policy.delay(attempts, failure.retry_after)).await;
         }
+    }
+
+    /// A whole (non-streamed) answer: holds a permit, sends with retries, reads the body and
+    /// parses it; like the reference, an unreadable answer is worth another try.
+    pub async fn complete<S, Fut>(
+        &self,
+        send: S,
+        parse: impl Fn(&[u8]) -> Result<Completion, ProviderError>,
+    ) -> Result<Completion, ProviderError>
+    where
+        S: Fn() -> Fut,
+        Fut: Future<Output = Result<reqwest::Response, Failure>>,
+    {
+        let _permit = self.permit().await;
+        self.with_retries(|| async {
+            let bytes = self.read_body(send().await?).await?;
+            parse(&bytes).map_err(|error| Failure {
+                retry: matches!(error, ProviderError::Malformed { .. }),
+                error,
+                retry_after: None,
+            })
+        })
+        .await
     }
 
     /// Reads a whole successful response body; a body that breaks off is a connection failure.

@@ -101,17 +101,11 @@ impl Inner {
 
     async fn complete(self: Arc<Self>, request: ChatRequest) -> Result<Completion, ProviderError> {
         let body = wire::request_body(&request, false);
-        let _permit = self.transport.permit().await;
         self.transport
-            .with_retries(|| async {
-                let response = self.send(body.clone()).await?;
-                let bytes = self.transport.read_body(response).await?;
-                self.parse_completion(&bytes).map_err(|error| Failure {
-                    retry: matches!(error, ProviderError::Malformed { .. }),
-                    error,
-                    retry_after: None,
-                })
-            })
+            .complete(
+                || self.send(body.clone()),
+                |bytes| self.parse_completion(bytes),
+            )
             .await
     }
 

@@ -5,7 +5,7 @@ use moa_core::{ChatRequest, Chunk, Message, Provider, ProviderError};
 use moa_providers::{OpenAiCompatible, OpenAiConfig};
 use moa_testkit::{Ending, FakeOpenAi, Reply};
 
-use crate::quick_retries;
+use crate::{collect_stream, quick_retries};
 
 fn client(fake: &FakeOpenAi, max_retries: u32) -> OpenAiCompatible {
     let mut config = OpenAiConfig::new("fake", fake.base_url());
@@ -21,32 +21,11 @@ fn request(model: &str) -> ChatRequest {
     r
 }
 
-async fn stream_all(
-    provider: &OpenAiCompatible,
-    request: ChatRequest,
-) -> (String, Vec<Chunk>, Option<ProviderError>) {
-    let mut text = String::new();
-    let mut chunks = Vec::new();
-    let mut stream = provider.stream(request);
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(chunk) => {
-                if let Chunk::Delta(t) = &chunk {
-                    text.push_str(t);
-                }
-                chunks.push(chunk);
-            }
-            Err(e) => return (text, chunks, Some(e)),
-        }
-    }
-    (text, chunks, None)
-}
-
 #[tokio::test]
 async fn streams_text_and_final_usage_with_the_exact_body() {
     let fake = FakeOpenAi::start().await;
     fake.push("m", Reply::text("Hello there, friend.").with_usage(11, 4));
-    let (text, chunks, err) = stream_all(&client(&fake, 0), request("m")).await;
+    let (text, chunks, err) = collect_stream(&client(&fake, 0), request("m")).await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!(text, "Hello there, friend.");
     assert_eq!(
@@ -84,7 +63,7 @@ async fn bytes_split_anywhere_even_inside_characters_decode_exactly() {
     }
     let provider = client(&fake, 0);
     for _ in 0..5 {
-        let (got, _, err) = stream_all(&provider, request("m")).await;
+        let (got, _, err) = collect_stream(&provider, request("m")).await;
         assert!(err.is_none(), "{err:?}");
         assert_eq!(got, text);
     }
@@ -100,7 +79,7 @@ async fn tolerates_no_done_no_usage_and_no_finish_reason() {
             .without_usage()
             .with_finish_reason(None),
     );
-    let (text, chunks, err) = stream_all(&client(&fake, 0), request("m")).await;
+    let (text, chunks, err) = collect_stream(&client(&fake, 0), request("m")).await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!(text, "plain");
     assert_eq!(
@@ -132,7 +111,7 @@ async fn honours_retry_after_on_429() {
     let fake = FakeOpenAi::start().await;
     fake.push("m", Reply::rate_limited(1));
     fake.push("m", Reply::text("after the wait"));
-    let (text, _, err) = stream_all(&client(&fake, 3), request("m")).await;
+    let (text, _, err) = collect_stream(&client(&fake, 3), request("m")).await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!(text, "after the wait");
     let requests = fake.requests();
@@ -169,7 +148,7 @@ async fn other_4xx_are_not_retried_and_their_message_reaches_the_user() {
             "max_tokens is too large for this model",
         ),
     );
-    let (_, _, err) = stream_all(&client(&fake, 5), request("m")).await;
+    let (_, _, err) = collect_stream(&client(&fake, 5), request("m")).await;
     let err = err.unwrap();
     assert_eq!(err.status(), Some(400));
     assert_eq!(
@@ -202,7 +181,7 @@ async fn malformed_json_is_retried_when_whole_and_fatal_when_streamed() {
     );
 
     fake.push("s", Reply::malformed("{not json"));
-    let (_, _, err) = stream_all(&client(&fake, 2), request("s")).await;
+    let (_, _, err) = collect_stream(&client(&fake, 2), request("s")).await;
     match err {
         Some(ProviderError::Malformed { raw, .. }) => assert_eq!(raw, "{not json"),
         other => panic!("expected a malformed error, got {other:?}"),
@@ -213,7 +192,7 @@ async fn malformed_json_is_retried_when_whole_and_fatal_when_streamed() {
 async fn a_disconnect_mid_stream_is_an_error_after_the_partial_text() {
     let fake = FakeOpenAi::start().await;
     fake.push("m", Reply::disconnect_after("partial answ"));
-    let (text, _, err) = stream_all(&client(&fake, 2), request("m")).await;
+    let (text, _, err) = collect_stream(&client(&fake, 2), request("m")).await;
     assert_eq!(text, "partial answ");
     assert!(
         matches!(err, Some(ProviderError::Connection { .. })),
