@@ -72,11 +72,7 @@ impl Transport {
 
     /// An answer that does not follow the protocol.
     pub fn malformed(&self, message: String, raw: &[u8]) -> ProviderError {
-        ProviderError::Malformed {
-            provider: self.name.clone(),
-            message,
-            raw: truncate(&String::from_utf8_lossy(raw), 2000),
-        }
+        malformed(&self.name, message, &String::from_utf8_lossy(raw))
     }
 
     /// Sends `request` once and returns the response if its status is a success. An error
@@ -256,6 +252,21 @@ pub(crate) fn describe(error: &reqwest::Error) -> String {
     text
 }
 
+/// A request's extra fields minus those the client owns (`reserved`) and those the request
+/// already sets (temperature, max_tokens): config may add fields, never override these.
+pub(crate) fn extra_fields(
+    request: &moa_core::ChatRequest,
+    reserved: &[&str],
+) -> serde_json::Map<String, Value> {
+    let mut extra = request.extra.clone();
+    extra.retain(|k, _| match k.as_str() {
+        "temperature" => request.temperature.is_none(),
+        "max_tokens" => request.max_tokens.is_none(),
+        other => !reserved.contains(&other),
+    });
+    extra
+}
+
 /// The message of an error body in any common vendor shape: OpenAI's and Anthropic's
 /// `{"error":{"message":...}}`, `{"error":"..."}`, AWS's `{"message":...}`; else the body.
 pub fn error_message(body: &str) -> String {
@@ -272,6 +283,15 @@ pub fn error_message(body: &str) -> String {
         Some(m) => m,
         None if body.trim().is_empty() => "(empty body)".to_string(),
         None => truncate(body.trim(), 500),
+    }
+}
+
+/// An answer that does not follow the protocol; `raw` is kept (cut to 2,000 bytes) for the error.
+pub(crate) fn malformed(provider: &str, message: String, raw: &str) -> ProviderError {
+    ProviderError::Malformed {
+        provider: provider.to_string(),
+        message,
+        raw: truncate(raw, 2000),
     }
 }
 
@@ -358,11 +378,7 @@ impl Events {
     /// Data that does not parse.
     pub fn malformed(&mut self, message: String, raw: &str) {
         let provider = self.provider.clone();
-        self.fail(ProviderError::Malformed {
-            provider,
-            message,
-            raw: truncate(raw, 2000),
-        });
+        self.fail(malformed(&provider, message, raw));
     }
 
     /// An error the upstream reported inside the stream.

@@ -48,15 +48,7 @@ pub fn request_body(request: &ChatRequest, stream: bool) -> Vec<u8> {
             }),
         }
     }
-    let mut extra = request.extra.clone();
-    extra.retain(|k, _| {
-        let set_already = match k.as_str() {
-            "temperature" => request.temperature.is_some(),
-            "max_tokens" => request.max_tokens.is_some(),
-            other => RESERVED_FIELDS.contains(&other),
-        };
-        !set_already
-    });
+    let mut extra = crate::http::extra_fields(request, &RESERVED_FIELDS);
     let max_tokens = match extra.remove("max_tokens").and_then(|v| v.as_u64()) {
         Some(n) => u32::try_from(n).unwrap_or(u32::MAX),
         None => request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),

@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use moa_core::{BoxChunkStream, ChatRequest, Completion, Provider, ProviderError};
 
-use crate::http::{error_message, open_stream, truncate, Failure, HasTransport, Transport};
+use crate::http::{error_message, malformed, open_stream, Failure, HasTransport, Transport};
 use crate::retry::RetryPolicy;
 use wire::WireResponse;
 
@@ -120,13 +120,9 @@ impl Inner {
 }
 
 fn parse_completion(provider: &str, bytes: &[u8]) -> Result<Completion, ProviderError> {
-    let malformed = |message: String| ProviderError::Malformed {
-        provider: provider.to_string(),
-        message,
-        raw: truncate(&String::from_utf8_lossy(bytes), 2000),
-    };
+    let bad = |message: String| malformed(provider, message, &String::from_utf8_lossy(bytes));
     let response: WireResponse =
-        serde_json::from_slice(bytes).map_err(|e| malformed(format!("invalid JSON: {e}")))?;
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("invalid JSON: {e}")))?;
     if let Some(error) = response.error {
         return Err(ProviderError::Upstream {
             provider: provider.to_string(),
@@ -137,7 +133,7 @@ fn parse_completion(provider: &str, bytes: &[u8]) -> Result<Completion, Provider
         .choices
         .into_iter()
         .next()
-        .ok_or_else(|| malformed("no choices in the response".into()))?;
+        .ok_or_else(|| bad("no choices in the response".into()))?;
     Ok(Completion {
         text: choice.message.and_then(|m| m.content).unwrap_or_default(),
         finish_reason: choice.finish_reason.filter(|r| !r.is_empty()),

@@ -25,15 +25,7 @@ struct Body<'a> {
 
 /// Serializes `request` as a chat-completions body.
 pub fn request_body(request: &ChatRequest, stream: bool, stream_usage: bool) -> Vec<u8> {
-    let mut extra = request.extra.clone();
-    extra.retain(|k, _| {
-        let set_already = match k.as_str() {
-            "temperature" => request.temperature.is_some(),
-            "max_tokens" => request.max_tokens.is_some(),
-            other => RESERVED_FIELDS.contains(&other),
-        };
-        !set_already
-    });
+    let extra = crate::http::extra_fields(request, &RESERVED_FIELDS);
     let body = Body {
         model: &request.model,
         messages: &request.messages,
