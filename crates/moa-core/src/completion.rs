@@ -67,4 +67,25 @@ pub struct Completion {
     pub text: String,
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
+    /// Per generated token, its log probability and the most likely alternatives, when the
+    /// request asked for them (OpenAI's `logprobs: true, top_logprobs: n`) and the provider
+    /// returns them. Judges read the first token's alternatives.
+    pub logprobs: Option<Vec<TokenLogprob>>,
+}
+
+/// One generated token with its log probability and the top alternatives at its position.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f64,
+    /// The most likely tokens at this position (the generated one among them), best first.
+    #[serde(default)]
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// An alternative token at one position.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f64,
 }

@@ -16,7 +16,7 @@ pub mod price;
 pub mod prompt;
 pub mod provider;
 
-pub use completion::{ChatRequest, Chunk, Completion, Usage};
+pub use completion::{ChatRequest, Chunk, Completion, TokenLogprob, TopLogprob, Usage};
 pub use engine::{BoundAgent, Moa, Plan, RunOptions, RunStream};
 pub use error::{MoaError, ProposalFailure};
 pub use event::{CallStatus, CallTrace, LayerTrace, RunEvent, Trace};

@@ -21,6 +21,20 @@ pub(crate) fn completion(reply: &Reply, ctx: &Ctx, text: &str) -> Value {
     if let Some(usage) = reply.usage_for(ctx.prompt_bytes, text) {
         body["usage"] = json!(usage);
     }
+    if let Some(top) = &reply.top_logprobs {
+        let top: Vec<Value> = top
+            .iter()
+            .map(|(token, logprob)| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()}))
+            .collect();
+        let first = top
+            .first()
+            .cloned()
+            .unwrap_or(json!({"token": text, "logprob": 0.0}));
+        body["choices"][0]["logprobs"] = json!({"content": [{
+            "token": first["token"], "logprob": first["logprob"], "bytes": first["bytes"],
+            "top_logprobs": top,
+        }], "refusal": null});
+    }
     body
 }
 

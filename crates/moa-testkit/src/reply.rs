@@ -47,6 +47,9 @@ pub struct Reply {
     pub finish_reason: Option<String>,
     /// Extra response headers.
     pub headers: Vec<(String, String)>,
+    /// The first token's top alternatives `(token, logprob)`, sent as OpenAI's
+    /// `choices[0].logprobs` in whole (non-streamed) answers.
+    pub top_logprobs: Option<Vec<(String, f64)>>,
 }
 
 impl Reply {
@@ -63,6 +66,7 @@ impl Reply {
             no_done: false,
             finish_reason: Some("stop".into()),
             headers: Vec::new(),
+            top_logprobs: None,
         }
     }
 
@@ -202,6 +206,12 @@ impl Reply {
 
     pub fn with_finish_reason(mut self, reason: Option<&str>) -> Self {
         self.finish_reason = reason.map(str::to_string);
+        self
+    }
+
+    /// Answers with these first-token alternatives; the first is the generated token.
+    pub fn with_top_logprobs(mut self, top: &[(&str, f64)]) -> Self {
+        self.top_logprobs = Some(top.iter().map(|(t, l)| (t.to_string(), *l)).collect());
         self
     }
 

@@ -139,6 +139,8 @@ impl Inner {
             text,
             finish_reason: message.stop_reason.as_deref().map(wire::finish_reason),
             usage,
+
+            logprobs: None, // the API offers none
         })
     }
 }

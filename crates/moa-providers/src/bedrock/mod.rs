@@ -185,6 +185,8 @@ impl Inner {
             text,
             finish_reason: response.stop_reason.as_deref().map(wire::finish_reason),
             usage: response.usage.map(Into::into),
+
+            logprobs: None, // the API offers none
         })
     }
 }

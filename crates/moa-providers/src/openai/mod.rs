@@ -135,6 +135,7 @@ fn parse_completion(provider: &str, bytes: &[u8]) -> Result<Completion, Provider
         .next()
         .ok_or_else(|| bad("no choices in the response".into()))?;
     Ok(Completion {
+        logprobs: choice.logprobs.and_then(|l| l.content),
         text: choice.message.and_then(|m| m.content).unwrap_or_default(),
         finish_reason: choice.finish_reason.filter(|r| !r.is_empty()),
         usage: response.usage.map(Into::into),

@@ -78,8 +78,17 @@ pub struct WireMessage {
     pub content: Option<String>,
 }
 
+/// `choices[].logprobs`: `content` is null when logprobs were not asked for.
+#[derive(Deserialize, Default)]
+pub struct WireLogprobs {
+    #[serde(default)]
+    pub content: Option<Vec<moa_core::TokenLogprob>>,
+}
+
 #[derive(Deserialize)]
 pub struct WireChoice {
+    #[serde(default)]
+    pub logprobs: Option<WireLogprobs>,
     #[serde(default)]
     pub message: Option<WireMessage>,
     #[serde(default)]

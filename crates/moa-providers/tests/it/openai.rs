@@ -107,6 +107,35 @@ async fn complete_sends_no_stream_fields_and_reads_the_whole_answer() {
 }
 
 #[tokio::test]
+async fn first_token_logprobs_are_read_when_asked_for() {
+    let fake = FakeOpenAi::start().await;
+    fake.push(
+        "judge",
+        Reply::text("m").with_top_logprobs(&[("m", -0.25), ("M", -1.5)]),
+    );
+    fake.push("judge", Reply::text("plain"));
+    let mut asked = request("judge");
+    asked.extra.insert("logprobs".into(), true.into());
+    asked.extra.insert("top_logprobs".into(), 5.into());
+    let provider = client(&fake, 0);
+    let completion = provider.complete(asked).await.unwrap();
+    let first = &completion.logprobs.expect("logprobs")[0];
+    assert_eq!(first.token, "m");
+    assert_eq!(first.logprob, -0.25);
+    let top: Vec<(&str, f64)> = first
+        .top_logprobs
+        .iter()
+        .map(|t| (t.token.as_str(), t.logprob))
+        .collect();
+    assert_eq!(top, [("m", -0.25), ("M", -1.5)]);
+    assert!(fake.requests()[0]
+        .body_text()
+        .ends_with(r#""logprobs":true,"top_logprobs":5}"#));
+    let plain = provider.complete(request("judge")).await.unwrap();
+    assert_eq!(plain.logprobs, None, "no logprobs when the answer has none");
+}
+
+#[tokio::test]
 async fn honours_retry_after_on_429() {
     let fake = FakeOpenAi::start().await;
     fake.push("m", Reply::rate_limited(1));
