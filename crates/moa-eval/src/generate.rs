@@ -1,0 +1,142 @@
+//! Answers benchmark tasks with a MoA engine: every turn of a conversation in order, the
+//! aggregator's answer becoming the history of the next turn (as the reference's MT-Bench
+//! generator does), or, given pre-generated proposer outputs, the aggregator alone over them.
+
+use std::time::Instant;
+
+use moa_core::{inject_references, Message, Moa, Plan, Reference, Usage};
+use serde::{Deserialize, Serialize};
+
+use crate::runner::Record;
+use crate::Task;
+
+/// One task's outcome: a line of the generation journal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub key: String,
+    pub hash: String,
+    pub ok: bool,
+    /// The answer to each turn (as many as were answered).
+    pub turns: Vec<String>,
+    pub error: Option<String>,
+    /// US dollars; `None` when a model of the run has no known price.
+    pub cost: Option<f64>,
+    pub usage: Usage,
+    pub latency_ms: u64,
+    /// FastChat's answer id, kept so rewriting the answer file does not change it.
+    pub answer_id: String,
+    pub tstamp: f64,
+}
+
+impl Record for Answer {
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn hash(&self) -> &str {
+        &self.hash
+    }
+    fn ok(&self) -> bool {
+        self.ok
+    }
+    fn cost(&self) -> Option<f64> {
+        self.cost
+    }
+    fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+}
+
+/// Answers tasks with one engine.
+#[derive(Clone, Debug)]
+pub struct Generator {
+    moa: Moa,
+    max_tokens: Option<u32>,
+}
+
+impl Generator {
+    pub fn new(moa: Moa) -> Self {
+        Self {
+            moa,
+            max_tokens: None,
+        }
+    }
+
+    /// Caps every agent's answer length (proposers and aggregator).
+    pub fn with_max_tokens(mut self, max_tokens: Option<u32>) -> Self {
+        self.max_tokens = max_tokens;
+        self
+    }
+
+    /// The engine for one task: the task's temperature and the cap applied to every agent, and
+    /// the proposer layers dropped when the task brings its own references.
+    fn engine(&self, task: &Task) -> Moa {
+        let mut plan: Plan = self.moa.plan().clone();
+        if !task.references.is_empty() {
+            plan.layers.clear();
+        }
+        let agents = plan
+            .layers
+            .iter_mut()
+            .flatten()
+            .chain(std::iter::once(&mut plan.aggregator));
+        for agent in agents {
+            if let Some(t) = task.temperature {
+                agent.spec.temperature = Some(t);
+            }
+            if let Some(n) = self.max_tokens {
+                agent.spec.max_tokens = Some(n);
+            }
+        }
+        Moa::new(plan, self.moa.options().clone())
+    }
+
+    /// Answers every turn of `task`; the first failure ends it.
+    pub async fn answer(&self, task: Task) -> Answer {
+        let started = Instant::now();
+        let engine = self.engine(&task);
+        let mut answer = Answer {
+            key: task.key.clone(),
+            hash: task.hash(),
+            ok: false,
+            turns: Vec::new(),
+            error: None,
+            cost: Some(0.0),
+            usage: Usage::default(),
+            latency_ms: 0,
+            answer_id: crate::mt_bench::answer_id(),
+            tstamp: 0.0,
+        };
+        let mut history: Vec<Message> = Vec::new();
+        let references: Vec<Reference> = task
+            .references
+            .iter()
+            .enumerate()
+            .map(|(i, text)| Reference {
+                model: format!("reference-{}", i + 1),
+                text: text.clone(),
+            })
+            .collect();
+        for turn in &task.turns {
+            history.push(Message::user(turn.clone()));
+            let messages = inject_references(&history, &references, engine.plan().prompt_style);
+            match engine.run_to_end(messages).await {
+                Ok(trace) => {
+                    answer.usage.add(&trace.usage);
+                    answer.cost = answer.cost.zip(trace.cost).map(|(a, b)| a + b);
+                    // The reference strips each answer before storing and reusing it.
+                    let text = trace.answer.trim().to_string();
+                    history.push(Message::assistant(text.clone()));
+                    answer.turns.push(text);
+                }
+                Err(e) => {
+                    answer.error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        answer.ok = answer.error.is_none();
+        answer.latency_ms = started.elapsed().as_millis() as u64;
+        answer.tstamp = crate::now();
+        answer
+    }
+}
