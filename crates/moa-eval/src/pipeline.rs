@@ -137,10 +137,13 @@ fn load_references(paths: &[PathBuf], count: usize) -> Result<Vec<Vec<String>>> 
     Ok(out)
 }
 
+/// Writes the official output file from the answers so far; returns how many it holds.
+type WriteOutputs = Box<dyn Fn(&HashMap<String, Answer>, &Path) -> Result<usize>>;
+
 /// What a benchmark's generation needs besides the engine.
 struct Plan {
     tasks: Vec<Task>,
-    write: Box<dyn Fn(&HashMap<String, Answer>, &Path) -> Result<usize>>,
+    write: WriteOutputs,
 }
 
 fn plan(opts: &GenerateOptions) -> Result<Plan> {
