@@ -14,7 +14,7 @@ use crate::config::Flags;
     about = "Mixture-of-Agents: several LLMs propose, later layers refine, one aggregator answers",
     after_help = "Exit codes: 0 success, 1 the run failed upstream, 2 bad usage or config, \
                   3 missing API key, 130 interrupted.\n\
-                  Environment: MOA_CONFIG, MOA_PRESET, MOA_TIMEOUT, MOA_MIN_PROPOSALS, MOA_MODELS_DIR, MOA_SERVER_API_KEY, and each \
+                  Environment: MOA_CONFIG, MOA_PRESET, MOA_TIMEOUT, MOA_MIN_PROPOSALS, MOA_MODELS_DIR, MOA_EVAL_DATA, MOA_SERVER_API_KEY, and each \
                   provider's API key variable (see `moa providers`)."
 )]
 pub struct Cli {
@@ -35,6 +35,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Measure presets and single models over a prompt set: latency, first token, tokens, cost.
     Bench(BenchArgs),
+    /// Reproduce the paper's evaluations: AlpacaEval 2.0, MT-Bench and FLASK.
+    Eval {
+        #[command(subcommand)]
+        command: EvalCommand,
+    },
     /// List the presets (built-in and from the config) with their layers and models.
     Presets(PresetsArgs),
     /// List the providers, their endpoints and API key variables.
@@ -255,4 +260,132 @@ fn prompt_style(text: &str) -> Result<PromptStyle, String> {
         let names: Vec<&str> = PromptStyle::ALL.iter().map(|(n, _)| *n).collect();
         format!("unknown style `{text}`; one of: {}", names.join(", "))
     })
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Fetch benchmark data (pinned to the commits of the published numbers, checksummed).
+    Download(EvalDownloadArgs),
+    /// Answer a benchmark with a preset or one model, into the benchmark's official format.
+    Generate(EvalGenerateArgs),
+    /// Grade a run's answers (or any output file) with a judge model; writes results.json.
+    Judge(EvalJudgeArgs),
+    /// Compare judged runs: a table, and an HTML page with charts.
+    Report(EvalReportArgs),
+}
+
+/// The data folder option shared by the eval commands.
+#[derive(Debug, Args)]
+pub struct EvalData {
+    /// Folder with the benchmark files, laid out as `alpaca_eval/…`, `mt_bench/…`, `flask/…`
+    /// [default: $MOA_EVAL_DATA, else the user cache dir]
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalDownloadArgs {
+    /// Benchmarks to fetch (comma-separated): alpaca_eval, mt_bench, flask [default: all]
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub bench: Vec<String>,
+    #[command(flatten)]
+    pub data: EvalData,
+    /// Fetch from this base URL instead (files at `<URL>/<path in the data folder>`).
+    #[arg(long, value_name = "URL")]
+    pub mirror: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalGenerateArgs {
+    /// alpaca_eval, mt_bench or flask.
+    #[arg(long, value_name = "NAME")]
+    pub bench: String,
+    /// The preset to answer with.
+    #[arg(long, short = 'p', conflicts_with = "model")]
+    pub preset: Option<String>,
+    /// Answer with one model alone, as `provider:model`.
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// The name recorded in the outputs (AlpacaEval's generator, FastChat's model_id)
+    /// [default: the preset or model]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The run folder: answers, checkpoint and outputs; rerunning resumes.
+    #[arg(long, value_name = "DIR")]
+    pub out: std::path::PathBuf,
+    #[command(flatten)]
+    pub data: EvalData,
+    /// Items answered at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub parallel: usize,
+    /// Only the first N items.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Pre-generated proposer outputs (comma-separated files, one per proposer, in item order):
+    /// only the aggregator is called, with these as its references.
+    #[arg(long, value_delimiter = ',', value_name = "FILES")]
+    pub reference_paths: Vec<std::path::PathBuf>,
+    /// Cap every agent's answer [default: 1024 for mt_bench as the reference; else the preset's]
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<u32>,
+    /// MT-Bench: one temperature for every question instead of the per-category ones.
+    #[arg(long, value_name = "T", value_parser = non_negative)]
+    pub force_temperature: Option<f64>,
+    /// Seconds one model call may take, retries included (0: no limit).
+    #[arg(long, value_name = "SECS", value_parser = non_negative)]
+    pub timeout: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalJudgeArgs {
+    /// The run folder to judge (from `moa eval generate`), or where to put the judgments of
+    /// --outputs.
+    #[arg(long, value_name = "DIR")]
+    pub out: std::path::PathBuf,
+    /// The judge, as `provider:model` [default: the benchmark's official judge]
+    #[arg(long, value_name = "MODEL")]
+    pub judge: Option<String>,
+    /// Judge this output file (e.g. published outputs) instead of a generated run.
+    #[arg(long, value_name = "FILE", requires = "bench")]
+    pub outputs: Option<std::path::PathBuf>,
+    /// The benchmark of --outputs.
+    #[arg(long, value_name = "NAME")]
+    pub bench: Option<String>,
+    /// The name of the --outputs model in reports [default: the file's folder name]
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub data: EvalData,
+    /// Judge calls at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub parallel: usize,
+    /// Only the first N items.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// AlpacaEval's df_gamed.csv (instruction difficulty) for the length-controlled win rate
+    /// [default: alpaca_eval/df_gamed.csv in the data folder, when present]
+    #[arg(long, value_name = "FILE")]
+    pub lc_data: Option<std::path::PathBuf>,
+    /// Seconds one judge call may take, retries included (0: no limit).
+    #[arg(long, value_name = "SECS", value_parser = non_negative)]
+    pub timeout: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalReportArgs {
+    /// Judged run folders (or their results.json files).
+    #[arg(required_unless_present = "leaderboard")]
+    pub runs: Vec<std::path::PathBuf>,
+    /// Also write the comparison as an HTML page with charts.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// AlpacaEval leaderboard CSV to take published numbers from.
+    #[arg(long, value_name = "CSV", requires = "leaderboard_models")]
+    pub leaderboard: Option<std::path::PathBuf>,
+    /// The leaderboard's models to include (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub leaderboard_models: Vec<String>,
 }

@@ -14,6 +14,9 @@ pub const MOA_MIN_PROPOSALS: &str = "MOA_MIN_PROPOSALS";
 #[cfg_attr(not(feature = "local"), allow(dead_code))]
 pub const MOA_MODELS_DIR: &str = "MOA_MODELS_DIR";
 
+/// Where `moa eval` finds benchmark data (default: the user cache dir, `~/.cache/moa/eval-data`).
+pub const MOA_EVAL_DATA: &str = "MOA_EVAL_DATA";
+
 /// The bearer token `moa serve` requires from its clients (or --api-key).
 pub const MOA_SERVER_API_KEY: &str = "MOA_SERVER_API_KEY";
 

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             Command::Chat(args) => commands::chat::run(config, *args).await,
             Command::Serve(args) => commands::serve::run(config, args).await,
             Command::Bench(args) => commands::bench::run(config, args).await,
+            Command::Eval { command } => commands::eval::run(config, command).await,
             Command::Presets(args) => commands::presets::run(config, args),
             Command::Providers => commands::providers::run(config),
             Command::Models { command } => local::models(command),

@@ -3,12 +3,14 @@
 pub mod ask;
 pub mod bench;
 pub mod chat;
+pub mod eval;
 pub mod presets;
+pub mod progress;
 pub mod providers;
 pub mod serve;
 pub mod turn;
 
-use moa_core::{Moa, Preset, RunOptions};
+use moa_core::{AgentSpec, Moa, Preset, PromptStyle, RunOptions};
 use moa_providers::Registry;
 
 use crate::config::{self, Config, Flags, Settings};
@@ -53,4 +55,16 @@ pub fn engine(registry: &Registry, preset: &Preset, options: &RunOptions) -> any
     }
     crate::local::ensure_models(preset)?;
     Ok(Moa::new(registry.bind(preset)?, options.clone()))
+}
+
+/// A preset that calls `model` alone (no proposers): how a single model is measured or judged.
+pub fn single_model(model: &str) -> anyhow::Result<Preset> {
+    moa_core::ModelRef::parse(model).map_err(|e| anyhow::anyhow!("--model {model}: {e}"))?;
+    Ok(Preset {
+        name: model.to_string(),
+        description: "a single model".into(),
+        layers: Vec::new(),
+        aggregator: AgentSpec::new(model),
+        prompt_style: PromptStyle::Reference,
+    })
 }

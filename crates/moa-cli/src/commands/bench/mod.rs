@@ -8,16 +8,18 @@ mod prompts;
 mod report;
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 
 use futures::StreamExt;
-use moa_core::{AgentSpec, Message, Moa, Preset, PromptStyle, RunEvent};
+use moa_core::{Message, Moa, RunEvent};
+use moa_eval::journal::Journal;
+use moa_eval::runner::Tick;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::BenchArgs;
 use crate::commands::engine;
+use crate::commands::progress::Progress;
 use crate::config::{self, Config, Flags, Settings};
 use crate::exit::Interrupted;
 
@@ -62,53 +64,10 @@ const RESULTS: &str = "results.jsonl";
 /// The records already in `dir`, latest per (target, index). A line cut short by a kill is
 /// skipped.
 pub fn load_records(dir: &Path) -> anyhow::Result<HashMap<(String, usize), Record>> {
-    let path = dir.join(RESULTS);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
-        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
-    };
-    Ok(text
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Record>(line).ok())
+    Ok(Journal::<Record>::load(&dir.join(RESULTS))?
+        .into_iter()
         .map(|r| ((r.target.clone(), r.index), r))
         .collect())
-}
-
-/// Appends records to `results.jsonl`, one whole line per write, flushed at once.
-struct Sink {
-    file: std::fs::File,
-    path: PathBuf,
-}
-
-impl Sink {
-    fn open(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-        let path = dir.join(RESULTS);
-        // A line cut short by a kill would glue onto the next record: start on a fresh line.
-        let needs_newline = std::fs::read(&path)
-            .map(|b| !b.is_empty() && !b.ends_with(b"\n"))
-            .unwrap_or(false);
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-        if needs_newline {
-            file.write_all(b"\n")?;
-        }
-        Ok(Self { file, path })
-    }
-
-    fn write(&mut self, record: &Record) -> anyhow::Result<()> {
-        let mut line = serde_json::to_vec(record)?;
-        line.push(b'\n');
-        self.file
-            .write_all(&line)
-            .and_then(|_| self.file.flush())
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", self.path.display()))
-    }
 }
 
 /// Runs one prompt and measures it.
@@ -150,59 +109,13 @@ async fn measure(target: &Target, index: usize, prompt: &str) -> Record {
     record
 }
 
-/// The progress line on a terminal: done, failed, cost so far, and time left.
-struct Progress {
-    live: bool,
-    started: Instant,
-}
-
-impl Progress {
-    fn show(
-        &self,
-        target: &str,
-        done: usize,
-        total: usize,
-        fresh: usize,
-        failed: usize,
-        cost: f64,
-    ) {
-        if !self.live {
-            return;
-        }
-        let left = total - done;
-        let eta = if fresh == 0 || left == 0 {
-            String::new()
-        } else {
-            let per = self.started.elapsed().as_secs_f64() / fresh as f64;
-            format!(
-                " · ETA {}",
-                report::duration(Duration::from_secs_f64(per * left as f64))
-            )
-        };
-        let width = 24;
-        let filled = (done * width).checked_div(total).unwrap_or(width);
-        eprint!(
-            "\r\x1b[2K{target} [{}{}] {done}/{total} · {failed} failed · ${cost:.4}{eta}",
-            "#".repeat(filled),
-            "-".repeat(width - filled)
-        );
-        let _ = std::io::stderr().flush();
-    }
-
-    fn end(&self) {
-        if self.live {
-            eprintln!();
-        }
-    }
-}
-
 /// Measures every prompt of `target` not already done, `parallel` at a time.
 async fn run_target(
     target: &Target,
     prompts: &[String],
     parallel: usize,
     done: &mut HashMap<(String, usize), Record>,
-    sink: &mut Sink,
+    sink: &mut Journal<Record>,
 ) -> anyhow::Result<()> {
     let pending: Vec<usize> = (0..prompts.len())
         .filter(|&i| {
@@ -217,14 +130,12 @@ async fn run_target(
         eprintln!(
             "{}: {finished} of {total} prompts already measured in {}; running the other {}",
             target.name,
-            sink.path.display(),
+            sink.path().display(),
             pending.len()
         );
     }
-    let progress = Progress {
-        live: std::io::stderr().is_terminal(),
-        started: Instant::now(),
-    };
+    let progress = Progress::new(target.name.clone());
+    let started = Instant::now();
     let mut failed = 0;
     let mut fresh = 0;
     let mut cost: f64 = done
@@ -235,7 +146,16 @@ async fn run_target(
     let mut results = futures::stream::iter(pending)
         .map(|i| measure(target, i, &prompts[i]))
         .buffer_unordered(parallel.max(1));
-    progress.show(&target.name, finished, total, fresh, failed, cost);
+    let tick = |finished, fresh, failed, cost, failure| Tick {
+        done: finished,
+        total,
+        fresh,
+        failed,
+        cost,
+        elapsed_secs: started.elapsed().as_secs_f64(),
+        failure,
+    };
+    progress.show(&tick(finished, fresh, failed, cost, None));
     loop {
         let record = tokio::select! {
             record = results.next() => match record {
@@ -244,28 +164,23 @@ async fn run_target(
             },
             _ = tokio::signal::ctrl_c() => {
                 progress.end();
-                eprintln!("moa: interrupted; rerun the same command to resume from {}", sink.path.display());
+                eprintln!("moa: interrupted; rerun the same command to resume from {}", sink.path().display());
                 return Err(Interrupted.into());
             }
         };
-        sink.write(&record)?;
+        sink.append(&record)?;
         finished += 1;
         fresh += 1;
+        let mut failure = None;
         if record.ok {
             cost += record.cost.unwrap_or(0.0);
         } else {
             failed += 1;
-            if !progress.live {
-                eprintln!(
-                    "{}: prompt {} failed: {}",
-                    target.name,
-                    record.index,
-                    record.error.as_deref().unwrap_or("unknown error")
-                );
-            }
+            let error = record.error.as_deref().unwrap_or("unknown error");
+            failure = Some((format!("prompt {}", record.index), error.to_string()));
         }
         done.insert((record.target.clone(), record.index), record);
-        progress.show(&target.name, finished, total, fresh, failed, cost);
+        progress.show(&tick(finished, fresh, failed, cost, failure));
     }
     progress.end();
     Ok(())
@@ -287,14 +202,7 @@ fn targets(config: &Config, settings: &Settings, args: &BenchArgs) -> anyhow::Re
         });
     }
     for model in &args.models {
-        moa_core::ModelRef::parse(model).map_err(|e| anyhow::anyhow!("--model {model}: {e}"))?;
-        let preset = Preset {
-            name: model.clone(),
-            description: "a single model".into(),
-            layers: Vec::new(),
-            aggregator: AgentSpec::new(model.as_str()),
-            prompt_style: PromptStyle::Reference,
-        };
+        let preset = super::single_model(model)?;
         out.push(Target {
             name: model.clone(),
             moa: engine(&registry, &preset, &settings.options)?,
@@ -316,7 +224,7 @@ pub async fn run(config_path: Option<&Path>, args: BenchArgs) -> anyhow::Result<
     }
     let targets = targets(&config, &settings, &args)?;
     let mut done = load_records(&args.out)?;
-    let mut sink = Sink::open(&args.out)?;
+    let mut sink = Journal::open(&args.out.join(RESULTS))?;
     for target in &targets {
         run_target(target, &prompts, args.parallel, &mut done, &mut sink).await?;
     }
@@ -334,7 +242,7 @@ pub async fn run(config_path: Option<&Path>, args: BenchArgs) -> anyhow::Result<
         print!("{}", report.table());
         eprintln!(
             "results: {} · report: {} · chart: {}",
-            sink.path.display(),
+            sink.path().display(),
             report_path.display(),
             chart_path.display()
         );

@@ -2,7 +2,6 @@
 //! token, tokens and cost, failures; shown as a table or JSON.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use serde::Serialize;
 
@@ -53,16 +52,6 @@ pub struct TargetReport {
 pub struct Report {
     pub prices_as_of: &'static str,
     pub targets: Vec<TargetReport>,
-}
-
-/// `1m20s`, `45s`.
-pub fn duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs >= 60 {
-        format!("{}m{:02}s", secs / 60, secs % 60)
-    } else {
-        format!("{secs}s")
-    }
 }
 
 impl Report {

@@ -1,0 +1,63 @@
+//! The progress line long runs (`moa bench`, `moa eval`) keep on a terminal: a bar, done and
+//! failed counts, cost so far and time left. Off a terminal, failures are printed as lines.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use moa_eval::runner::Tick;
+
+/// `1m05s`, `42s`.
+pub fn duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+pub struct Progress {
+    live: bool,
+    label: String,
+}
+
+impl Progress {
+    pub fn new(label: impl Into<String>) -> Self {
+        Self {
+            live: std::io::stderr().is_terminal(),
+            label: label.into(),
+        }
+    }
+
+    pub fn show(&self, tick: &Tick) {
+        if !self.live {
+            if let Some((key, error)) = &tick.failure {
+                eprintln!("{}: item {key} failed: {error}", self.label);
+            }
+            return;
+        }
+        let eta = tick
+            .eta_secs()
+            .map(|s| format!(" · ETA {}", duration(Duration::from_secs_f64(s))))
+            .unwrap_or_default();
+        let width = 24;
+        let filled = (tick.done * width).checked_div(tick.total).unwrap_or(width);
+        eprint!(
+            "\r\x1b[2K{} [{}{}] {}/{} · {} failed · ${:.4}{eta}",
+            self.label,
+            "#".repeat(filled),
+            "-".repeat(width - filled),
+            tick.done,
+            tick.total,
+            tick.failed,
+            tick.cost
+        );
+        let _ = std::io::stderr().flush();
+    }
+
+    pub fn end(&self) {
+        if self.live {
+            eprintln!();
+        }
+    }
+}
