@@ -6,6 +6,7 @@ mod bench;
 mod chat;
 #[cfg(unix)]
 mod chat_tty;
+mod eval;
 #[cfg(feature = "local")]
 mod local;
 mod presets;

@@ -1,0 +1,630 @@
+//! `moa eval` end to end against fakes that replay the published AlpacaEval outputs (answers
+//! keyed by model and instruction) and judges whose verdicts are fixed per item, so every number
+//! the pipeline reports can be computed by hand. Reads ../shared/data; skipped without it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use moa_testkit::{FakeOpenAi, Reply};
+use serde_json::Value;
+
+use crate::{moa, Sandbox, KEY};
+
+fn shared_data() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    if dir.join("alpaca_eval").is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("skipped: ../shared/data is not here");
+        None
+    }
+}
+
+fn published(data: &Path, model: &str) -> Vec<(String, String)> {
+    let path = data.join(format!("alpaca_eval/results/{model}/model_outputs.json"));
+    let rows: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    rows.iter()
+        .map(|r| {
+            (
+                r["instruction"].as_str().unwrap().to_string(),
+                r["output"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Outputs of a published model, keyed by instruction.
+fn by_instruction(data: &Path, model: &str) -> HashMap<String, String> {
+    published(data, model).into_iter().collect()
+}
+
+const PRESET: &str = r#"
+[presets.lite]
+proposers = ["together:Qwen/Qwen1.5-110B-Chat", "together:meta-llama/Llama-3-70b-chat-hf"]
+aggregator = "together:Qwen/Qwen1.5-72B-Chat"
+"#;
+
+/// The text between `start` and `end` after `start`'s first occurrence.
+fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    let from = text.find(start).unwrap() + start.len();
+    &text[from..from + text[from..].find(end).unwrap()]
+}
+
+/// How much the fake judge prefers the evaluated model on instruction `index`.
+fn p_model(index: usize) -> f64 {
+    if index % 2 == 1 {
+        0.9
+    } else {
+        0.2
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alpaca_eval_generates_from_published_proposals_and_judges_with_logprobs() {
+    let Some(data) = shared_data() else { return };
+    let baseline = published(&data, "gpt4_1106_preview");
+    let proposers: HashMap<&str, HashMap<String, String>> = [
+        (
+            "Qwen/Qwen1.5-110B-Chat",
+            by_instruction(&data, "Qwen1.5-110B-Chat"),
+        ),
+        (
+            "meta-llama/Llama-3-70b-chat-hf",
+            by_instruction(&data, "Meta-Llama-3-70B-Instruct"),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let lite = by_instruction(&data, "Together-MoA-Lite");
+    let index_of: HashMap<String, usize> = baseline
+        .iter()
+        .enumerate()
+        .map(|(i, (instruction, _))| (instruction.clone(), i))
+        .collect();
+    let baseline_of: HashMap<String, String> = baseline.iter().cloned().collect();
+
+    let fake = FakeOpenAi::start().await;
+    let (proposers_, lite_, index_of_, baseline_of_) = (
+        proposers.clone(),
+        lite.clone(),
+        index_of.clone(),
+        baseline_of.clone(),
+    );
+    fake.respond_with(move |r| {
+        let messages = r.messages();
+        let user = messages.last().unwrap().1.clone();
+        if r.model == "judge" {
+            let instruction = between(&user, "\"instruction\": \"\"\"", "\"\"\",");
+            let shown_first = between(&user, "\"output\": \"\"\"", "\"\"\"");
+            let model_first = shown_first != baseline_of_[instruction];
+            let p = p_model(index_of_[instruction]);
+            let p_m = if model_first { p } else { 1.0 - p };
+            return Reply::text(if p_m >= 0.5 { "m" } else { "M" })
+                .with_top_logprobs(&[("m", p_m.ln()), ("M", (1.0 - p_m).ln()), ("The", -9.0)])
+                .with_usage(700, 1);
+        }
+        if messages[0].0 == "system" {
+            // The aggregator: the published MoA-Lite answer to this instruction.
+            return Reply::text(lite_[&user].clone()).with_usage(3000, 400);
+        }
+        Reply::text(proposers_[r.model.as_str()][&user].clone()).with_usage(100, 300)
+    });
+    let extra = format!("{PRESET}\n[prices.\"together:judge\"]\ninput = 10.0\noutput = 30.0\n");
+    let sandbox = Sandbox::new(&fake, &extra);
+    let data_arg = data.to_str().unwrap();
+    let generate = [
+        "eval",
+        "generate",
+        "--bench",
+        "alpaca_eval",
+        "--preset",
+        "lite",
+        "--data",
+        data_arg,
+        "--limit",
+        "12",
+        "--out",
+        "run",
+    ];
+    let out = moa(sandbox.path(), &generate, &[KEY], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // The official format: every instruction in order, generator = the run's name, the
+    // aggregator's (here: the published MoA-Lite) answers.
+    let outputs: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(sandbox.path().join("run/model_outputs.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(outputs.len(), 12);
+    for (i, row) in outputs.iter().enumerate() {
+        let instruction = &baseline[i].0;
+        assert_eq!(row["instruction"].as_str().unwrap(), instruction);
+        assert_eq!(row["generator"], "lite");
+        assert_eq!(row["output"].as_str().unwrap(), lite[instruction].trim());
+        assert!(row["dataset"].is_string());
+    }
+    // The aggregator saw the proposers' published answers, injected byte for byte.
+    let aggregator_calls = fake.requests_for("Qwen/Qwen1.5-72B-Chat");
+    let aggregator_calls: Vec<_> = aggregator_calls
+        .iter()
+        .filter(|r| r.messages()[0].0 == "system")
+        .collect();
+    assert_eq!(aggregator_calls.len(), 12);
+    for call in aggregator_calls {
+        let messages = call.messages();
+        let instruction = &messages[1].1;
+        let expected = format!(
+            "{}\n1. {}\n2. {}",
+            moa_core::AGGREGATOR_SYSTEM_PROMPT,
+            proposers["Qwen/Qwen1.5-110B-Chat"][instruction].trim(),
+            proposers["meta-llama/Llama-3-70b-chat-hf"][instruction].trim()
+        );
+        assert_eq!(messages[0].1, expected);
+    }
+
+    // Judging: 12 comparisons, one judge call each.
+    let judge = [
+        "eval",
+        "judge",
+        "--out",
+        "run",
+        "--judge",
+        "together:judge",
+        "--data",
+        data_arg,
+    ];
+    let out = moa(sandbox.path(), &judge, &[KEY], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let judge_calls = fake.requests_for("judge");
+    assert_eq!(judge_calls.len(), 12);
+    let body: Value = serde_json::from_str(judge_calls[0].body_text()).unwrap();
+    assert_eq!(body["max_tokens"], 1);
+    assert_eq!(body["temperature"].as_f64(), Some(1.0));
+    assert_eq!(body["logprobs"], true);
+    assert_eq!(body["top_logprobs"], 5);
+    let prompt_file = std::fs::read_to_string(
+        data.join("alpaca_eval/evaluators_configs/alpaca_eval_clf_gpt4_turbo/alpaca_eval_clf.txt"),
+    )
+    .unwrap();
+    let system = between(&prompt_file, "<|im_start|>system\n", "<|im_end|>").trim();
+    assert_eq!(body["messages"][0]["content"], system);
+    // The outputs were shown swapped exactly where AlpacaEval swaps them (CPython's
+    // random.Random("is_switched_outputs" + instruction + "0").choice([False, True])).
+    let mut swapped = vec!['?'; 12];
+    for call in &judge_calls {
+        let user = &call.messages()[1].1;
+        let instruction = between(user, "\"instruction\": \"\"\"", "\"\"\",");
+        let first = between(user, "\"output\": \"\"\"", "\"\"\"");
+        swapped[index_of[instruction]] = if first == baseline_of[instruction] {
+            '0'
+        } else {
+            '1'
+        };
+    }
+    assert_eq!(swapped.iter().collect::<String>(), "010000100111");
+
+    // Preferences 1 + p_model: 0.2 on even items, 0.9 on odd ones. Mean 0.55; deviations
+    // ±0.35; SE = sqrt(12 · 0.35² / 11 / 12) = 0.105529…
+    let results: Value = serde_json::from_str(
+        &std::fs::read_to_string(sandbox.path().join("run/results.json")).unwrap(),
+    )
+    .unwrap();
+    let m = &results["metrics"];
+    assert_eq!(m["bench"], "alpaca_eval");
+    assert!((m["win_rate"].as_f64().unwrap() - 55.0).abs() < 1e-9, "{m}");
+    let se = (0.35f64 * 0.35 / 11.0).sqrt() * 100.0;
+    assert!(
+        (m["standard_error"].as_f64().unwrap() - se).abs() < 1e-9,
+        "{m}"
+    );
+    assert_eq!(
+        (m["n_wins"].as_u64(), m["n_wins_base"].as_u64()),
+        (Some(6), Some(6))
+    );
+    assert!(
+        m["length_controlled_winrate"].is_null(),
+        "no difficulty data, no LC"
+    );
+    // 12 calls of 700 + 1 tokens at $10/$30 per million.
+    let cost = 12.0 * (700.0 * 10.0 + 30.0) / 1e6;
+    assert!((results["judge_cost"].as_f64().unwrap() - cost).abs() < 1e-12);
+    let annotations: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(sandbox.path().join("run/annotations.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(annotations.len(), 12);
+    assert!((annotations[1]["preference"].as_f64().unwrap() - 1.9).abs() < 1e-9);
+    assert_eq!(annotations[0]["generator_2"], "lite");
+    assert!(out.stdout.contains("55.00"), "{}", out.stdout);
+
+    // Judging again asks nothing: every comparison is in the journal.
+    let out = moa(sandbox.path(), &judge, &[KEY], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(fake.requests_for("judge").len(), 12);
+
+    // --reference-paths: the published proposals from files; only the aggregator is called.
+    let before = fake.requests().len();
+    let refs = format!(
+        "{0}/alpaca_eval/results/Qwen1.5-110B-Chat/model_outputs.json,{0}/alpaca_eval/results/Meta-Llama-3-70B-Instruct/model_outputs.json",
+        data_arg
+    );
+    let with_refs = [
+        "eval",
+        "generate",
+        "--bench",
+        "alpaca_eval",
+        "--preset",
+        "lite",
+        "--data",
+        data_arg,
+        "--limit",
+        "3",
+        "--out",
+        "refs",
+        "--reference-paths",
+        &refs,
+    ];
+    let out = moa(sandbox.path(), &with_refs, &[KEY], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let new: Vec<_> = fake.requests().into_iter().skip(before).collect();
+    assert_eq!(new.len(), 3);
+    for call in &new {
+        assert_eq!(call.model, "Qwen/Qwen1.5-72B-Chat");
+        let messages = call.messages();
+        let expected = format!(
+            "{}\n1. {}\n2. {}",
+            moa_core::AGGREGATOR_SYSTEM_PROMPT,
+            proposers["Qwen/Qwen1.5-110B-Chat"][&messages[1].1],
+            proposers["meta-llama/Llama-3-70b-chat-hf"][&messages[1].1]
+        );
+        assert_eq!(
+            messages[0].1, expected,
+            "references as in the files, untrimmed"
+        );
+    }
+
+    // The report compares the run with published leaderboard numbers.
+    let leaderboard = format!(
+        "{data_arg}/alpaca_eval/leaderboards/weighted_alpaca_eval_gpt4_turbo_leaderboard.csv"
+    );
+    let out = moa(
+        sandbox.path(),
+        &[
+            "eval",
+            "report",
+            "run",
+            "--leaderboard",
+            &leaderboard,
+            "--leaderboard-models",
+            "Together-MoA,gpt-4o-2024-05-13",
+            "--html",
+            "report.html",
+        ],
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("lite") && out.stdout.contains("65.38"),
+        "{}",
+        out.stdout
+    );
+    let html = std::fs::read_to_string(sandbox.path().join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("Together-MoA (leaderboard)"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mt_bench_answers_both_turns_at_category_temperatures_and_grades_them() {
+    let Some(data) = shared_data() else { return };
+    let fake = FakeOpenAi::start().await;
+    fake.respond_with(|r| {
+        let messages = r.messages();
+        if r.model == "judge" {
+            // Turn-2 prompts carry the whole conversation; math prompts a reference answer.
+            let user = &messages[1].1;
+            let score = if user.contains("<|The Start of Reference Answer|>") {
+                4
+            } else if user.contains("[The Start of Reference Answer]") {
+                6
+            } else if user.contains("### Assistant A:") {
+                8
+            } else {
+                9
+            };
+            return Reply::text(format!("Fine. Rating: [[{score}]]"));
+        }
+        let turn = messages.iter().filter(|(role, _)| role == "user").count();
+        Reply::text(format!("answer {turn} from {}", r.model))
+    });
+    let sandbox = Sandbox::new(&fake, PRESET);
+    let data_arg = data.to_str().unwrap();
+    let out = moa(
+        sandbox.path(),
+        &[
+            "eval",
+            "generate",
+            "--bench",
+            "mt_bench",
+            "--preset",
+            "lite",
+            "--data",
+            data_arg,
+            "--out",
+            "mt",
+            "--parallel",
+            "8",
+        ],
+        &[KEY],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let answers =
+        std::fs::read_to_string(sandbox.path().join("mt/model_answer/lite.jsonl")).unwrap();
+    let lines: Vec<Value> = answers
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 80);
+    let ids: Vec<u64> = lines
+        .iter()
+        .map(|l| l["question_id"].as_u64().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "sorted by question id");
+    assert_eq!(lines[0]["model_id"], "lite");
+    assert_eq!(lines[0]["answer_id"].as_str().unwrap().len(), 22);
+    assert_eq!(
+        lines[0]["choices"][0]["turns"],
+        serde_json::json!([
+            "answer 1 from Qwen/Qwen1.5-72B-Chat",
+            "answer 2 from Qwen/Qwen1.5-72B-Chat"
+        ])
+    );
+    // Temperatures per category, for proposers and aggregator alike; max_tokens 1024.
+    let questions: HashMap<String, String> =
+        std::fs::read_to_string(data.join("mt_bench/question.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .map(|q| {
+                (
+                    q["turns"][0].as_str().unwrap().to_string(),
+                    q["category"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+    for call in fake.requests() {
+        let messages = call.messages();
+        let first_user = &messages.iter().find(|(r, _)| r == "user").unwrap().1;
+        let body: Value = serde_json::from_str(call.body_text()).unwrap();
+        let expected = match questions[first_user].as_str() {
+            "writing" | "roleplay" => 0.7,
+            "stem" | "humanities" => 0.1,
+            _ => 0.0,
+        };
+        assert_eq!(
+            body["temperature"].as_f64().unwrap(),
+            expected,
+            "{}",
+            questions[first_user]
+        );
+        assert_eq!(body["max_tokens"], 1024);
+        // Turn 2 sees turn 1's aggregated answer as the assistant's.
+        if messages.iter().filter(|(r, _)| r == "user").count() == 2 {
+            assert!(messages
+                .iter()
+                .any(|(r, c)| r == "assistant" && c == "answer 1 from Qwen/Qwen1.5-72B-Chat"));
+        }
+    }
+
+    let out = moa(
+        sandbox.path(),
+        &[
+            "eval",
+            "judge",
+            "--out",
+            "mt",
+            "--judge",
+            "together:judge",
+            "--data",
+            data_arg,
+            "--parallel",
+            "8",
+        ],
+        &[KEY],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // 50 general questions: turn 1 → 9, turn 2 → 8; 30 math/reasoning/coding: 6 and 4.
+    let results: Value = serde_json::from_str(
+        &std::fs::read_to_string(sandbox.path().join("mt/results.json")).unwrap(),
+    )
+    .unwrap();
+    let m = &results["metrics"];
+    assert!(
+        (m["turn_1"].as_f64().unwrap() - (50.0 * 9.0 + 30.0 * 6.0) / 80.0).abs() < 1e-9,
+        "{m}"
+    );
+    assert!(
+        (m["turn_2"].as_f64().unwrap() - (50.0 * 8.0 + 30.0 * 4.0) / 80.0).abs() < 1e-9,
+        "{m}"
+    );
+    assert_eq!(m["by_category"]["math"], 5.0);
+    assert_eq!(m["by_category"]["writing"], 8.5);
+    let judgments = std::fs::read_to_string(
+        sandbox
+            .path()
+            .join("mt/model_judgment/together_judge_single.jsonl"),
+    )
+    .unwrap();
+    let first: Value = serde_json::from_str(judgments.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        first["judge"],
+        serde_json::json!(["together:judge", "single-v1"])
+    );
+    assert_eq!(first["score"], 9.0);
+    // The reference answers reach the math judge prompts.
+    let reference =
+        std::fs::read_to_string(data.join("mt_bench/reference_answer/gpt-4.jsonl")).unwrap();
+    let r111: Value = reference
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["question_id"] == 111)
+        .unwrap();
+    let ref_text = r111["choices"][0]["turns"][0].as_str().unwrap();
+    assert!(fake
+        .requests_for("judge")
+        .iter()
+        .any(|r| r.messages()[1].1.contains(ref_text)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flask_reviews_are_aggregated_per_skill() {
+    let Some(data) = shared_data() else { return };
+    let fake = FakeOpenAi::start().await;
+    fake.respond_with(|r| {
+        if r.model == "judge" {
+            return Reply::text(
+                "Good.\n{'Readability': 5, 'Logical_Correctness': 3, 'Conciseness': 4, 'Factuality': 'N/A', 'Commonsense Understanding': 2}",
+            );
+        }
+        Reply::text(format!("answer from {}", r.model))
+    });
+    let sandbox = Sandbox::new(&fake, PRESET);
+    let data_arg = data.to_str().unwrap();
+    let out = moa(
+        sandbox.path(),
+        &[
+            "eval", "generate", "--bench", "flask", "--preset", "lite", "--data", data_arg,
+            "--out", "fl", "--limit", "4",
+        ],
+        &[KEY],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let answers =
+        std::fs::read_to_string(sandbox.path().join("fl/model_output/lite.jsonl")).unwrap();
+    assert_eq!(
+        answers.lines().next().unwrap(),
+        r#"{"question_id":1,"text":"answer from Qwen/Qwen1.5-72B-Chat"}"#
+    );
+    let out = moa(
+        sandbox.path(),
+        &[
+            "eval",
+            "judge",
+            "--out",
+            "fl",
+            "--judge",
+            "together:judge",
+            "--data",
+            data_arg,
+        ],
+        &[KEY],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let csv = std::fs::read_to_string(sandbox.path().join("fl/skill_scores.csv")).unwrap();
+    assert_eq!(
+        csv,
+        // Keys read lower-cased with `_` as space; "logical …" counts for its second word;
+        // N/A (factuality) counts for nothing.
+        "skill,score,count,avg\ncorrectness,12,4,3\ncommonsense,8,4,2\nreadability,20,4,5\nconciseness,16,4,4\n"
+    );
+    let review = &fake.requests_for("judge")[0].messages()[1].1;
+    assert!(review.contains("[Ground truth Answer]") && review.contains("Score 5: "));
+    assert!(review.contains("\nReadability: "), "{review}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_generation_killed_midway_resumes_without_asking_twice() {
+    let Some(data) = shared_data() else { return };
+    let fake = FakeOpenAi::start().await;
+    let stall = Arc::new(AtomicBool::new(true));
+    let gate = stall.clone();
+    let third = published(&data, "gpt4_1106_preview")[2].0.clone();
+    fake.respond_with(move |r| {
+        let prompt = r.messages().last().unwrap().1.clone();
+        if prompt == third && gate.load(Ordering::SeqCst) {
+            Reply::stall_after("")
+        } else {
+            Reply::text(format!("answer {}", prompt.len()))
+        }
+    });
+    let sandbox = Sandbox::new(&fake, "");
+    let data_arg = data.to_str().unwrap();
+    let args = [
+        "eval",
+        "generate",
+        "--bench",
+        "alpaca_eval",
+        "--model",
+        "together:solo",
+        "--data",
+        data_arg,
+        "--limit",
+        "5",
+        "--parallel",
+        "1",
+        "--out",
+        "run",
+    ];
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_moa"))
+        .args(args)
+        .current_dir(sandbox.path())
+        .env_clear()
+        .env("HOME", sandbox.path())
+        .env("XDG_CONFIG_HOME", sandbox.path().join("xdg"))
+        .env(KEY.0, KEY.1)
+        .env("MOA_CONFIG", &sandbox.config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    fake.wait_for_requests(3).await;
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+    let journal = sandbox.path().join("run/generation.jsonl");
+    assert_eq!(
+        std::fs::read_to_string(&journal).unwrap().lines().count(),
+        2
+    );
+
+    stall.store(false, Ordering::SeqCst);
+    let out = moa(sandbox.path(), &args, &[KEY], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let prompts: Vec<String> = fake
+        .requests()
+        .iter()
+        .map(|r| r.messages().last().unwrap().1.clone())
+        .collect();
+    let instructions: Vec<String> = published(&data, "gpt4_1106_preview")
+        .into_iter()
+        .take(5)
+        .map(|r| r.0)
+        .collect();
+    let expected = [
+        &instructions[0],
+        &instructions[1],
+        &instructions[2],
+        &instructions[2],
+        &instructions[3],
+        &instructions[4],
+    ];
+    assert_eq!(prompts.iter().collect::<Vec<_>>(), expected);
+    let outputs: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(sandbox.path().join("run/model_outputs.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(outputs.len(), 5);
+    assert_eq!(
+        outputs[4]["output"],
+        format!("answer {}", instructions[4].len())
+    );
+}
