@@ -192,7 +192,7 @@ async fn alpaca_eval_generates_from_published_proposals_and_judges_with_logprobs
     assert_eq!(body["messages"][0]["content"], system);
     // The outputs were shown swapped exactly where AlpacaEval swaps them (CPython's
     // random.Random("is_switched_outputs" + instruction + "0").choice([False, True])).
-    let mut swapped = vec!['?'; 12];
+    let mut swapped = ['?'; 12];
     for call in &judge_calls {
         let user = &call.messages()[1].1;
         let instruction = between(user, "\"instruction\": \"\"\"", "\"\"\",");
