@@ -23,6 +23,32 @@ pub(crate) struct Transport {
     pub http: reqwest::Client,
     pub retry: RetryPolicy,
     limit: Option<Arc<Semaphore>>,
+    pace: Option<Pacer>,
+}
+
+/// Spaces the starts of calls evenly to stay under a requests-per-minute quota: each call
+/// reserves the next free start time and waits for it.
+pub(crate) struct Pacer {
+    interval: Duration,
+    next: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Pacer {
+    /// `None` for no quota (0 or less).
+    pub fn new(per_minute: f64) -> Option<Self> {
+        (per_minute > 0.0 && per_minute.is_finite()).then(|| Self {
+            interval: Duration::from_secs_f64(60.0 / per_minute),
+            next: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The start time reserved for a call asking at `now`.
+    pub fn reserve(&self, now: std::time::Instant) -> std::time::Instant {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let at = next.map_or(now, |n| n.max(now));
+        *next = Some(at + self.interval);
+        at
+    }
 }
 
 /// A failed attempt, and whether another may succeed.
@@ -38,6 +64,7 @@ impl Transport {
         http: reqwest::Client,
         retry: RetryPolicy,
         max_concurrency: usize,
+        requests_per_minute: Option<f64>,
     ) -> Self {
         let limit = (max_concurrency > 0).then(|| Arc::new(Semaphore::new(max_concurrency)));
         Self {
@@ -45,11 +72,17 @@ impl Transport {
             http,
             retry,
             limit,
+            pace: requests_per_minute.and_then(Pacer::new),
         }
     }
 
-    /// A slot under the concurrency limit, held for the whole call.
+    /// A slot under the concurrency limit, held for the whole call, taken once the call's turn
+    /// under the requests-per-minute quota has come.
     pub async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        if let Some(pace) = &self.pace {
+            let at = pace.reserve(std::time::Instant::now());
+            tokio::time::sleep_until(at.into()).await;
+        }
         match &self.limit {
             // The semaphore is never closed, so acquiring only fails if it were.
             Some(limit) => limit.clone().acquire_owned().await.ok(),
@@ -450,5 +483,23 @@ impl<D: Decode + Unpin> Stream for ChunkStream<D> {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pacer_spaces_call_starts_by_the_quota() {
+        let pacer = Pacer::new(120.0).unwrap(); // one start every 0.5 s
+        let t0 = std::time::Instant::now();
+        assert_eq!(pacer.reserve(t0), t0);
+        assert_eq!(pacer.reserve(t0), t0 + Duration::from_millis(500));
+        assert_eq!(pacer.reserve(t0), t0 + Duration::from_millis(1000));
+        // After a quiet spell a call starts at once.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(pacer.reserve(later), later);
+        assert!(Pacer::new(0.0).is_none());
     }
 }

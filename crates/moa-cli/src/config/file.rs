@@ -52,6 +52,8 @@ pub struct ProviderEntry {
     /// `api_key_env` is given).
     pub api_key_required: Option<bool>,
     pub max_concurrency: Option<usize>,
+    /// Calls started per minute at most, to stay under a quota.
+    pub requests_per_minute: Option<f64>,
     pub max_retries: Option<u32>,
     /// Ask for usage in the last streamed chunk (turn off for servers that reject it).
     pub stream_usage: Option<bool>,

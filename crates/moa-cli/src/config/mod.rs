@@ -175,6 +175,15 @@ impl Config {
             if let Some(n) = entry.max_concurrency {
                 endpoint.max_concurrency = n;
             }
+            if let Some(rpm) = entry.requests_per_minute {
+                if !(rpm.is_finite() && rpm > 0.0) {
+                    return Err(self.invalid(
+                        format!("providers.{name}.requests_per_minute"),
+                        "must be a number above 0",
+                    ));
+                }
+                endpoint.requests_per_minute = Some(rpm);
+            }
             if let Some(n) = entry.max_retries {
                 endpoint.retry.max_retries = n;
             }
@@ -393,6 +402,7 @@ prompt_style = "tagged"
 [providers.together]
 base_url = "http://127.0.0.1:9/v1"
 max_concurrency = 3
+requests_per_minute = 180
 [providers.mybox]
 base_url = "http://10.1.2.3:8000/v1"
 api_key_env = "MYBOX_KEY"
@@ -403,6 +413,17 @@ api_key_env = "MYBOX_KEY"
         let together = registry.endpoint("together").unwrap();
         assert_eq!(together.base_url, "http://127.0.0.1:9/v1");
         assert_eq!(together.max_concurrency, 3);
+        assert_eq!(together.requests_per_minute, Some(180.0));
+        let err = parse("[providers.together]\nrequests_per_minute = 0\n")
+            .unwrap()
+            .registry()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("providers.together.requests_per_minute"),
+            "{err}"
+        );
         assert_eq!(together.api_key_env.as_deref(), Some("TOGETHER_API_KEY"));
         let mybox = registry.endpoint("mybox").unwrap();
         assert!(mybox.key_required);

@@ -26,6 +26,8 @@ pub struct AnthropicConfig {
     pub api_key: Option<String>,
     /// At most this many requests in flight (0: no limit).
     pub max_concurrency: usize,
+    /// Calls started per minute at most (`None`: no quota).
+    pub requests_per_minute: Option<f64>,
     pub retry: RetryPolicy,
     /// Extra headers (`anthropic-beta`, say).
     pub headers: Vec<(String, String)>,
@@ -38,6 +40,7 @@ impl AnthropicConfig {
             base_url: base_url.into(),
             api_key: None,
             max_concurrency: 0,
+            requests_per_minute: None,
             retry: RetryPolicy::default(),
             headers: Vec::new(),
         }
@@ -70,6 +73,7 @@ impl Anthropic {
             http,
             config.retry.clone(),
             config.max_concurrency,
+            config.requests_per_minute,
         );
         Self {
             inner: Arc::new(Inner {

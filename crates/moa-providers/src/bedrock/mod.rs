@@ -40,6 +40,8 @@ pub struct BedrockConfig {
     pub auth: BedrockAuth,
     /// At most this many requests in flight (0: no limit).
     pub max_concurrency: usize,
+    /// Calls started per minute at most (`None`: no quota).
+    pub requests_per_minute: Option<f64>,
     pub retry: RetryPolicy,
 }
 
@@ -95,6 +97,7 @@ impl Bedrock {
             http,
             config.retry.clone(),
             config.max_concurrency,
+            config.requests_per_minute,
         );
         Self {
             inner: Arc::new(Inner {

@@ -25,6 +25,8 @@ pub struct OpenAiConfig {
     pub api_key: Option<String>,
     /// At most this many requests in flight to this endpoint (0: no limit).
     pub max_concurrency: usize,
+    /// Calls started per minute at most (`None`: no quota).
+    pub requests_per_minute: Option<f64>,
     pub retry: RetryPolicy,
     /// Ask for usage in the final streamed chunk (`stream_options.include_usage`).
     pub stream_usage: bool,
@@ -40,6 +42,7 @@ impl OpenAiConfig {
             base_url: base_url.into(),
             api_key: None,
             max_concurrency: 0,
+            requests_per_minute: None,
             retry: RetryPolicy::default(),
             stream_usage: true,
             headers: Vec::new(),
@@ -74,6 +77,7 @@ impl OpenAiCompatible {
             http,
             config.retry.clone(),
             config.max_concurrency,
+            config.requests_per_minute,
         );
         Self {
             inner: Arc::new(Inner {

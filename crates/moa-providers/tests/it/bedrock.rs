@@ -27,6 +27,7 @@ fn client(fake: &FakeServer, auth: BedrockAuth, max_retries: u32) -> Bedrock {
             base_url: Some(fake.base_url()),
             auth,
             max_concurrency: 0,
+            requests_per_minute: None,
             retry: quick_retries(max_retries),
         },
         moa_providers::table::http_client(),
