@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use moa_testkit::{FakeOpenAi, FakeServer, Reply};
 
-use crate::{moa, Sandbox, KEY};
+use crate::{moa, spawn_moa, Sandbox, KEY};
 
 const HAIKU: &str = "anthropic.claude-3-haiku-20240307-v1:0";
 
@@ -172,17 +172,7 @@ async fn a_run_killed_midway_resumes_without_repeating_or_losing_answers() {
         "--out",
         "run",
     ];
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_moa"))
-        .args(args)
-        .current_dir(sandbox.path())
-        .env_clear()
-        .env("HOME", sandbox.path())
-        .env("XDG_CONFIG_HOME", sandbox.path().join("xdg"))
-        .env(KEY.0, KEY.1)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_moa(sandbox.path(), &args);
     // One prompt at a time: when the third request arrives, two results were written.
     fake.wait_for_requests(3).await;
     child.start_kill().unwrap(); // SIGKILL

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use moa_testkit::{FakeOpenAi, Reply};
 use serde_json::Value;
 
-use crate::{moa, Sandbox, KEY};
+use crate::{moa, spawn_moa, Sandbox, KEY};
 
 fn shared_data() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
@@ -575,18 +575,7 @@ async fn a_generation_killed_midway_resumes_without_asking_twice() {
         "--out",
         "run",
     ];
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_moa"))
-        .args(args)
-        .current_dir(sandbox.path())
-        .env_clear()
-        .env("HOME", sandbox.path())
-        .env("XDG_CONFIG_HOME", sandbox.path().join("xdg"))
-        .env(KEY.0, KEY.1)
-        .env("MOA_CONFIG", &sandbox.config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_moa(sandbox.path(), &args);
     fake.wait_for_requests(3).await;
     child.start_kill().unwrap(); // SIGKILL
     child.wait().await.unwrap();

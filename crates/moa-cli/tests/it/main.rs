@@ -82,3 +82,19 @@ pub async fn moa(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: Option<
 }
 
 pub const KEY: (&str, &str) = ("TOGETHER_API_KEY", "sk-test");
+
+/// Starts `moa` in `dir` in the background (clean environment plus the test key, output
+/// discarded), for tests that kill it midway.
+pub fn spawn_moa(dir: &Path, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_moa"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("HOME", dir)
+        .env("XDG_CONFIG_HOME", dir.join("xdg"))
+        .env(KEY.0, KEY.1)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
