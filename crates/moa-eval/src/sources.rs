@@ -210,6 +210,96 @@ mod tests {
         }
     }
 
+    /// Serves files under `root` over HTTP/1.1 on loopback: enough for a mirror.
+    async fn serve(root: std::path::PathBuf) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let root = root.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    let request = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let head = |status: &str, len: usize| {
+                        format!("HTTP/1.1 {status}\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n")
+                    };
+                    match std::fs::read(root.join(path.trim_start_matches('/'))) {
+                        Ok(body) => {
+                            let _ = socket
+                                .write_all(head("200 OK", body.len()).as_bytes())
+                                .await;
+                            let _ = socket.write_all(&body).await;
+                        }
+                        Err(_) => {
+                            let _ = socket.write_all(head("404 Not Found", 0).as_bytes()).await;
+                        }
+                    }
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_mirror_fills_the_data_folder_checks_digests_and_skips_what_is_there() {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+        if !data.is_dir() {
+            return;
+        }
+        let mirror = serve(data).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut seen = Vec::new();
+        download(Bench::MtBench, dir.path(), Some(&mirror), |s, f| {
+            seen.push((s.path, f.clone()))
+        })
+        .await
+        .unwrap();
+        assert_eq!(seen.len(), 3);
+        assert!(
+            seen.iter()
+                .all(|(_, f)| matches!(f, Fetched::Downloaded { .. })),
+            "{seen:?}"
+        );
+        assert!(dir.path().join(crate::mt_bench::QUESTIONS).is_file());
+        // Again: everything is already here.
+        let mut again = Vec::new();
+        download(Bench::MtBench, dir.path(), Some(&mirror), |_, f| {
+            again.push(f.clone())
+        })
+        .await
+        .unwrap();
+        assert!(again.iter().all(|f| *f == Fetched::Present));
+        // AlpacaEval: the optional LC file is missing from the mirror and skipped, not fatal.
+        let mut alpaca = Vec::new();
+        download(Bench::AlpacaEval, dir.path(), Some(&mirror), |s, f| {
+            alpaca.push((s.path, f.clone()))
+        })
+        .await
+        .unwrap();
+        assert!(
+            matches!(alpaca[2], (crate::alpaca::LC_DATA, Fetched::Skipped { .. })),
+            "{alpaca:?}"
+        );
+        // A damaged download is refused by its digest.
+        let bad = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(bad.path().join("mt_bench/reference_answer")).unwrap();
+        std::fs::write(bad.path().join(crate::mt_bench::QUESTIONS), "not the file").unwrap();
+        let bad_mirror = serve(bad.path().to_path_buf()).await;
+        let err = download(
+            Bench::MtBench,
+            dir.path().join("other").as_path(),
+            Some(&bad_mirror),
+            |_, _| {},
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("SHA-256"), "{err}");
+    }
+
     /// The pinned digests are those of the copies in ../shared/data (same git blobs as the
     /// pinned commits, per its SOURCE.md), when that folder is present.
     #[test]
