@@ -7,7 +7,7 @@ use std::time::Instant;
 use moa_core::{inject_references, Message, Moa, Plan, Reference, Usage};
 use serde::{Deserialize, Serialize};
 
-use crate::runner::Record;
+use crate::runner::{Item, Record};
 use crate::Task;
 
 /// One task's outcome: a line of the generation journal.

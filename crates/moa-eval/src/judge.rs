@@ -8,7 +8,7 @@ use std::time::Duration;
 use moa_core::{ChatRequest, Completion, Message, PriceTable, Provider};
 use serde::{Deserialize, Serialize};
 
-use crate::runner::Record;
+use crate::runner::{Item, Record};
 use crate::{alpaca, flask, mt_bench};
 
 /// A model used as judge.
@@ -145,8 +145,12 @@ pub struct Comparison {
     pub model: String,
 }
 
-impl Comparison {
-    pub fn hash(&self) -> String {
+impl Item for Comparison {
+    fn key(&self) -> String {
+        self.index.to_string()
+    }
+
+    fn hash(&self) -> String {
         crate::fnv1a(&format!(
             "{}\u{1}{}\u{1}{}",
             self.instruction, self.baseline, self.model
@@ -156,7 +160,7 @@ impl Comparison {
 
 /// AlpacaEval's weighted judge on one comparison.
 pub async fn alpaca(judge: &Judge, prompt: &alpaca::JudgePrompt, item: Comparison) -> Judgment {
-    let mut out = Judgment::start(item.index.to_string(), item.hash());
+    let mut out = Judgment::start(item.key(), item.hash());
     if item.baseline == item.model {
         out.ok = true;
         out.preference = Some(1.5);
@@ -214,12 +218,12 @@ pub struct Turn {
     pub reference: Option<Vec<String>>,
 }
 
-impl Turn {
-    pub fn key(&self) -> String {
+impl Item for Turn {
+    fn key(&self) -> String {
         format!("{}/{}", self.question.question_id, self.turn)
     }
 
-    pub fn hash(&self) -> String {
+    fn hash(&self) -> String {
         crate::fnv1a(&format!(
             "{}\u{1}{}",
             self.question.turns.join("\u{2}"),
@@ -266,18 +270,30 @@ pub async fn mt_bench(
     }
 }
 
+/// One FLASK answer to review.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Review {
+    pub instance: flask::Instance,
+    pub response: String,
+}
+
+impl Item for Review {
+    fn key(&self) -> String {
+        self.instance.idx.to_string()
+    }
+
+    fn hash(&self) -> String {
+        crate::fnv1a(&format!(
+            "{}\u{1}{}",
+            self.instance.instruction, self.response
+        ))
+    }
+}
+
 /// FLASK's review of one answer.
-pub async fn flask(
-    judge: &Judge,
-    reviewer: &flask::Reviewer,
-    instance: &flask::Instance,
-    response: &str,
-) -> Judgment {
-    let out = Judgment::start(
-        instance.idx.to_string(),
-        crate::fnv1a(&format!("{}\u{1}{response}", instance.instruction)),
-    );
-    let messages = match reviewer.messages(instance, response) {
+pub async fn flask(judge: &Judge, reviewer: &flask::Reviewer, item: Review) -> Judgment {
+    let out = Judgment::start(item.key(), item.hash());
+    let messages = match reviewer.messages(&item.instance, &item.response) {
         Ok(m) => m,
         Err(e) => return out.failed(e.to_string()),
     };

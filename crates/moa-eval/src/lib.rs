@@ -90,9 +90,15 @@ impl Task {
             references: Vec::new(),
         }
     }
+}
+
+impl runner::Item for Task {
+    fn key(&self) -> String {
+        self.key.clone()
+    }
 
     /// Identifies the task's content, so a changed data set is not mistaken for done work.
-    pub fn hash(&self) -> String {
+    fn hash(&self) -> String {
         let mut text = String::new();
         for turn in &self.turns {
             text.push_str(turn);
@@ -141,6 +147,8 @@ pub fn now() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::runner::Item;
 
     #[test]
     fn hashes_are_stable_and_see_every_part_of_a_task() {

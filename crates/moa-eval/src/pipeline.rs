@@ -10,7 +10,7 @@ use crate::error::{EvalError, Result};
 use crate::generate::{Answer, Generator};
 use crate::journal::Journal;
 use crate::judge::{self, Judge, Judgment};
-use crate::runner::{self, Tick};
+use crate::runner::{self, Item, Tick};
 use crate::{alpaca, flask, lc, mt_bench, Bench, Task};
 
 /// `run.json`: what a run folder holds.
@@ -278,16 +278,9 @@ pub async fn generate(
     info.save(&opts.out)?;
     let journal_path = opts.out.join(GENERATION_JOURNAL);
     let mut done = runner::latest(Journal::<Answer>::load(&journal_path)?);
-    let total = tasks.len();
-    let todo: Vec<Task> = tasks
-        .iter()
-        .filter(|t| runner::is_pending(&done, &t.key, &t.hash()))
-        .cloned()
-        .collect();
     let mut journal = Journal::open(&journal_path)?;
     runner::run(
-        todo,
-        total,
+        &tasks,
         opts.parallel,
         &mut journal,
         &mut done,
@@ -297,9 +290,8 @@ pub async fn generate(
     .await?;
     let outputs = opts.out.join(&info.outputs);
     let answered = write(&done, &outputs)?;
-    let failed = tasks
+    let failed = runner::pending(&tasks, &done)
         .iter()
-        .filter(|t| runner::is_pending(&done, &t.key, &t.hash()))
         .map(|t| {
             let error = done
                 .get(&t.key)
@@ -310,7 +302,7 @@ pub async fn generate(
         .collect();
     Ok(Generated {
         outputs,
-        total,
+        total: tasks.len(),
         answered,
         failed,
     })
@@ -384,7 +376,7 @@ pub async fn judge(opts: &JudgeOptions, judge: &Judge, tick: impl FnMut(&Tick)) 
     let mut done = runner::latest(Journal::<Judgment>::load(&journal_path)?);
     let mut journal = Journal::open(&journal_path)?;
     let limit = opts.limit.unwrap_or(usize::MAX);
-    let (metrics, keys) = match bench {
+    let (metrics, total, remaining) = match bench {
         Bench::AlpacaEval => {
             let baseline = alpaca::load_outputs(&data_file(&opts.data, alpaca::BASELINE, bench)?)?;
             let model: HashMap<String, String> = alpaca::load_outputs(&outputs)?
@@ -412,15 +404,9 @@ pub async fn judge(opts: &JudgeOptions, judge: &Judge, tick: impl FnMut(&Tick)) 
             }
             let prompt =
                 alpaca::JudgePrompt::load(&data_file(&opts.data, alpaca::JUDGE_PROMPT, bench)?)?;
-            let todo: Vec<judge::Comparison> = items
-                .iter()
-                .filter(|c| runner::is_pending(&done, &c.index.to_string(), &c.hash()))
-                .cloned()
-                .collect();
             let prompt = &prompt;
             runner::run(
-                todo,
-                items.len(),
+                &items,
                 opts.parallel,
                 &mut journal,
                 &mut done,
@@ -438,19 +424,9 @@ pub async fn judge(opts: &JudgeOptions, judge: &Judge, tick: impl FnMut(&Tick)) 
                         .transpose()?
                 }
             };
-            let metrics = alpaca_metrics(
-                &items,
-                &done,
-                &name,
-                &judge.name,
-                &opts.out,
-                lc_data.as_ref(),
-            )?;
-            let keys: Vec<(String, String)> = items
-                .iter()
-                .map(|c| (c.index.to_string(), c.hash()))
-                .collect();
-            (metrics, keys)
+            let metrics = alpaca_metrics(&items, &done, &name, &opts.out, lc_data.as_ref())?;
+            let remaining = runner::pending(&items, &done).len();
+            (metrics, items.len(), remaining)
         }
         Bench::MtBench => {
             let questions =
@@ -489,15 +465,9 @@ pub async fn judge(opts: &JudgeOptions, judge: &Judge, tick: impl FnMut(&Tick)) 
                     "no answer matches an MT-Bench question",
                 ));
             }
-            let todo: Vec<judge::Turn> = items
-                .iter()
-                .filter(|t| runner::is_pending(&done, &t.key(), &t.hash()))
-                .cloned()
-                .collect();
             let prompts = &prompts;
             runner::run(
-                todo,
-                items.len(),
+                &items,
                 opts.parallel,
                 &mut journal,
                 &mut done,
@@ -506,8 +476,8 @@ pub async fn judge(opts: &JudgeOptions, judge: &Judge, tick: impl FnMut(&Tick)) 
             )
             .await?;
             let metrics = mt_bench_metrics(&items, &done, &name, &judge.name, &opts.out)?;
-            let keys = items.iter().map(|t| (t.key(), t.hash())).collect();
-            (metrics, keys)
+            let remaining = runner::pending(&items, &done).len();
+            (metrics, items.len(), remaining)
         }
         Bench::Flask => {
             let instances =
@@ -520,12 +490,12 @@ pub async fn judge(opts: &JudgeOptions, judge: &Judge, tick: impl FnMut(&Tick)) 
                 .into_iter()
                 .map(|a| (a.question_id, a.text))
                 .collect();
-            let items: Vec<(flask::Instance, String)> = instances
+            let items: Vec<judge::Review> = instances
                 .into_iter()
                 .take(limit)
-                .filter_map(|i| {
-                    let answer = answers.get(&i.idx)?.clone();
-                    Some((i, answer))
+                .filter_map(|instance| {
+                    let response = answers.get(&instance.idx)?.clone();
+                    Some(judge::Review { instance, response })
                 })
                 .collect();
             if items.is_empty() {
@@ -534,51 +504,31 @@ pub async fn judge(opts: &JudgeOptions, judge: &Judge, tick: impl FnMut(&Tick)) 
                     "no answer matches a FLASK instance",
                 ));
             }
-            let hash =
-                |i: &flask::Instance, a: &str| crate::fnv1a(&format!("{}\u{1}{a}", i.instruction));
-            let todo: Vec<(flask::Instance, String)> = items
-                .iter()
-                .filter(|(i, a)| runner::is_pending(&done, &i.idx.to_string(), &hash(i, a)))
-                .cloned()
-                .collect();
             let reviewer = &reviewer;
             runner::run(
-                todo,
-                items.len(),
+                &items,
                 opts.parallel,
                 &mut journal,
                 &mut done,
-                |(i, a)| async move { judge::flask(judge, reviewer, &i, &a).await },
+                |item| judge::flask(judge, reviewer, item),
                 tick,
             )
             .await?;
             let reviews: Vec<_> = items
                 .iter()
-                .filter_map(|(i, _)| {
-                    done.get(&i.idx.to_string())
-                        .filter(|j| j.ok)?
-                        .scores
-                        .clone()
-                })
+                .filter_map(|item| current(&done, item)?.scores.clone())
                 .collect();
             let skills = flask::aggregate(&reviews);
             write_flask_files(&items, &done, &skills, &opts.out)?;
-            let keys = items
-                .iter()
-                .map(|(i, a)| (i.idx.to_string(), hash(i, a)))
-                .collect();
-            (Metrics::Flask { skills }, keys)
+            let remaining = runner::pending(&items, &done).len();
+            (Metrics::Flask { skills }, items.len(), remaining)
         }
     };
-    let judged = keys
-        .iter()
-        .filter(|(k, h)| !runner::is_pending(&done, k, h))
-        .count();
     let results = Results {
         name,
         judge: judge.name.clone(),
-        judged,
-        failed: keys.len() - judged,
+        judged: total - remaining,
+        failed: remaining,
         judge_cost: done.values().filter_map(|j| j.cost).sum(),
         metrics,
     };
@@ -592,7 +542,6 @@ fn alpaca_metrics(
     items: &[judge::Comparison],
     done: &HashMap<String, Judgment>,
     name: &str,
-    judge_name: &str,
     out: &Path,
     lc_data: Option<&lc::LcData>,
 ) -> Result<Metrics> {
@@ -601,10 +550,7 @@ fn alpaca_metrics(
     let mut comparisons = Vec::new();
     let mut annotations = Vec::new();
     for item in items {
-        let Some(j) = done
-            .get(&item.index.to_string())
-            .filter(|j| j.ok && j.hash == item.hash())
-        else {
+        let Some(j) = current(done, item) else {
             continue;
         };
         let Some(preference) = j.preference else {
@@ -630,7 +576,6 @@ fn alpaca_metrics(
             raw_completion: Some(j.text.clone()),
         });
     }
-    let _ = judge_name;
     let text = serde_json::to_string_pretty(&annotations)
         .map_err(|e| EvalError::Invalid(e.to_string()))?;
     crate::write_file(&out.join("annotations.json"), text.as_bytes())?;
@@ -650,10 +595,7 @@ fn mt_bench_metrics(
     let mut triples = Vec::new();
     let mut lines = String::new();
     for item in items {
-        let Some(j) = done
-            .get(&item.key())
-            .filter(|j| j.ok && j.hash == item.hash())
-        else {
+        let Some(j) = current(done, item) else {
             continue;
         };
         let score = j.score.unwrap_or(-1.0);
@@ -681,20 +623,26 @@ fn mt_bench_metrics(
     Ok(Metrics::MtBench(mt_bench::scores(&triples)))
 }
 
+/// The successful judgment of `item` as it is now (not of an earlier version of its content).
+fn current<'a, T: Item>(done: &'a HashMap<String, Judgment>, item: &T) -> Option<&'a Judgment> {
+    done.get(&item.key())
+        .filter(|j| j.ok && j.hash == item.hash())
+}
+
 fn write_flask_files(
-    items: &[(flask::Instance, String)],
+    items: &[judge::Review],
     done: &HashMap<String, Judgment>,
     skills: &[flask::SkillScore],
     out: &Path,
 ) -> Result<()> {
     let mut lines = String::new();
-    for (instance, answer) in items {
-        let Some(j) = done.get(&instance.idx.to_string()).filter(|j| j.ok) else {
+    for item in items {
+        let Some(j) = current(done, item) else {
             continue;
         };
         let line = serde_json::json!({
-            "question_id": instance.idx,
-            "text": answer,
+            "question_id": item.instance.idx,
+            "text": item.response,
             "review": j.text,
             "score": j.scores,
         });

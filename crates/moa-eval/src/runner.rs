@@ -46,6 +46,12 @@ impl Tick {
     }
 }
 
+/// A work item: its key and a hash of its content, matched against records.
+pub trait Item: Clone {
+    fn key(&self) -> String;
+    fn hash(&self) -> String;
+}
+
 /// The latest record per key.
 pub fn latest<R: Record>(records: Vec<R>) -> HashMap<String, R> {
     records
@@ -59,11 +65,19 @@ pub fn is_pending<R: Record>(done: &HashMap<String, R>, key: &str, hash: &str) -
     !done.get(key).is_some_and(|r| r.ok() && r.hash() == hash)
 }
 
-/// Runs `work` over `todo`, `parallel` at a time, appending each record to `journal` and to
-/// `done` as it finishes. `total` counts items done before plus `todo`.
+/// The items without a successful record of their current content.
+pub fn pending<T: Item, R: Record>(items: &[T], done: &HashMap<String, R>) -> Vec<T> {
+    items
+        .iter()
+        .filter(|i| is_pending(done, &i.key(), &i.hash()))
+        .cloned()
+        .collect()
+}
+
+/// Runs `work` over the pending `items`, `parallel` at a time, appending each record to
+/// `journal` and to `done` as it finishes.
 pub async fn run<T, R, F, Fut>(
-    todo: Vec<T>,
-    total: usize,
+    items: &[T],
     parallel: usize,
     journal: &mut Journal<R>,
     done: &mut HashMap<String, R>,
@@ -71,10 +85,13 @@ pub async fn run<T, R, F, Fut>(
     mut tick: impl FnMut(&Tick),
 ) -> Result<()>
 where
+    T: Item,
     R: Record,
     F: Fn(T) -> Fut,
     Fut: Future<Output = R>,
 {
+    let todo = pending(items, done);
+    let total = items.len();
     let started = Instant::now();
     let mut state = Tick {
         done: total - todo.len(),
