@@ -90,11 +90,6 @@ pub const SOURCES: [Source; 9] = [
     },
 ];
 
-/// The full URL of a source.
-pub fn url_of(source: &Source) -> String {
-    source.url.to_string()
-}
-
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
@@ -138,7 +133,7 @@ pub async fn download(
         }
         let url = match mirror {
             Some(base) => format!("{}/{}", base.trim_end_matches('/'), source.path),
-            None => url_of(source),
+            None => source.url.to_string(),
         };
         let result = fetch(&client, &url)
             .await
@@ -197,7 +192,7 @@ mod tests {
     #[test]
     fn urls_are_pinned_to_commits() {
         for source in &SOURCES {
-            let url = url_of(source);
+            let url = source.url;
             assert!(url.starts_with("https://"), "{url}");
             if source.sha256.is_some() {
                 assert!(

@@ -4,7 +4,6 @@
 //! already in the run's journal).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use moa_eval::generate::Generator;
 use moa_eval::judge::Judge;
@@ -203,10 +202,7 @@ async fn judge(config_path: Option<&Path>, args: EvalJudgeArgs) -> anyhow::Resul
         provider,
         model.model,
         settings.options.prices.clone(),
-        settings
-            .options
-            .timeout
-            .map(|t| t.max(Duration::from_secs(1))),
+        settings.options.timeout,
     );
     let options = JudgeOptions {
         data: data_dir(&args.data)?,

@@ -35,6 +35,11 @@ fn published(data: &Path, model: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A JSON file the run wrote.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 /// Outputs of a published model, keyed by instruction.
 fn by_instruction(data: &Path, model: &str) -> HashMap<String, String> {
     published(data, model).into_iter().collect()
@@ -133,10 +138,7 @@ async fn alpaca_eval_generates_from_published_proposals_and_judges_with_logprobs
 
     // The official format: every instruction in order, generator = the run's name, the
     // aggregator's (here: the published MoA-Lite) answers.
-    let outputs: Vec<Value> = serde_json::from_str(
-        &std::fs::read_to_string(sandbox.path().join("run/model_outputs.json")).unwrap(),
-    )
-    .unwrap();
+    let outputs: Vec<Value> = read_json(&sandbox.path().join("run/model_outputs.json"));
     assert_eq!(outputs.len(), 12);
     for (i, row) in outputs.iter().enumerate() {
         let instruction = &baseline[i].0;
@@ -207,10 +209,7 @@ async fn alpaca_eval_generates_from_published_proposals_and_judges_with_logprobs
 
     // Preferences 1 + p_model: 0.2 on even items, 0.9 on odd ones. Mean 0.55; deviations
     // ±0.35; SE = sqrt(12 · 0.35² / 11 / 12) = 0.105529…
-    let results: Value = serde_json::from_str(
-        &std::fs::read_to_string(sandbox.path().join("run/results.json")).unwrap(),
-    )
-    .unwrap();
+    let results: Value = read_json(&sandbox.path().join("run/results.json"));
     let m = &results["metrics"];
     assert_eq!(m["bench"], "alpaca_eval");
     assert!((m["win_rate"].as_f64().unwrap() - 55.0).abs() < 1e-9, "{m}");
@@ -230,10 +229,7 @@ async fn alpaca_eval_generates_from_published_proposals_and_judges_with_logprobs
     // 12 calls of 700 + 1 tokens at $10/$30 per million.
     let cost = 12.0 * (700.0 * 10.0 + 30.0) / 1e6;
     assert!((results["judge_cost"].as_f64().unwrap() - cost).abs() < 1e-12);
-    let annotations: Vec<Value> = serde_json::from_str(
-        &std::fs::read_to_string(sandbox.path().join("run/annotations.json")).unwrap(),
-    )
-    .unwrap();
+    let annotations: Vec<Value> = read_json(&sandbox.path().join("run/annotations.json"));
     assert_eq!(annotations.len(), 12);
     assert!((annotations[1]["preference"].as_f64().unwrap() - 1.9).abs() < 1e-9);
     assert_eq!(annotations[0]["generator_2"], "lite");
@@ -440,10 +436,7 @@ async fn mt_bench_answers_both_turns_at_category_temperatures_and_grades_them() 
     .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     // 50 general questions: turn 1 → 9, turn 2 → 8; 30 math/reasoning/coding: 6 and 4.
-    let results: Value = serde_json::from_str(
-        &std::fs::read_to_string(sandbox.path().join("mt/results.json")).unwrap(),
-    )
-    .unwrap();
+    let results: Value = read_json(&sandbox.path().join("mt/results.json"));
     let m = &results["metrics"];
     assert!(
         (m["turn_1"].as_f64().unwrap() - (50.0 * 9.0 + 30.0 * 6.0) / 80.0).abs() < 1e-9,
@@ -607,10 +600,7 @@ async fn a_generation_killed_midway_resumes_without_asking_twice() {
         &instructions[4],
     ];
     assert_eq!(prompts.iter().collect::<Vec<_>>(), expected);
-    let outputs: Vec<Value> = serde_json::from_str(
-        &std::fs::read_to_string(sandbox.path().join("run/model_outputs.json")).unwrap(),
-    )
-    .unwrap();
+    let outputs: Vec<Value> = read_json(&sandbox.path().join("run/model_outputs.json"));
     assert_eq!(outputs.len(), 5);
     assert_eq!(
         outputs[4]["output"],
