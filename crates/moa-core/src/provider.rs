@@ -29,13 +29,19 @@ pub trait Provider: Send + Sync + 'static {
         &self,
         request: ChatRequest,
     ) -> BoxFuture<'static, Result<Completion, ProviderError>> {
-        collect(self.stream(request)).boxed()
+        let provider = self.name().to_string();
+        collect(provider, self.stream(request)).boxed()
     }
 }
 
-/// Collects a chunk stream into one completion.
-pub async fn collect(mut stream: BoxChunkStream) -> Result<Completion, ProviderError> {
+/// Collects `provider`'s chunk stream into one completion. A stream that stops before its
+/// [`Chunk::Finished`] is an error, not a shorter answer.
+pub async fn collect(
+    provider: String,
+    mut stream: BoxChunkStream,
+) -> Result<Completion, ProviderError> {
     let mut completion = Completion::default();
+    let mut finished = false;
     while let Some(chunk) = stream.next().await {
         match chunk? {
             Chunk::Delta(text) => completion.text.push_str(&text),
@@ -43,16 +49,28 @@ pub async fn collect(mut stream: BoxChunkStream) -> Result<Completion, ProviderE
                 finish_reason,
                 usage,
             } => {
+                finished = true;
                 completion.finish_reason = finish_reason;
                 completion.usage = usage;
             }
         }
     }
+    if !finished {
+        return Err(unfinished(provider));
+    }
     Ok(completion)
 }
 
+/// The error of a stream that ended before its finish event.
+pub fn unfinished(provider: String) -> ProviderError {
+    ProviderError::Other {
+        provider,
+        message: "the answer stream ended before its finish event".into(),
+    }
+}
+
 /// Why a call to a provider failed, with what a user needs to act on it.
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum ProviderError {
     /// The provider needs an API key and none is set.
     #[error("{provider}: no API key; set the environment variable {var}")]
@@ -89,6 +107,21 @@ pub enum ProviderError {
     /// The server reported an error inside an otherwise successful response.
     #[error("{provider}: upstream error: {message}")]
     Upstream { provider: String, message: String },
+    /// The response outgrew a limit (a body, an event, the answer's text): refused whole,
+    /// never truncated silently.
+    #[error("{provider}: response refused: {message}")]
+    TooLarge { provider: String, message: String },
+    /// A response whose headers arrived stopped sending for longer than the read timeout.
+    #[error("{provider}: the response stalled: no data for {}s", .after.as_secs_f64())]
+    Stalled { provider: String, after: Duration },
+    /// A stream that ended with no text and no finish reason: a failed attempt, not an empty
+    /// answer (llama.cpp's server does this under load).
+    #[error("{provider}: the stream ended without any text or finish reason{}", attempts_note(*attempts))]
+    EmptyStream { provider: String, attempts: u32 },
+    /// A request the provider refuses before sending it (a prompt over a local model's context,
+    /// say): the caller's to fix, not worth a retry.
+    #[error("{provider}: {message}")]
+    InvalidRequest { provider: String, message: String },
     /// Anything else (a local model failing to load, say).
     #[error("{provider}: {message}")]
     Other { provider: String, message: String },
@@ -103,6 +136,48 @@ fn attempts_note(attempts: u32) -> String {
 }
 
 impl ProviderError {
+    /// What went wrong in terms safe to show a client of a server: the provider and the kind
+    /// of failure, never what the upstream wrote (which may echo keys, URLs or file paths).
+    pub fn summary(&self) -> String {
+        match self {
+            ProviderError::Status {
+                provider, status, ..
+            } => format!("{provider}: HTTP {status}"),
+            ProviderError::Connection { provider, .. } => {
+                format!("{provider}: could not be reached")
+            }
+            ProviderError::Malformed { provider, .. } => {
+                format!("{provider}: malformed response")
+            }
+            ProviderError::Upstream { provider, .. } => {
+                format!("{provider}: the provider reported an error")
+            }
+            ProviderError::Other { provider, .. } => format!("{provider}: failed"),
+            ProviderError::MissingApiKey { provider, .. } => {
+                format!("{provider}: not configured")
+            }
+            // moa's own words only.
+            ProviderError::Timeout { .. }
+            | ProviderError::TooLarge { .. }
+            | ProviderError::Stalled { .. }
+            | ProviderError::EmptyStream { .. }
+            | ProviderError::InvalidRequest { .. } => self.to_string(),
+        }
+    }
+
+    /// The call ran out of time (in all, or waiting for the next bytes).
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::Timeout { .. } | ProviderError::Stalled { .. }
+        )
+    }
+
+    /// The request itself was refused as it stands (the caller's to fix).
+    pub fn is_invalid_request(&self) -> bool {
+        matches!(self, ProviderError::InvalidRequest { .. })
+    }
+
     /// The HTTP status, if the error came from one.
     pub fn status(&self) -> Option<u16> {
         match self {

@@ -17,11 +17,39 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::retry::{retry_after, retryable_status, RetryPolicy};
 
+/// How much of an upstream's answer is read, and how long a silent one is waited for. Every
+/// byte from an upstream is bounded: exceeding a limit is a [`ProviderError::TooLarge`] or
+/// [`ProviderError::Stalled`], never a crash and never a silent truncation of an answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Bytes of a whole (non-streamed) body, and of a streamed body in all.
+    pub max_response_bytes: usize,
+    /// Bytes of the answer's text.
+    pub max_answer_bytes: usize,
+    /// The longest silence between two reads of a body once its headers are in (`None`: no
+    /// limit; the call's own timeout still applies).
+    pub read_timeout: Option<Duration>,
+}
+
+/// Bytes of an error response's body that are read for its message; the rest is dropped unread.
+pub const MAX_ERROR_BODY: usize = 64 << 10;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_response_bytes: 64 << 20,
+            max_answer_bytes: 8 << 20,
+            read_timeout: Some(Duration::from_secs(120)),
+        }
+    }
+}
+
 /// One provider's way to the network: its name, client, retry policy and concurrency limit.
 pub(crate) struct Transport {
     pub name: String,
     pub http: reqwest::Client,
     pub retry: RetryPolicy,
+    pub limits: Limits,
     limit: Option<Arc<Semaphore>>,
     pace: Option<Pacer>,
 }
@@ -37,7 +65,11 @@ impl Pacer {
     /// `None` for no quota (0 or less).
     pub fn new(per_minute: f64) -> Option<Self> {
         (per_minute > 0.0 && per_minute.is_finite()).then(|| Self {
-            interval: Duration::from_secs_f64(60.0 / per_minute),
+            // A quota of nearly nothing is one call a day, not a panic.
+            interval: Duration::try_from_secs_f64(60.0 / per_minute)
+                .map_or(Duration::from_secs(86_400), |d| {
+                    d.min(Duration::from_secs(86_400))
+                }),
             next: std::sync::Mutex::new(None),
         })
     }
@@ -63,6 +95,7 @@ impl Transport {
         name: String,
         http: reqwest::Client,
         retry: RetryPolicy,
+        limits: Limits,
         max_concurrency: usize,
         requests_per_minute: Option<f64>,
     ) -> Self {
@@ -71,6 +104,7 @@ impl Transport {
             name,
             http,
             retry,
+            limits,
             limit,
             pace: requests_per_minute.and_then(Pacer::new),
         }
@@ -130,7 +164,13 @@ impl Transport {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(':').next())
             .map(str::to_string);
-        let body = response.text().await.unwrap_or_default();
+        // Only the start of an error body is read: an endless one must not fill memory.
+        let body = match read_limited(response, MAX_ERROR_BODY, self.limits.read_timeout).await {
+            Ok(Read::Whole(bytes) | Read::Cut(bytes)) => {
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+            Err(_) => String::new(),
+        };
         let mut message = error_message(&body);
         if let Some(kind) = kind.filter(|k| !message.contains(k.as_str())) {
             message = format!("{kind}: {message}");
@@ -195,13 +235,93 @@ impl Transport {
         .await
     }
 
-    /// Reads a whole successful response body; a body that breaks off is a connection failure.
+    /// Reads a whole successful response body, up to the response limit; a body that breaks
+    /// off or stalls is a failure worth another try, one over the limit is not.
     pub async fn read_body(&self, response: reqwest::Response) -> Result<Bytes, Failure> {
-        response
-            .bytes()
-            .await
-            .map_err(|e| self.connection_failure(&e))
+        let limit = self.limits.max_response_bytes;
+        match read_limited(response, limit, self.limits.read_timeout).await {
+            Ok(Read::Whole(bytes)) => Ok(bytes),
+            Ok(Read::Cut(_)) => Err(Failure {
+                error: self.too_large(format!("the response body is over {limit} bytes")),
+                retry: false,
+                retry_after: None,
+            }),
+            Err(ReadError::Http(e)) => Err(self.connection_failure(&e)),
+            Err(ReadError::Stalled(after)) => Err(Failure {
+                error: ProviderError::Stalled {
+                    provider: self.name.clone(),
+                    after,
+                },
+                retry: true,
+                retry_after: None,
+            }),
+        }
     }
+
+    fn too_large(&self, message: String) -> ProviderError {
+        ProviderError::TooLarge {
+            provider: self.name.clone(),
+            message,
+        }
+    }
+}
+
+/// A body read up to a limit: all of it, or the first `limit` bytes of a longer one.
+enum Read {
+    Whole(Bytes),
+    Cut(Bytes),
+}
+
+enum ReadError {
+    Http(reqwest::Error),
+    Stalled(Duration),
+}
+
+/// Reads `response`'s body, stopping at `limit` bytes (the rest is never read: dropping the
+/// response closes the connection) and failing if no bytes come for `stall`.
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+    stall: Option<Duration>,
+) -> Result<Read, ReadError> {
+    let declared = response
+        .content_length()
+        .and_then(|n| usize::try_from(n).ok());
+    if declared.is_some_and(|n| n > limit) {
+        // Read the start only, for an error message.
+        let mut out = Vec::new();
+        while out.len() < limit.min(MAX_ERROR_BODY) {
+            match next_chunk(&mut response, stall).await? {
+                Some(chunk) => out.extend_from_slice(&chunk),
+                None => break,
+            }
+        }
+        out.truncate(limit);
+        return Ok(Read::Cut(out.into()));
+    }
+    let mut out = Vec::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = next_chunk(&mut response, stall).await? {
+        if out.len() + chunk.len() > limit {
+            let room = limit - out.len();
+            out.extend_from_slice(&chunk[..room]);
+            return Ok(Read::Cut(out.into()));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Read::Whole(out.into()))
+}
+
+async fn next_chunk(
+    response: &mut reqwest::Response,
+    stall: Option<Duration>,
+) -> Result<Option<Bytes>, ReadError> {
+    let chunk = match stall {
+        Some(after) => tokio::time::timeout(after, response.chunk())
+            .await
+            .map_err(|_| ReadError::Stalled(after))?,
+        None => response.chunk().await,
+    };
+    chunk.map_err(ReadError::Http)
 }
 
 /// A provider whose requests go through a [`Transport`].
@@ -226,15 +346,20 @@ where
         let mut retries = 0;
         loop {
             let response = transport.with_retries(|| open(inner.clone())).await?;
-            let mut chunks = ChunkStream::new(transport.name.clone(), response, D::default(), None);
+            let mut chunks = ChunkStream::new(
+                transport.name.clone(),
+                response,
+                D::default(),
+                &transport.limits,
+            );
             let first = chunks.next().await;
-            if matches!(first, Some(Err(_)))
-                && chunks.events.retryable
-                && retries < transport.retry.max_retries
-            {
-                retries += 1;
-                tokio::time::sleep(transport.retry.delay(retries, None)).await;
-                continue;
+            if let (Some(Err(error)), true) = (&first, chunks.events.retryable) {
+                if retries < transport.retry.max_retries {
+                    retries += 1;
+                    tokio::time::sleep(transport.retry.delay(retries, None)).await;
+                    continue;
+                }
+                return Err(with_attempts(error.clone(), retries + 1));
             }
             chunks._permit = permit;
             return Ok::<_, ProviderError>(futures::stream::iter(first).chain(chunks));
@@ -267,6 +392,10 @@ fn with_attempts(error: ProviderError, count: u32) -> ProviderError {
         } => ProviderError::Connection {
             provider,
             message,
+            attempts: count,
+        },
+        ProviderError::EmptyStream { provider, .. } => ProviderError::EmptyStream {
+            provider,
             attempts: count,
         },
         other => other,
@@ -358,10 +487,13 @@ pub(crate) struct Events {
     ended: bool,
     /// The failure reported is one another attempt may not meet (throttling, overload).
     retryable: bool,
+    /// Bytes of answer text reported so far, and the most allowed.
+    text_bytes: usize,
+    max_text_bytes: usize,
 }
 
 impl Events {
-    fn new(provider: String) -> Self {
+    fn new(provider: String, max_text_bytes: usize) -> Self {
         Self {
             provider,
             pending: VecDeque::new(),
@@ -369,7 +501,14 @@ impl Events {
             usage: None,
             ended: false,
             retryable: false,
+            text_bytes: 0,
+            max_text_bytes,
         }
+    }
+
+    fn too_large(&mut self, message: String) {
+        let provider = self.provider.clone();
+        self.fail(ProviderError::TooLarge { provider, message });
     }
 
     pub fn ended(&self) -> bool {
@@ -377,13 +516,38 @@ impl Events {
     }
 
     pub fn delta(&mut self, text: String) {
-        if !self.ended && !text.is_empty() {
-            self.pending.push_back(Ok(Chunk::Delta(text)));
+        if self.ended || text.is_empty() {
+            return;
         }
+        self.text_bytes += text.len();
+        if self.text_bytes > self.max_text_bytes {
+            let limit = self.max_text_bytes;
+            return self.too_large(format!("the answer is longer than {limit} bytes"));
+        }
+        self.pending.push_back(Ok(Chunk::Delta(text)));
     }
 
-    /// The answer is complete.
+    /// An SSE decoder's verdict on the bytes it was fed: its events, or a failure.
+    pub fn sse(
+        &mut self,
+        decoded: Result<Vec<crate::sse::SseEvent>, crate::sse::EventTooLarge>,
+    ) -> Vec<crate::sse::SseEvent> {
+        decoded.unwrap_or_else(|e| {
+            self.too_large(e.to_string());
+            Vec::new()
+        })
+    }
+
+    /// The answer is complete. A stream that delivered no text and gave no finish reason did
+    /// not answer: that is a failed attempt, worth another one (nothing reached the caller).
     pub fn finish(&mut self) {
+        if !self.ended && self.text_bytes == 0 && self.finish_reason.is_none() {
+            let provider = self.provider.clone();
+            return self.fail_retryable(ProviderError::EmptyStream {
+                provider,
+                attempts: 1,
+            });
+        }
         if !self.ended {
             self.ended = true;
             self.pending.push_back(Ok(Chunk::Finished {
@@ -429,22 +593,27 @@ pub(crate) struct ChunkStream<D> {
     events: Events,
     /// The body has ended.
     eof: bool,
+    /// Body bytes read so far, and the most allowed.
+    received: usize,
+    max_received: usize,
+    /// Fires when the body has been silent for `read_timeout`; reset by every read.
+    stall: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl<D: Decode> ChunkStream<D> {
-    pub fn new(
-        provider: String,
-        response: reqwest::Response,
-        decoder: D,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Self {
+    pub fn new(provider: String, response: reqwest::Response, decoder: D, limits: &Limits) -> Self {
         Self {
             body: response.bytes_stream().boxed(),
             decoder,
-            events: Events::new(provider),
+            events: Events::new(provider, limits.max_answer_bytes),
             eof: false,
-            _permit: permit,
+            received: 0,
+            max_received: limits.max_response_bytes,
+            stall: limits
+                .read_timeout
+                .map(|after| (after, Box::pin(tokio::time::sleep(after)))),
+            _permit: None,
         }
     }
 }
@@ -458,13 +627,43 @@ impl<D: Decode + Unpin> Stream for ChunkStream<D> {
             if let Some(item) = this.events.pending.pop_front() {
                 return Poll::Ready(Some(item));
             }
-            // After the end marker the body is still read to its end, so that the connection
-            // goes back to the pool.
             if this.eof {
                 return Poll::Ready(None);
             }
-            match this.body.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(bytes))) => this.decoder.feed(&bytes, &mut this.events),
+            let polled = this.body.poll_next_unpin(cx);
+            // After the end marker, what the body already holds is read (so that the connection
+            // can go back to the pool) but nothing is waited for, and little more is read.
+            if this.events.ended() && (polled.is_pending() || this.received > this.max_received) {
+                this.eof = true;
+                continue;
+            }
+            if let (Poll::Pending, Some((after, timer))) = (&polled, this.stall.as_mut()) {
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.eof = true;
+                    let provider = this.events.provider.clone();
+                    let after = *after;
+                    this.events.fail(ProviderError::Stalled { provider, after });
+                    continue;
+                }
+            }
+            if let (Poll::Ready(_), Some((after, timer))) = (&polled, this.stall.as_mut()) {
+                timer.as_mut().reset(tokio::time::Instant::now() + *after);
+            }
+            match polled {
+                Poll::Ready(Some(Ok(bytes))) => {
+                    this.received += bytes.len();
+                    if this.events.ended() {
+                        continue;
+                    }
+                    if this.received > this.max_received {
+                        this.eof = true;
+                        let limit = this.max_received;
+                        this.events
+                            .too_large(format!("the streamed response is over {limit} bytes"));
+                        continue;
+                    }
+                    this.decoder.feed(&bytes, &mut this.events)
+                }
                 Poll::Ready(Some(Err(e))) => {
                     this.eof = true;
                     let error = ProviderError::Connection {

@@ -19,6 +19,7 @@ pub mod table;
 
 pub use anthropic::{Anthropic, AnthropicConfig};
 pub use bedrock::{Bedrock, BedrockAuth, BedrockConfig};
+pub use http::{Limits, MAX_ERROR_BODY};
 pub use openai::{OpenAiCompatible, OpenAiConfig};
 pub use retry::RetryPolicy;
 pub use table::{

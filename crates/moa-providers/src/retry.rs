@@ -57,7 +57,9 @@ pub fn retryable_status(status: u16) -> bool {
 }
 
 /// Reads how long the server asked us to wait: `retry-after-ms` (OpenAI), then `Retry-After`
-/// as seconds or as an HTTP date.
+/// as seconds or as an HTTP date. Any number is accepted without panicking: negative, not a
+/// number or absurdly large values are read as no wait, ignored, or a day (the retry policy
+/// then refuses a wait longer than its `max_retry_after`).
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let text = |name: &str| {
         headers
@@ -66,25 +68,40 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
             .map(str::trim)
     };
     if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
+        if let Some(wait) = seconds(ms / 1000.0) {
+            return Some(wait);
         }
     }
     let value = text("retry-after")?;
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return seconds(secs);
     }
     let at = parse_http_date(value)?;
     Some(
         at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
+            .unwrap_or(Duration::ZERO)
+            .min(LONGEST_WAIT),
     )
+}
+
+/// Longer waits than this are read as this: enough to exceed any sane retry limit.
+const LONGEST_WAIT: Duration = Duration::from_secs(86_400);
+
+/// A wait of `secs` seconds, if that is a number of seconds at all, capped at a day.
+fn seconds(secs: f64) -> Option<Duration> {
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(secs.min(LONGEST_WAIT.as_secs_f64())).unwrap_or(LONGEST_WAIT))
 }
 
 /// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only form servers send today.
 fn parse_http_date(text: &str) -> Option<SystemTime> {
     let parts: Vec<&str> = text.split_whitespace().collect();
     let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    if year.len() > 4 || day.len() > 2 {
         return None;
     };
     let month = [
@@ -101,6 +118,9 @@ fn parse_http_date(text: &str) -> Option<SystemTime> {
     let [h, m, s] = hms.as_slice() else {
         return None;
     };
+    if !(1..=31).contains(&day) || *h > 23 || *m > 59 || *s > 60 || h.min(m).min(s) < &0 {
+        return None;
+    }
     // Days from the civil date (Howard Hinnant's algorithm).
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
@@ -169,5 +189,28 @@ mod tests {
         );
         h.insert("retry-after", HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn absurd_retry_after_values_do_not_panic() {
+        let a_day = Duration::from_secs(86_400);
+        let day = Some(a_day);
+        for (name, value, expected) in [
+            ("retry-after", "1e30", day),
+            ("retry-after", "1e309", None), // inf
+            ("retry-after", "NaN", None),
+            ("retry-after", "-5", None),
+            ("retry-after", "18446744073709551616", day),
+            ("retry-after-ms", "1e300", day),
+            ("retry-after-ms", "-1", None),
+            ("retry-after", "Wed, 21 Oct 99999999999 07:28:00 GMT", None),
+            ("retry-after", "Wed, 99 Oct 2015 99:99:99 GMT", None),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static(value));
+            assert_eq!(retry_after(&h), expected, "{name}: {value}");
+        }
+        let policy = RetryPolicy::default();
+        assert!(a_day > policy.max_retry_after, "so such a wait is refused");
     }
 }

@@ -1,5 +1,6 @@
 //! A Server-Sent Events decoder that accepts bytes split anywhere: across lines, events and
-//! UTF-8 characters, with `\n`, `\r\n` or `\r` line endings.
+//! UTF-8 characters, with `\n`, `\r\n` or `\r` line endings. A line or an event larger than
+//! its limit is an error, never buffered without end.
 
 /// One dispatched event: its `event:` name (if any) and its `data:` lines joined by `\n`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -8,13 +9,32 @@ pub struct SseEvent {
     pub data: String,
 }
 
+/// The largest line, and the largest event (its data lines together), accepted by default:
+/// far above any chat chunk, far below what would hurt the process.
+pub const MAX_EVENT_BYTES: usize = 4 << 20;
+
+/// A line or event over the decoder's limit; the stream cannot be decoded any further.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("an SSE event is larger than {limit} bytes")]
+pub struct EventTooLarge {
+    pub limit: usize,
+}
+
 /// Incremental SSE decoder. Feed it bytes as they arrive; it returns the events completed so far.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SseDecoder {
     line: Vec<u8>,
     skip_lf: bool,
     data: Option<String>,
     event: Option<String>,
+    limit: usize,
+    failed: bool,
+}
+
+impl Default for SseDecoder {
+    fn default() -> Self {
+        Self::with_limit(MAX_EVENT_BYTES)
+    }
 }
 
 impl SseDecoder {
@@ -22,39 +42,81 @@ impl SseDecoder {
         Self::default()
     }
 
-    /// Consumes `bytes` and returns every event they complete.
-    pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+    /// A decoder that refuses lines and events over `limit` bytes.
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            line: Vec::new(),
+            skip_lf: false,
+            data: None,
+            event: None,
+            limit,
+            failed: false,
+        }
+    }
+
+    /// Consumes `bytes` and returns every event they complete, or an error once a line or an
+    /// event outgrows the limit (and from then on).
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, EventTooLarge> {
         let mut events = Vec::new();
-        for &b in bytes {
+        let mut rest = bytes;
+        while !rest.is_empty() && !self.failed {
             if self.skip_lf {
                 self.skip_lf = false;
-                if b == b'\n' {
+                if rest[0] == b'\n' {
+                    rest = &rest[1..];
                     continue;
                 }
             }
-            match b {
-                b'\n' => self.end_line(&mut events),
-                b'\r' => {
-                    self.skip_lf = true;
+            match rest.iter().position(|b| *b == b'\n' || *b == b'\r') {
+                Some(at) => {
+                    self.push_line(&rest[..at]);
+                    self.skip_lf = rest[at] == b'\r';
                     self.end_line(&mut events);
+                    rest = &rest[at + 1..];
                 }
-                _ => self.line.push(b),
+                None => {
+                    self.push_line(rest);
+                    rest = &[];
+                }
             }
         }
-        events
+        if self.failed {
+            return Err(EventTooLarge { limit: self.limit });
+        }
+        Ok(events)
+    }
+
+    fn push_line(&mut self, bytes: &[u8]) {
+        if self.line.len() + bytes.len() > self.limit {
+            self.fail();
+        } else {
+            self.line.extend_from_slice(bytes);
+        }
+    }
+
+    fn fail(&mut self) {
+        self.failed = true;
+        self.line = Vec::new();
+        self.data = None;
     }
 
     /// Ends the input: a last event without its blank line is still delivered.
-    pub fn finish(&mut self) -> Vec<SseEvent> {
+    pub fn finish(&mut self) -> Result<Vec<SseEvent>, EventTooLarge> {
         let mut events = Vec::new();
         if !self.line.is_empty() {
             self.end_line(&mut events);
         }
         self.dispatch(&mut events);
-        events
+        if self.failed {
+            return Err(EventTooLarge { limit: self.limit });
+        }
+        Ok(events)
     }
 
     fn end_line(&mut self, events: &mut Vec<SseEvent>) {
+        if self.failed {
+            return;
+        }
         if self.line.is_empty() {
             self.dispatch(events);
             return;
@@ -70,6 +132,9 @@ impl SseDecoder {
             None => (line.as_str(), ""),
         };
         match field {
+            "data" if self.data.as_ref().map_or(0, String::len) + value.len() >= self.limit => {
+                self.fail()
+            }
             "data" => match &mut self.data {
                 Some(data) => {
                     data.push('\n');
@@ -122,11 +187,11 @@ mod tests {
         let mut events = Vec::new();
         let mut start = 0;
         for &cut in cuts {
-            events.extend(decoder.feed(&bytes[start..cut]));
+            events.extend(decoder.feed(&bytes[start..cut]).unwrap());
             start = cut;
         }
-        events.extend(decoder.feed(&bytes[start..]));
-        events.extend(decoder.finish());
+        events.extend(decoder.feed(&bytes[start..]).unwrap());
+        events.extend(decoder.finish().unwrap());
         events
     }
 
@@ -159,9 +224,9 @@ mod tests {
     #[test]
     fn a_last_event_without_blank_line_is_kept_at_eof() {
         let mut decoder = SseDecoder::new();
-        assert!(decoder.feed(b"data: tail").is_empty());
+        assert!(decoder.feed(b"data: tail").unwrap().is_empty());
         assert_eq!(
-            decoder.finish(),
+            decoder.finish().unwrap(),
             vec![SseEvent {
                 event: None,
                 data: "tail".into()
@@ -172,8 +237,34 @@ mod tests {
     #[test]
     fn cr_then_lf_in_separate_reads_is_one_line_end() {
         let mut decoder = SseDecoder::new();
-        assert!(decoder.feed(b"data: a\r").is_empty());
-        assert!(decoder.feed(b"\n").is_empty());
-        assert_eq!(decoder.feed(b"\r\n").len(), 1);
+        assert!(decoder.feed(b"data: a\r").unwrap().is_empty());
+        assert!(decoder.feed(b"\n").unwrap().is_empty());
+        assert_eq!(decoder.feed(b"\r\n").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_refused_without_buffering_it() {
+        let mut decoder = SseDecoder::with_limit(64);
+        assert!(decoder.feed(&[b'x'; 40]).unwrap().is_empty());
+        // The line grows past 64 bytes in the next read: refused, and refused from then on.
+        assert_eq!(decoder.feed(&[b'x'; 40]), Err(EventTooLarge { limit: 64 }));
+        assert!(
+            decoder.line.capacity() <= 64,
+            "nothing kept after the failure"
+        );
+        assert!(decoder.feed(b"\n\ndata: ok\n\n").is_err());
+        assert!(decoder.finish().is_err());
+    }
+
+    #[test]
+    fn an_event_of_many_small_lines_over_the_limit_is_refused() {
+        let mut decoder = SseDecoder::with_limit(64);
+        let many = "data: 0123456789\n".repeat(10);
+        assert!(decoder.feed(many.as_bytes()).is_err());
+        // Under the limit, the same shape decodes.
+        let mut decoder = SseDecoder::with_limit(1024);
+        let events = decoder.feed(format!("{many}\n").as_bytes()).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].data.len(), 10 * 10 + 9);
     }
 }

@@ -9,6 +9,7 @@ use moa_core::{ModelRef, Plan, Preset, PresetError, Provider};
 
 use crate::anthropic::{Anthropic, AnthropicConfig};
 use crate::bedrock::{AwsCredentials, Bedrock, BedrockAuth, BedrockConfig};
+use crate::http::Limits;
 use crate::openai::{OpenAiCompatible, OpenAiConfig};
 use crate::retry::RetryPolicy;
 
@@ -169,6 +170,7 @@ pub struct Endpoint {
     /// Calls started per minute at most (`None`: no quota).
     pub requests_per_minute: Option<f64>,
     pub retry: RetryPolicy,
+    pub limits: Limits,
     pub stream_usage: bool,
     pub headers: Vec<(String, String)>,
 }
@@ -201,6 +203,7 @@ impl Endpoint {
             max_concurrency: 64,
             requests_per_minute: None,
             retry: RetryPolicy::default(),
+            limits: Limits::default(),
             stream_usage: true,
             headers: Vec::new(),
         }
@@ -236,6 +239,9 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .user_agent(concat!("moa/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
+        // A redirect could carry a key header to a host the user did not choose: API calls
+        // are never redirected; a 3xx is an error like any other status.
+        .redirect(reqwest::redirect::Policy::none())
         .tcp_nodelay(true)
         .build()
         // Building fails only if the TLS backend cannot initialise, which ring cannot.
@@ -343,6 +349,7 @@ impl Registry {
                     max_concurrency: endpoint.max_concurrency,
                     requests_per_minute: endpoint.requests_per_minute,
                     retry: endpoint.retry.clone(),
+                    limits: endpoint.limits.clone(),
                     headers: endpoint.headers.clone(),
                 },
                 self.http.clone(),
@@ -355,6 +362,7 @@ impl Registry {
                     max_concurrency: endpoint.max_concurrency,
                     requests_per_minute: endpoint.requests_per_minute,
                     retry: endpoint.retry.clone(),
+                    limits: endpoint.limits.clone(),
                     stream_usage: endpoint.stream_usage,
                     headers: endpoint.headers.clone(),
                 },
@@ -409,6 +417,7 @@ impl Registry {
                 max_concurrency: endpoint.max_concurrency,
                 requests_per_minute: endpoint.requests_per_minute,
                 retry: endpoint.retry.clone(),
+                limits: endpoint.limits.clone(),
             },
             self.http.clone(),
         )))

@@ -13,13 +13,23 @@ pub enum ReplyKind {
     Status { status: u16, body: String },
     /// HTTP 200 whose body (or, streamed, whose first event's data) is this raw text.
     Malformed(String),
-    /// Sends this text, then neither finishes nor closes.
+    /// Sends this text (streamed: as deltas; whole: the start of the JSON body), then neither
+    /// finishes nor closes.
     Stall(String),
     /// Sends this text, then breaks the connection without finishing the response.
     Disconnect(String),
     /// A 200 stream whose first event is an error of this kind (Anthropic's `error` event,
     /// Bedrock's exception message, an OpenAI `{"error":...}` chunk).
     StreamError { kind: String, message: String },
+    /// A hostile body: `head`, then `piece` again and again until the client goes away (or,
+    /// so that no test runs away, `max_bytes` have been sent).
+    Endless {
+        status: u16,
+        content_type: String,
+        head: Vec<u8>,
+        piece: Vec<u8>,
+        max_bytes: u64,
+    },
 }
 
 /// A scripted answer and how to deliver it.
@@ -129,6 +139,24 @@ impl Reply {
             kind: kind.to_string(),
             message: message.to_string(),
         })
+    }
+
+    /// A body that does not end: `head`, then `piece` repeated until the client stops
+    /// reading (at most 4 GiB).
+    pub fn endless(status: u16, content_type: &str, head: &[u8], piece: &[u8]) -> Self {
+        Self::new(ReplyKind::Endless {
+            status,
+            content_type: content_type.to_string(),
+            head: head.to_vec(),
+            piece: piece.to_vec(),
+            max_bytes: 4 << 30,
+        })
+    }
+
+    /// What llama.cpp's server (llama-cpp-python 0.3) streams when it has nothing to say under
+    /// load: a role chunk and `[DONE]`, with no content, no finish reason and no usage.
+    pub fn llamacpp_empty_stream() -> Self {
+        Self::text("").with_finish_reason(None).without_usage()
     }
 
     /// A 429 with `Retry-After: seconds`.

@@ -138,6 +138,14 @@ fn answer(
             };
             return futures::stream::iter([Err(error)]).boxed();
         }
+        ReplyKind::Endless { .. } => {
+            guard.finish();
+            let error = ProviderError::TooLarge {
+                provider,
+                message: "scripted endless answer".into(),
+            };
+            return futures::stream::iter([Err(error)]).boxed();
+        }
         ReplyKind::Malformed(raw) => {
             guard.finish();
             let error = ProviderError::Malformed {

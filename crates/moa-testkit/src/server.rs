@@ -225,6 +225,16 @@ async fn chat(
         prompt_bytes,
     };
     let mut response = match (&reply.kind, stream) {
+        (
+            ReplyKind::Endless {
+                status,
+                content_type,
+                head,
+                piece,
+                max_bytes,
+            },
+            _,
+        ) => endless_response(*status, content_type, head, piece, *max_bytes, guard),
         (ReplyKind::Status { status, body }, _) => {
             guard.finish();
             json_response(*status, body.clone())
@@ -248,10 +258,17 @@ async fn chat(
             let body = json!({"error": {"type": kind, "message": message}});
             json_response(500, body.to_string())
         }
-        (ReplyKind::Stall(_), false) => {
-            std::future::pending::<()>().await;
-            unreachable!("pending never completes")
-        }
+        // Headers and the start of the body, then silence: a read stall, not a slow start.
+        (ReplyKind::Stall(partial), false) => body_response(
+            200,
+            "application/json",
+            VecDeque::from([Bytes::from(format!(
+                "{{\"id\":\"x\",\"choices\":[{{\"message\":{{\"content\":\"{partial}"
+            ))]),
+            Tail::Stall,
+            Duration::ZERO,
+            guard,
+        ),
         (ReplyKind::Disconnect(partial), false) => {
             let frames = VecDeque::from([Bytes::from(format!(
                 "{{\"id\":\"x\",\"choices\":[{{\"message\":{{\"content\":\"{partial}"
@@ -303,7 +320,7 @@ fn stream_response(reply: &Reply, ctx: &Ctx, guard: EndGuard) -> Response {
         }
         ReplyKind::Stall(text) => (frames(reply, ctx, text, false), Tail::Stall),
         ReplyKind::Disconnect(text) => (frames(reply, ctx, text, false), Tail::Disconnect),
-        ReplyKind::Status { .. } => (Vec::new(), Tail::Finish),
+        ReplyKind::Status { .. } | ReplyKind::Endless { .. } => (Vec::new(), Tail::Finish),
     };
     if ctx.dialect == Dialect::OpenAi && matches!(tail, Tail::Finish) && !reply.no_done {
         frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
@@ -372,6 +389,37 @@ struct BodyState {
     delay: Duration,
     started: bool,
     guard: EndGuard,
+}
+
+/// `head`, then `piece` forever (up to `max_bytes`): ends as `ClientGone` when the client
+/// stops reading and drops the connection.
+fn endless_response(
+    status: u16,
+    content_type: &str,
+    head: &[u8],
+    piece: &[u8],
+    max_bytes: u64,
+    guard: EndGuard,
+) -> Response {
+    let piece = Bytes::copy_from_slice(piece);
+    let state = (Some(Bytes::copy_from_slice(head)), 0u64, guard);
+    let stream = futures::stream::unfold(state, move |(head, sent, mut guard)| {
+        let piece = piece.clone();
+        async move {
+            if sent >= max_bytes {
+                guard.finish();
+                return None;
+            }
+            let frame = head.filter(|h| !h.is_empty()).unwrap_or(piece);
+            let sent = sent + frame.len() as u64;
+            Some((Ok::<_, std::io::Error>(frame), (None, sent, guard)))
+        }
+    });
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
+        .header("content-type", content_type)
+        .body(Body::from_stream(stream))
+        .unwrap_or_default()
 }
 
 fn body_response(

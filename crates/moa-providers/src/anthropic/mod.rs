@@ -12,12 +12,12 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use moa_core::{BoxChunkStream, ChatRequest, Completion, Provider, ProviderError};
 
-use crate::http::{error_message, open_stream, Failure, HasTransport, Transport};
+use crate::http::{error_message, open_stream, Failure, HasTransport, Limits, Transport};
 use crate::retry::RetryPolicy;
 use wire::WireMessage;
 
 /// Settings of one Messages API endpoint.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AnthropicConfig {
     pub name: String,
     /// The base URL, e.g. `https://api.anthropic.com/v1`; `/messages` is appended.
@@ -29,8 +29,27 @@ pub struct AnthropicConfig {
     /// Calls started per minute at most (`None`: no quota).
     pub requests_per_minute: Option<f64>,
     pub retry: RetryPolicy,
+    /// How much of an answer is read, and how long a silent one is waited for.
+    pub limits: Limits,
     /// Extra headers (`anthropic-beta`, say).
     pub headers: Vec<(String, String)>,
+}
+
+/// Keys and header values are never printed (headers may carry tokens of their own).
+impl std::fmt::Debug for AnthropicConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("AnthropicConfig")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("requests_per_minute", &self.requests_per_minute)
+            .field("retry", &self.retry)
+            .field("limits", &self.limits)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("headers", &header_names)
+            .finish()
+    }
 }
 
 impl AnthropicConfig {
@@ -42,6 +61,7 @@ impl AnthropicConfig {
             max_concurrency: 0,
             requests_per_minute: None,
             retry: RetryPolicy::default(),
+            limits: Limits::default(),
             headers: Vec::new(),
         }
     }
@@ -72,6 +92,7 @@ impl Anthropic {
             config.name.clone(),
             http,
             config.retry.clone(),
+            config.limits.clone(),
             config.max_concurrency,
             config.requests_per_minute,
         );

@@ -85,13 +85,13 @@ impl Decoder {
 
 impl Decode for Decoder {
     fn feed(&mut self, bytes: &[u8], out: &mut Events) {
-        for event in self.sse.feed(bytes) {
+        for event in out.sse(self.sse.feed(bytes)) {
             self.handle(event, out);
         }
     }
 
     fn end(&mut self, out: &mut Events) {
-        for event in self.sse.finish() {
+        for event in out.sse(self.sse.finish()) {
             self.handle(event, out);
         }
         self.record_usage(out);

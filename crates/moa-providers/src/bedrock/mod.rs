@@ -16,18 +16,27 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use moa_core::{BoxChunkStream, ChatRequest, Completion, Provider, ProviderError};
 
-use crate::http::{open_stream, Failure, HasTransport, Transport};
+use crate::http::{open_stream, Failure, HasTransport, Limits, Transport};
 use crate::retry::RetryPolicy;
 pub use sigv4::AwsCredentials;
 use wire::ConverseResponse;
 
 /// How requests prove who sends them.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum BedrockAuth {
     /// A Bedrock API key (`AWS_BEARER_TOKEN_BEDROCK`), sent as `Authorization: Bearer`.
     ApiKey(String),
     /// SigV4 with these credentials.
     SigV4(AwsCredentials),
+}
+
+impl std::fmt::Debug for BedrockAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BedrockAuth::ApiKey(_) => f.write_str("ApiKey(<redacted>)"),
+            BedrockAuth::SigV4(credentials) => f.debug_tuple("SigV4").field(credentials).finish(),
+        }
+    }
 }
 
 /// Settings of one Bedrock runtime endpoint.
@@ -43,6 +52,8 @@ pub struct BedrockConfig {
     /// Calls started per minute at most (`None`: no quota).
     pub requests_per_minute: Option<f64>,
     pub retry: RetryPolicy,
+    /// How much of an answer is read, and how long a silent one is waited for.
+    pub limits: Limits,
 }
 
 impl BedrockConfig {
@@ -96,6 +107,7 @@ impl Bedrock {
             config.name.clone(),
             http,
             config.retry.clone(),
+            config.limits.clone(),
             config.max_concurrency,
             config.requests_per_minute,
         );

@@ -10,12 +10,14 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use moa_core::{BoxChunkStream, ChatRequest, Completion, Provider, ProviderError};
 
-use crate::http::{error_message, malformed, open_stream, Failure, HasTransport, Transport};
+use crate::http::{
+    error_message, malformed, open_stream, Failure, HasTransport, Limits, Transport,
+};
 use crate::retry::RetryPolicy;
 use wire::WireResponse;
 
 /// Settings of one OpenAI-compatible endpoint.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct OpenAiConfig {
     /// The provider's name (`together`, `openai`, ...).
     pub name: String,
@@ -28,10 +30,30 @@ pub struct OpenAiConfig {
     /// Calls started per minute at most (`None`: no quota).
     pub requests_per_minute: Option<f64>,
     pub retry: RetryPolicy,
+    /// How much of an answer is read, and how long a silent one is waited for.
+    pub limits: Limits,
     /// Ask for usage in the final streamed chunk (`stream_options.include_usage`).
     pub stream_usage: bool,
     /// Extra headers sent with every request (OpenRouter's `HTTP-Referer`, say).
     pub headers: Vec<(String, String)>,
+}
+
+/// Keys and header values are never printed (headers may carry tokens of their own).
+impl std::fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("OpenAiConfig")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("requests_per_minute", &self.requests_per_minute)
+            .field("retry", &self.retry)
+            .field("limits", &self.limits)
+            .field("stream_usage", &self.stream_usage)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("headers", &header_names)
+            .finish()
+    }
 }
 
 impl OpenAiConfig {
@@ -44,6 +66,7 @@ impl OpenAiConfig {
             max_concurrency: 0,
             requests_per_minute: None,
             retry: RetryPolicy::default(),
+            limits: Limits::default(),
             stream_usage: true,
             headers: Vec::new(),
         }
@@ -76,6 +99,7 @@ impl OpenAiCompatible {
             config.name.clone(),
             http,
             config.retry.clone(),
+            config.limits.clone(),
             config.max_concurrency,
             config.requests_per_minute,
         );
@@ -170,6 +194,37 @@ impl Provider for OpenAiCompatible {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_never_shows_keys_or_header_values() {
+        let mut config = OpenAiConfig::new("together", "https://api.together.xyz/v1");
+        config.api_key = Some("sk-very-secret".into());
+        config.headers = vec![("X-Token".into(), "hdr-secret".into())];
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("sk-very-secret") && !shown.contains("hdr-secret"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("<redacted>") && shown.contains("X-Token"),
+            "{shown}"
+        );
+        let mut config = crate::AnthropicConfig::new("anthropic", "https://api.anthropic.com/v1");
+        config.api_key = Some("sk-ant-secret".into());
+        assert!(!format!("{config:?}").contains("sk-ant-secret"));
+        let auth = crate::BedrockAuth::ApiKey("bedrock-secret".into());
+        assert!(!format!("{auth:?}").contains("bedrock-secret"));
+        let auth = crate::BedrockAuth::SigV4(crate::bedrock::AwsCredentials {
+            access_key_id: "AKID".into(),
+            secret_access_key: "aws-secret".into(),
+            session_token: Some("aws-token".into()),
+        });
+        let shown = format!("{auth:?}");
+        assert!(
+            !shown.contains("aws-secret") && !shown.contains("aws-token"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn completions_tolerate_missing_fields() {

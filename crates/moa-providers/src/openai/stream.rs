@@ -46,13 +46,13 @@ impl Decoder {
 
 impl Decode for Decoder {
     fn feed(&mut self, bytes: &[u8], out: &mut Events) {
-        for event in self.sse.feed(bytes) {
+        for event in out.sse(self.sse.feed(bytes)) {
             Self::handle(event, out);
         }
     }
 
     fn end(&mut self, out: &mut Events) {
-        for event in self.sse.finish() {
+        for event in out.sse(self.sse.finish()) {
             Self::handle(event, out);
         }
     }

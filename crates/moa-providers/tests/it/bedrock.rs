@@ -29,6 +29,7 @@ fn client(fake: &FakeServer, auth: BedrockAuth, max_retries: u32) -> Bedrock {
             max_concurrency: 0,
             requests_per_minute: None,
             retry: quick_retries(max_retries),
+            limits: Default::default(),
         },
         moa_providers::table::http_client(),
     )

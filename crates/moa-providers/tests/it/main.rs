@@ -3,6 +3,7 @@
 
 mod anthropic;
 mod bedrock;
+mod hostile;
 mod moa_http;
 mod openai;
 
