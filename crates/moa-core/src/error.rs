@@ -9,6 +9,9 @@ use crate::provider::ProviderError;
 pub struct ProposalFailure {
     pub model: String,
     pub error: String,
+    /// The typed error, when the call failed (not when its answer was empty).
+    #[serde(skip)]
+    pub source: Option<ProviderError>,
 }
 
 /// A run that could not produce an answer.
@@ -40,6 +43,42 @@ fn list_failures(failures: &[ProposalFailure]) -> String {
 }
 
 impl MoaError {
+    /// The error in terms safe to show a server's client: which models failed and how, with
+    /// nothing an upstream wrote (see [`ProviderError::summary`]).
+    pub fn summary(&self) -> String {
+        match self {
+            MoaError::TooFewProposals {
+                layer,
+                succeeded,
+                total,
+                needed,
+                failures,
+            } => {
+                let list: String = failures
+                    .iter()
+                    .map(|f| {
+                        let why = f.source.as_ref().map_or(f.error.clone(), |e| e.summary());
+                        format!("\n  {}: {why}", f.model)
+                    })
+                    .collect();
+                format!("layer {layer}: only {succeeded} of {total} proposers answered, {needed} needed (min_proposals){list}")
+            }
+            MoaError::Aggregator { model, source } => {
+                format!("aggregator {model} failed: {}", source.summary())
+            }
+        }
+    }
+
+    /// Every failure behind the run's failure that has a typed error.
+    pub fn provider_errors(&self) -> Vec<&ProviderError> {
+        match self {
+            MoaError::Aggregator { source, .. } => vec![source],
+            MoaError::TooFewProposals { failures, .. } => {
+                failures.iter().filter_map(|f| f.source.as_ref()).collect()
+            }
+        }
+    }
+
     /// The provider error behind an aggregator failure, or the first proposer's.
     pub fn provider_error(&self) -> Option<&ProviderError> {
         match self {

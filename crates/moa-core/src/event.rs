@@ -76,10 +76,16 @@ pub struct CallTrace {
     pub answer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The typed error behind `error`, for front ends that map it (HTTP statuses).
+    #[serde(skip)]
+    pub failure: Option<crate::provider::ProviderError>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finish_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// The provider reported no usage, so `usage` is moa's estimate (four characters a token).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub usage_estimated: bool,
     /// When the call started, from the start of the run.
     pub started_ms: u64,
     /// Time to the first text, if any arrived.

@@ -17,7 +17,7 @@ pub mod prompt;
 pub mod provider;
 
 pub use completion::{ChatRequest, Chunk, Completion, TokenLogprob, TopLogprob, Usage};
-pub use engine::{BoundAgent, Moa, Plan, RunOptions, RunStream};
+pub use engine::{BoundAgent, Moa, Plan, RunOptions, RunStream, EMPTY_ANSWER};
 pub use error::{MoaError, ProposalFailure};
 pub use event::{CallStatus, CallTrace, LayerTrace, RunEvent, Trace};
 pub use message::{Message, Role};

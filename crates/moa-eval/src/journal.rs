@@ -1,6 +1,8 @@
-//! Append-only JSON Lines checkpoints: every finished item is one line, written and flushed as
-//! it lands, so a run killed at any moment (even with SIGKILL) loses at most the items in flight.
-//! Reading tolerates a last line cut short by a kill.
+//! Append-only JSON Lines checkpoints: every finished item is one line, written and synced to
+//! disk as it lands, so a run killed at any moment (even with SIGKILL, or a power cut) loses at
+//! most the items in flight. Reading tolerates a last line cut short by a kill, each line on its
+//! own (one torn or foreign line, even inside a UTF-8 character, costs only itself). An open
+//! journal is locked, so two runs on one folder cannot both spend on the same items.
 
 use std::io::Write;
 use std::marker::PhantomData;
@@ -22,10 +24,10 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
     /// Every whole record in `path`, in the order written (none if the file does not exist).
     /// Lines that do not parse (a line cut by a kill) are skipped.
     pub fn load(path: &Path) -> Result<Vec<R>> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Ok(text
-                .lines()
-                .filter_map(|line| serde_json::from_str(line).ok())
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(bytes
+                .split(|b| *b == b'\n')
+                .filter_map(|line| serde_json::from_slice(line).ok())
                 .collect()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(EvalError::io("read", path, e)),
@@ -46,6 +48,17 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
             .append(true)
             .open(path)
             .map_err(|e| EvalError::io("open", path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(EvalError::Invalid(format!(
+                    "another moa run is writing {} (it holds the journal's lock): wait for it to \
+                     finish, or give this run another output folder",
+                    path.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(EvalError::io("lock", path, e)),
+        }
         if needs_newline {
             file.write_all(b"\n")
                 .map_err(|e| EvalError::io("write", path, e))?;
@@ -64,7 +77,7 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
         line.push(b'\n');
         self.file
             .write_all(&line)
-            .and_then(|_| self.file.flush())
+            .and_then(|_| self.file.sync_data())
             .map_err(|e| EvalError::io("write", &self.path, e))
     }
 
@@ -105,5 +118,34 @@ mod tests {
         assert!(Journal::<(u32, String)>::load(&dir.path().join("none"))
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn a_torn_multibyte_character_costs_only_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let mut bytes = b"[1,\"h\xc3\xa9\"]\n".to_vec();
+        // Half of a two-byte character, as a kill in the middle of a write leaves it.
+        bytes.extend_from_slice(b"[2,\"\xc3\n");
+        bytes.extend_from_slice("[3,\"😀\"]\n".as_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(
+            Journal::<(u32, String)>::load(&path).unwrap(),
+            [(1, "hé".into()), (3, "😀".into())]
+        );
+    }
+
+    #[test]
+    fn a_second_writer_on_the_same_journal_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let first = Journal::<u32>::open(&path).unwrap();
+        let err = Journal::<u32>::open(&path).err().unwrap().to_string();
+        assert!(err.contains("another moa run"), "{err}");
+        drop(first);
+        assert!(
+            Journal::<u32>::open(&path).is_ok(),
+            "free again once the first is closed"
+        );
     }
 }

@@ -57,12 +57,15 @@ pub(super) async fn call(
 ) -> CallOutcome {
     let started = Instant::now();
     let mut first_token = None;
+    // Counted before the request moves; used only if the provider reports no usage.
+    let estimate_prompt = estimate_prompt_tokens(&request.messages);
     let work = async {
         if !stream {
             return agent.provider.complete(request).await;
         }
         let mut chunks = agent.provider.stream(request);
         let mut completion = Completion::default();
+        let mut finished = false;
         while let Some(chunk) = chunks.next().await {
             match chunk? {
                 Chunk::Delta(text) => {
@@ -82,10 +85,17 @@ pub(super) async fn call(
                     finish_reason,
                     usage,
                 } => {
+                    finished = true;
                     completion.finish_reason = finish_reason;
                     completion.usage = usage;
                 }
             }
+        }
+        if !finished {
+            // A stream that stops without its end is not a complete answer, whatever it held.
+            return Err(crate::provider::unfinished(
+                agent.provider.name().to_string(),
+            ));
         }
         Ok(completion)
     };
@@ -104,26 +114,85 @@ pub(super) async fn call(
         status: CallStatus::Ok,
         answer: None,
         error: None,
+        failure: None,
         finish_reason: None,
         usage: None,
+        usage_estimated: false,
         started_ms: ctx.since_start(started),
         first_token_ms: first_token.map(|t| millis(t.duration_since(started))),
         latency_ms,
     };
     match result {
         Ok(completion) => {
+            if completion.usage.is_none() {
+                // Servers that send no usage (llama.cpp's streams) still cost tokens.
+                trace.usage = Some(estimate_usage(estimate_prompt, &completion.text));
+                trace.usage_estimated = true;
+            } else {
+                trace.usage = completion.usage;
+            }
             trace.answer = Some(completion.text);
             trace.finish_reason = completion.finish_reason;
-            trace.usage = completion.usage;
             CallOutcome { trace, error: None }
         }
         Err(error) => {
             trace.status = CallStatus::Failed;
             trace.error = Some(error.to_string());
+            trace.failure = Some(error.clone());
             CallOutcome {
                 trace,
                 error: Some(error),
             }
         }
+    }
+}
+
+/// Tokens of `text` by the documented estimate: one token per four characters, rounded up
+/// (OpenAI's rule of thumb for English; it errs high for code, low for CJK).
+pub(crate) fn estimate_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4)
+}
+
+/// A prompt's tokens by the same estimate, plus four per message and three for the reply's
+/// start, as chat templates add (OpenAI's cookbook counts the same overhead).
+pub(crate) fn estimate_prompt_tokens(messages: &[crate::message::Message]) -> u64 {
+    messages
+        .iter()
+        .map(|m| estimate_tokens(&m.content) + 4)
+        .sum::<u64>()
+        + 3
+}
+
+fn estimate_usage(prompt_tokens: u64, answer: &str) -> crate::completion::Usage {
+    let completion_tokens = estimate_tokens(answer);
+    crate::completion::Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens + completion_tokens,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    #[test]
+    fn estimates_follow_the_documented_rule() {
+        assert_eq!(estimate_tokens(""), 0);
+        assert_eq!(estimate_tokens("abcd"), 1);
+        assert_eq!(estimate_tokens("abcde"), 2);
+        assert_eq!(estimate_tokens("éééé"), 1, "characters, not bytes");
+        let prompt = [Message::system("abcdefgh"), Message::user("abc")];
+        assert_eq!(estimate_prompt_tokens(&prompt), (2 + 4) + (1 + 4) + 3);
+        let usage = estimate_usage(14, "hello world");
+        assert_eq!(
+            (
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.total_tokens
+            ),
+            (14, 3, 17)
+        );
     }
 }

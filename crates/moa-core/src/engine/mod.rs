@@ -20,7 +20,7 @@ use crate::preset::{AgentSpec, ModelRef, Preset, PresetError};
 use crate::prompt::{inject_references, PromptStyle, Reference};
 use crate::provider::Provider;
 
-pub use stream::RunStream;
+pub use stream::{RunStream, EMPTY_ANSWER};
 
 /// An agent bound to the provider that will serve it.
 #[derive(Clone)]

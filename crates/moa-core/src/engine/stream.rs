@@ -18,6 +18,9 @@ use crate::event::{CallStatus, LayerTrace, RunEvent, Trace};
 use crate::message::Message;
 use crate::prompt::Reference;
 
+/// Why a proposer whose answer was empty (or only white space) is left out of the references.
+pub const EMPTY_ANSWER: &str = "the answer was empty, so it was left out of the references";
+
 /// The events of one run, ending with [`RunEvent::Done`] or an error.
 pub struct RunStream {
     driver: Option<BoxFuture<'static, Result<Trace, MoaError>>>,
@@ -109,6 +112,13 @@ async fn drive(
                         *answer = stripped.to_string();
                     }
                 }
+                // An empty answer would reach the next layer as a bare "2." with nothing after
+                // it: it is never a reference. The proposer counts as failed, and says why.
+                if trace.answer.as_ref().is_some_and(String::is_empty) {
+                    trace.answer = None;
+                    trace.status = CallStatus::Failed;
+                    trace.error = Some(EMPTY_ANSWER.to_string());
+                }
                 ctx.emit(match &trace.answer {
                     Some(answer) => RunEvent::ProposerDone {
                         layer,
@@ -159,6 +169,7 @@ async fn drive(
                     .map(|t| ProposalFailure {
                         model: t.model.clone(),
                         error: t.error.clone().unwrap_or_default(),
+                        source: t.failure.clone(),
                     })
                     .collect(),
             });

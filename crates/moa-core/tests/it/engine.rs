@@ -407,3 +407,80 @@ async fn a_single_layer_is_the_aggregator_alone() {
         vec![("user".to_string(), "Q".to_string())]
     );
 }
+
+#[tokio::test]
+async fn empty_answers_are_never_references_and_missing_usage_is_estimated() {
+    let p = ScriptedProvider::new("t");
+    p.push("a", Reply::text(" \n "));
+    p.push("b", Reply::text("beta answer"));
+    p.push("c", Reply::text("gamma answer here").without_usage());
+    p.push("agg", Reply::text("final"));
+    let moa = moa(
+        &p,
+        &preset(vec![vec!["t:a", "t:b", "t:c"]], "t:agg"),
+        RunOptions::default(),
+    );
+    let (events, trace) = collect(&moa, vec![Message::user("Q?")]).await;
+    let trace = trace.unwrap();
+    // The aggregator sees two references, numbered without a gap, and nothing of the empty one.
+    let system = &p.requests()[3].messages()[0].1;
+    assert_eq!(
+        system,
+        &format!("{AGGREGATOR_SYSTEM_PROMPT}\n1. beta answer\n2. gamma answer here")
+    );
+    let dropped = events.iter().find_map(|e| match e {
+        RunEvent::ProposerFailed {
+            index: 0, error, ..
+        } => Some(error.clone()),
+        _ => None,
+    });
+    assert_eq!(dropped.as_deref(), Some(moa_core::EMPTY_ANSWER));
+    let calls = &trace.layers[0].calls;
+    assert_eq!(calls[0].status, CallStatus::Failed);
+    assert!(!calls[1].usage_estimated);
+    // "gamma answer here" is 17 characters: 5 tokens by the estimate; the prompt "Q?" is
+    // 1 + 4 per message + 3.
+    assert!(calls[2].usage_estimated);
+    let usage = calls[2].usage.unwrap();
+    assert_eq!((usage.prompt_tokens, usage.completion_tokens), (8, 5));
+    let json = serde_json::to_value(&trace).unwrap();
+    assert_eq!(json["layers"][0]["calls"][2]["usage_estimated"], true);
+    assert!(json["layers"][0]["calls"][1]
+        .get("usage_estimated")
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_stream_that_stops_before_its_finish_event_is_a_failure() {
+    struct Truncated;
+    impl Provider for Truncated {
+        fn name(&self) -> &str {
+            "cut"
+        }
+        fn stream(&self, _: moa_core::ChatRequest) -> moa_core::BoxChunkStream {
+            futures::stream::iter([Ok(moa_core::Chunk::Delta("half an ans".into()))]).boxed()
+        }
+    }
+    let provider: Arc<dyn Provider> = Arc::new(Truncated);
+    let plan = Plan::bind(&preset(vec![], "cut:m"), |_| {
+        Ok::<_, PresetError>(provider.clone())
+    })
+    .unwrap();
+    let err = Moa::new(plan, RunOptions::default())
+        .run_to_end(vec![Message::user("Q")])
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("ended before its finish event"),
+        "{err}"
+    );
+    // The same through complete() (collecting the stream), as non-streamed proposers do.
+    let err = Truncated
+        .complete(moa_core::ChatRequest::new("m", vec![]))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("ended before its finish event"),
+        "{err}"
+    );
+}
