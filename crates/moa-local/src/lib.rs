@@ -13,6 +13,7 @@
 pub mod batch;
 pub mod catalog;
 pub mod fetch;
+pub mod gguf;
 pub mod kernels;
 pub mod model;
 pub mod request;
@@ -109,7 +110,18 @@ impl LocalProvider {
             models.entry(path.clone()).or_default().clone()
         };
         let model = slot
-            .get_or_init(|| Model::load(&path).map(Arc::new).map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                // A model file that slips past the checks fails its requests, not the process.
+                std::panic::catch_unwind(|| Model::load(&path))
+                    .unwrap_or_else(|_| {
+                        Err(model::LoadError::Invalid {
+                            path: path.display().to_string(),
+                            message: "the model could not be read (its loader panicked)".into(),
+                        })
+                    })
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
             .clone()
             .map_err(failed)?;
         Ok((path, model))
@@ -146,10 +158,11 @@ impl LocalProvider {
         out: tokio::sync::mpsc::UnboundedSender<Result<Chunk, ProviderError>>,
     ) -> Result<(), ProviderError> {
         let (path, model) = self.loaded(&request.model)?;
+        let prompt = request::prompt_tokens(&model, &request, &|| out.is_closed())?;
         let job = batch::Job {
-            prompt: request::prompt_tokens(&model, &request)?,
+            limit: request::limit(&request, prompt.len(), model.config.context),
+            prompt,
             sampling: request::sampling(&request),
-            limit: request::limit(&request),
             out,
         };
         self.submit(path, model, job)

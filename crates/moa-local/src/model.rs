@@ -13,6 +13,40 @@ use crate::kernels::{self, Format, QMatrix};
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 
+/// The longest context moa runs a model at; models that claim more (a million tokens, say)
+/// run at this, which bounds the rotary tables and the KV cache a header can ask for.
+pub const MAX_CONTEXT: usize = 131_072;
+
+/// Refuses shapes that would divide by zero or index out of bounds in the forward pass.
+fn check_shape(c: &ModelConfig) -> Result<(), String> {
+    if c.layers == 0 || c.layers > 1024 {
+        return Err(format!("block_count {} is not 1 to 1024", c.layers));
+    }
+    if c.heads == 0 || c.kv_heads == 0 || !c.heads.is_multiple_of(c.kv_heads) {
+        return Err(format!(
+            "head_count {} and head_count_kv {} do not divide",
+            c.heads, c.kv_heads
+        ));
+    }
+    if c.hidden == 0
+        || c.hidden > 1 << 16
+        || !c.hidden.is_multiple_of(c.heads)
+        || !c.head_dim.is_multiple_of(2)
+    {
+        return Err(format!(
+            "embedding_length {} does not split into {} even heads",
+            c.hidden, c.heads
+        ));
+    }
+    if c.context == 0 {
+        return Err("context_length is 0".into());
+    }
+    if !(c.eps.is_finite() && c.eps > 0.0 && c.rope_base.is_finite() && c.rope_base > 0.0) {
+        return Err("rms epsilon and rope base must be positive numbers".into());
+    }
+    Ok(())
+}
+
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -284,10 +318,19 @@ impl Model {
             path: shown.clone(),
             source,
         })?;
-        let content = Content::read(&mut file).map_err(|e| LoadError::Format {
+        let format = |message: String| LoadError::Format {
             path: shown.clone(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        // SAFETY: the map is read-only and lives as long as the model. moa never writes model
+        // files in place (downloads are renamed into place), so the bytes do not change under it.
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| format(format!("cannot map the file: {e}")))?;
+        // Every count and offset of the header is checked against the file before candle's
+        // reader, which trusts them, sees it.
+        crate::gguf::validate(&map).map_err(format)?;
+        let content = Content::read(&mut file).map_err(|e| format(e.to_string()))?;
         let arch_name = match content.metadata.get("general.architecture") {
             Some(v) => v.to_string().cloned().unwrap_or_default(),
             None => String::new(),
@@ -317,19 +360,18 @@ impl Model {
             heads,
             kv_heads: g.int("{arch}.attention.head_count_kv").unwrap_or(heads),
             head_dim: hidden / heads.max(1),
-            context: g.int("{arch}.context_length").unwrap_or(4096),
+            context: g
+                .int("{arch}.context_length")
+                .unwrap_or(4096)
+                .min(MAX_CONTEXT),
             eps: g.float("{arch}.attention.layer_norm_rms_epsilon", 1e-5),
             rope_base: g.float("{arch}.rope.freq_base", 10_000.0) as f32,
         };
         let (tokenizer, template) = tokenizer(&g)?;
 
+        check_shape(&config).map_err(|m| g.invalid(m))?;
         let device = Device::Cpu;
         let fail = |e: candle_core::Error| g.invalid(e.to_string());
-        // SAFETY: the map is read-only and lives as long as the model. moa never writes model
-        // files in place (downloads are renamed into place), so the bytes do not change under it.
-        #[allow(unsafe_code)]
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|e| g.invalid(format!("cannot map the file: {e}")))?;
         let mut tensor = |name: &str| -> Result<QTensor, LoadError> {
             content.tensor(&mut file, name, &device).map_err(fail)
         };
@@ -347,9 +389,17 @@ impl Model {
             };
             match (format, info.shape.dims()) {
                 (Some(format), &[rows, cols]) if cols % kernels::BLOCK == 0 => {
-                    let offset = (content.tensor_data_offset + info.offset) as usize;
-                    let len = rows * cols / kernels::BLOCK * format.block_bytes();
-                    if offset + len > map.len() {
+                    // Checked by gguf::validate already; checked again where it is used.
+                    let offset = usize::try_from(content.tensor_data_offset)
+                        .ok()
+                        .and_then(|d| d.checked_add(usize::try_from(info.offset).ok()?));
+                    let len = rows
+                        .checked_mul(cols)
+                        .map(|n| n / kernels::BLOCK * format.block_bytes());
+                    let (Some(offset), Some(len)) = (offset, len) else {
+                        return Err(g.invalid(format!("tensor `{name}` is out of range")));
+                    };
+                    if offset.checked_add(len).is_none_or(|end| end > map.len()) {
                         return Err(
                             g.invalid(format!("tensor `{name}` runs past the end of the file"))
                         );

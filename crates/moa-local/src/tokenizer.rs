@@ -1,8 +1,10 @@
 //! Byte-level BPE (the GPT-2 family: SmolLM, Qwen2, Llama 3) built from a GGUF's vocabulary and
 //! merges, with the pre-tokenizer the GGUF names and its special tokens matched whole.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use fancy_regex::Regex;
 
 /// Token types as GGUF stores them.
@@ -23,13 +25,28 @@ pub enum TokenizerError {
     Invalid(String),
 }
 
+/// Why an encoding stopped before the end of its text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeStop {
+    #[error("the prompt is more than {0} tokens")]
+    TooLong(usize),
+    #[error("the request was cancelled")]
+    Cancelled,
+}
+
 /// A byte-level BPE tokenizer.
 pub struct Tokenizer {
     tokens: Vec<String>,
     ids: HashMap<String, u32>,
-    ranks: HashMap<(String, String), usize>,
-    /// Special tokens, longest first, so the longest match wins.
+    /// Merges by the ids of their two halves: the merge's rank and the merged token.
+    ranks: HashMap<(u32, u32), (u32, u32)>,
+    /// Special tokens, found in one pass (leftmost, then longest).
     specials: Vec<(String, u32)>,
+    special_finder: Option<AhoCorasick>,
+    /// Whether a token id is special (its text is literal, not byte-mapped).
+    is_special: Vec<bool>,
+    /// The id of each byte-mapped character's one-character token.
+    char_ids: HashMap<char, u32>,
     /// Pre-tokenizer stages, applied in turn (each splits the pieces of the one before).
     stages: Vec<Regex>,
     byte_to_char: [char; 256],
@@ -92,9 +109,17 @@ impl Tokenizer {
             let (a, b) = merge
                 .split_once(' ')
                 .ok_or_else(|| TokenizerError::Invalid(format!("merge `{merge}` has no space")))?;
-            ranks.insert((a.to_string(), b.to_string()), rank);
+            // A merge whose halves or result are not in the vocabulary can never apply.
+            let (Some(&left), Some(&right), Some(&merged)) =
+                (ids.get(a), ids.get(b), ids.get(&format!("{a}{b}")))
+            else {
+                continue;
+            };
+            let rank = u32::try_from(rank)
+                .map_err(|_| TokenizerError::Invalid("too many merges".into()))?;
+            ranks.entry((left, right)).or_insert((rank, merged));
         }
-        let mut specials: Vec<(String, u32)> = match &types {
+        let specials: Vec<(String, u32)> = match &types {
             Some(types) => types
                 .iter()
                 .enumerate()
@@ -104,7 +129,19 @@ impl Tokenizer {
                 .collect(),
             None => Vec::new(),
         };
-        specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+        let special_finder = match specials.is_empty() {
+            true => None,
+            false => Some(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(specials.iter().map(|(t, _)| t.as_str()))
+                    .map_err(|e| TokenizerError::Invalid(format!("special tokens: {e}")))?,
+            ),
+        };
+        let mut is_special = vec![false; tokens.len()];
+        for (_, id) in &specials {
+            is_special[*id as usize] = true;
+        }
         let end_of_turn = [
             "<|im_end|>",
             "<|eot_id|>",
@@ -122,11 +159,18 @@ impl Tokenizer {
             .enumerate()
             .map(|(b, c)| (*c, b as u8))
             .collect();
+        let char_ids = byte_to_char
+            .iter()
+            .filter_map(|c| ids.get(&c.to_string()).map(|id| (*c, *id)))
+            .collect();
         Ok(Self {
             tokens,
             ids,
             ranks,
             specials,
+            special_finder,
+            is_special,
+            char_ids,
             stages,
             byte_to_char,
             char_to_byte,
@@ -148,28 +192,33 @@ impl Tokenizer {
 
     /// Encodes `text`, matching special tokens (`<|im_start|>`, ...) as single tokens.
     pub fn encode(&self, text: &str) -> Vec<u32> {
+        self.encode_bounded(text, usize::MAX, &|| false)
+            .unwrap_or_default()
+    }
+
+    /// Encodes `text` but stops as soon as it is more than `max_tokens` tokens, or when
+    /// `cancelled` says so (asked every few pieces), so that a hostile prompt costs no more
+    /// than a prompt the model could take. Time is O(n log n) in the text's length.
+    pub fn encode_bounded(
+        &self,
+        text: &str,
+        max_tokens: usize,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Vec<u32>, EncodeStop> {
         let mut out = Vec::new();
-        let mut rest = text;
-        while !rest.is_empty() {
-            // The earliest special token, the longest one at that position.
-            let found = self
-                .specials
-                .iter()
-                .filter_map(|(s, id)| rest.find(s.as_str()).map(|at| (at, s.len(), *id)))
-                .min_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-            match found {
-                Some((at, len, id)) => {
-                    self.encode_ordinary(&rest[..at], &mut out);
-                    out.push(id);
-                    rest = &rest[at + len..];
-                }
-                None => {
-                    self.encode_ordinary(rest, &mut out);
-                    break;
+        let mut start = 0;
+        if let Some(finder) = &self.special_finder {
+            for found in finder.find_iter(text) {
+                self.encode_ordinary(&text[start..found.start()], &mut out, max_tokens, cancelled)?;
+                out.push(self.specials[found.pattern().as_usize()].1);
+                start = found.end();
+                if out.len() > max_tokens {
+                    return Err(EncodeStop::TooLong(max_tokens));
                 }
             }
         }
-        out
+        self.encode_ordinary(&text[start..], &mut out, max_tokens, cancelled)?;
+        Ok(out)
     }
 
     fn split<'a>(&self, text: &'a str) -> Vec<&'a str> {
@@ -194,39 +243,81 @@ impl Tokenizer {
         pieces
     }
 
-    fn encode_ordinary(&self, text: &str, out: &mut Vec<u32>) {
-        for piece in self.split(text) {
-            let mapped: String = piece
-                .bytes()
-                .map(|b| self.byte_to_char[b as usize])
-                .collect();
-            if let Some(id) = self.ids.get(&mapped) {
-                out.push(*id);
+    fn encode_ordinary(
+        &self,
+        text: &str,
+        out: &mut Vec<u32>,
+        max_tokens: usize,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<(), EncodeStop> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        let mut mapped = String::new();
+        for (n, piece) in self.split(text).into_iter().enumerate() {
+            if n % 256 == 255 && cancelled() {
+                return Err(EncodeStop::Cancelled);
+            }
+            mapped.clear();
+            mapped.extend(piece.bytes().map(|b| self.byte_to_char[b as usize]));
+            match self.ids.get(&mapped) {
+                Some(id) => out.push(*id),
+                None => self.merge(&mapped, out),
+            }
+            if out.len() > max_tokens {
+                return Err(EncodeStop::TooLong(max_tokens));
+            }
+        }
+        Ok(())
+    }
+
+    /// Byte-pair merges over one piece: always the lowest-ranked adjacent pair first (the
+    /// leftmost among equals), with a heap of candidate pairs over a linked list of symbols,
+    /// so a piece of n characters costs O(n log n), not O(n²).
+    fn merge(&self, mapped: &str, out: &mut Vec<u32>) {
+        // Characters without a token of their own are dropped (a byte-level vocabulary has
+        // every byte, so this only happens with a broken one).
+        let mut symbols: Vec<u32> = mapped
+            .chars()
+            .filter_map(|c| self.char_ids.get(&c).copied())
+            .collect();
+        let n = symbols.len();
+        let mut next: Vec<usize> = (1..=n).collect();
+        let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
+        let mut alive = vec![true; n];
+        let mut heap = BinaryHeap::new();
+        let push = |heap: &mut BinaryHeap<_>, symbols: &[u32], i: usize, j: usize| {
+            if let Some(&(rank, _)) = self.ranks.get(&(symbols[i], symbols[j])) {
+                heap.push(Reverse((rank, i, symbols[i], symbols[j])));
+            }
+        };
+        for i in 1..n {
+            push(&mut heap, &symbols, i - 1, i);
+        }
+        while let Some(Reverse((_, i, left, right))) = heap.pop() {
+            let j = next[i];
+            // A stale candidate: one of its symbols was merged into another since.
+            if !alive[i] || j >= n || symbols[i] != left || symbols[j] != right {
                 continue;
             }
-            let mut symbols: Vec<String> = mapped.chars().map(String::from).collect();
-            loop {
-                let best = symbols
-                    .windows(2)
-                    .enumerate()
-                    .filter_map(|(i, w)| {
-                        self.ranks
-                            .get(&(w[0].clone(), w[1].clone()))
-                            .map(|r| (*r, i))
-                    })
-                    .min();
-                let Some((_, i)) = best else { break };
-                let merged = format!("{}{}", symbols[i], symbols[i + 1]);
-                symbols[i] = merged;
-                symbols.remove(i + 1);
+            let Some(&(_, merged)) = self.ranks.get(&(left, right)) else {
+                continue;
+            };
+            symbols[i] = merged;
+            alive[j] = false;
+            next[i] = next[j];
+            if next[i] < n {
+                prev[next[i]] = i;
+                push(&mut heap, &symbols, i, next[i]);
             }
-            for symbol in symbols {
-                match self.ids.get(&symbol) {
-                    Some(id) => out.push(*id),
-                    // Every byte has a token in a byte-level vocabulary; skip if this one lacks it.
-                    None => out.extend(symbol.chars().filter_map(|c| self.ids.get(&c.to_string()))),
-                }
+            if prev[i] < n {
+                push(&mut heap, &symbols, prev[i], i);
             }
+        }
+        let mut i = 0;
+        while i < n {
+            out.push(symbols[i]);
+            i = next[i];
         }
     }
 
@@ -235,7 +326,7 @@ impl Tokenizer {
         let Some(text) = self.tokens.get(id as usize) else {
             return Vec::new();
         };
-        if self.specials.iter().any(|(_, s)| *s == id) {
+        if self.is_special[id as usize] {
             return text.as_bytes().to_vec();
         }
         text.chars()
