@@ -49,6 +49,26 @@ pub enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Config files: trust a project's moa.toml to change provider endpoints and keys.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Trust a moa.toml found in a working directory, as it is now, to set provider endpoints,
+    /// key variables and headers (a changed file is untrusted again).
+    Trust {
+        /// The file (default: ./moa.toml).
+        path: Option<PathBuf>,
+    },
+    /// Take that trust back.
+    Untrust {
+        /// The file (default: ./moa.toml).
+        path: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,7 +207,7 @@ impl ChatArgs {
     }
 }
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct ServeArgs {
     /// Address to listen on; the default only accepts this machine.
     #[arg(long, default_value = "127.0.0.1")]
@@ -195,9 +215,30 @@ pub struct ServeArgs {
     /// Port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 8787)]
     pub port: u16,
-    /// Require `Authorization: Bearer KEY` from clients (or set MOA_SERVER_API_KEY).
+    /// Require `Authorization: Bearer KEY` from clients. Prefer MOA_SERVER_API_KEY or
+    /// --api-key-file: a key on the command line is visible to every user of the machine.
     #[arg(long, value_name = "KEY")]
     pub api_key: Option<String>,
+    /// Read the key clients must send from this file (its first line).
+    #[arg(long, value_name = "PATH", conflicts_with = "api_key")]
+    pub api_key_file: Option<std::path::PathBuf>,
+    /// Serve a non-loopback address without a key (anyone who can reach it spends your keys).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// Host names clients may use to reach the server, besides localhost and the bound
+    /// address (comma-separated; `*` for any).
+    #[arg(long, value_delimiter = ',', value_name = "HOSTS")]
+    pub allowed_hosts: Vec<String>,
+    /// Web page origins allowed to call the API from a browser (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "ORIGINS")]
+    pub allowed_origins: Vec<String>,
+    /// Connections open at once; more wait until one closes.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_connections: usize,
+    /// Seconds a client may take to send a request's headers (and its body), and an idle
+    /// connection is kept.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS", value_parser = non_negative)]
+    pub header_timeout: f64,
     /// Serve only these presets (comma-separated); default: every preset whose keys are set.
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub presets: Vec<String>,
@@ -210,6 +251,18 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 30.0, value_name = "SECS", value_parser = non_negative)]
     pub grace: f64,
+}
+
+impl std::fmt::Debug for ServeArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeArgs")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("api_key_file", &self.api_key_file)
+            .field("presets", &self.presets)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,6 @@
 //! Errors as OpenAI's API shapes them: `{"error": {"message", "type", "param", "code"}}` with the
-//! matching status. Messages never carry upstream keys: provider errors name the provider, the
-//! status and the upstream's message only.
+//! matching status. Messages never carry what an upstream wrote: provider errors name the
+//! provider, the model and the kind of failure only.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -45,23 +45,31 @@ impl ApiError {
         json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}})
     }
 
-    /// A failed MoA run: 504 if a call ran out of time, 502 otherwise.
+    /// A failed MoA run: 400 if the request itself was refused (a prompt over a local model's
+    /// context), 504 if calls ran out of time, 502 otherwise. The message names the models and
+    /// the kind of failure only; what upstreams said (which may echo keys, internal URLs or
+    /// file paths) goes to the server's log, never to the client.
     pub fn from_run(error: &MoaError) -> Self {
-        let timed_out = match error {
-            MoaError::Aggregator { source, .. } => matches!(source, ProviderError::Timeout { .. }),
-            MoaError::TooFewProposals { failures, .. } => {
-                !failures.is_empty()
-                    && failures
-                        .iter()
-                        .all(|f| f.error.contains("no answer within"))
-            }
-        };
-        let (status, code) = if timed_out {
-            (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+        let errors = error.provider_errors();
+        let all =
+            |test: fn(&ProviderError) -> bool| !errors.is_empty() && errors.iter().all(|e| test(e));
+        let (status, kind, code) = if all(ProviderError::is_invalid_request) {
+            (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+            )
+        } else if all(ProviderError::is_timeout) {
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_error",
+                "upstream_timeout",
+            )
         } else {
-            (StatusCode::BAD_GATEWAY, "upstream_error")
+            (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_error")
         };
-        Self::new(status, "upstream_error", code, error.to_string())
+        eprintln!("moa serve: a run failed: {error}");
+        Self::new(status, kind, code, error.summary())
     }
 }
 

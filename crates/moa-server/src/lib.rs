@@ -6,6 +6,7 @@
 //! balancer. It holds no MoA logic either: requests become engine runs, events become chunks.
 
 mod error;
+mod guard;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -14,9 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -26,6 +27,7 @@ use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use error::ApiError;
+pub use guard::Hosts;
 use wire::Envelope;
 
 /// Builds the engine for one request: the preset's own, or one with the client's temperature and
@@ -56,7 +58,7 @@ impl Engines for FixedEngines {
 }
 
 /// Limits and credentials.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Clients must send `Authorization: Bearer <key>` when set.
     pub api_key: Option<String>,
@@ -66,6 +68,10 @@ pub struct ServerConfig {
     pub max_concurrent_runs: usize,
     /// The longest one request may take, start to last byte.
     pub request_timeout: Duration,
+    /// The longest a client may take to send a request's body once its headers are in.
+    pub body_timeout: Duration,
+    /// The `Host` names and browser origins served.
+    pub hosts: Hosts,
 }
 
 impl Default for ServerConfig {
@@ -75,7 +81,22 @@ impl Default for ServerConfig {
             max_body_bytes: 4 << 20,
             max_concurrent_runs: 1024,
             request_timeout: Duration::from_secs(900),
+            body_timeout: Duration::from_secs(30),
+            hosts: Hosts::default(),
         }
+    }
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_concurrent_runs", &self.max_concurrent_runs)
+            .field("request_timeout", &self.request_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("hosts", &self.hosts)
+            .finish()
     }
 }
 
@@ -107,32 +128,53 @@ pub fn router(engines: impl Engines, config: ServerConfig) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_hosts,
+        ))
         .with_state(state)
 }
 
-/// Compares two byte strings in time that depends only on their lengths.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Every route: the `Host` and `Origin` a request names must be served here.
+async fn check_hosts(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    state.config.hosts.check(request.headers())?;
+    Ok(next.run(request).await)
 }
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(key) = &state.config.api_key else {
-        return Ok(());
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if same_secret(given.as_bytes(), key.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
+    guard::authorize(state.config.api_key.as_deref(), headers)
+}
+
+/// Reads a request's body after its headers passed the checks: within the body timeout and
+/// the size limit.
+async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.config.max_body_bytes;
+    let read = tokio::time::timeout(state.config.body_timeout, axum::body::to_bytes(body, limit));
+    match read.await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
             "invalid_request_error",
-            "invalid_api_key",
-            "missing or wrong API key: send Authorization: Bearer <the server's key>",
-        ))
+            "body_timeout",
+            "the request body did not arrive in time",
+        )),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            Err(match too_large {
+                true => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_request_error",
+                    "body_too_large",
+                    format!("the request body is larger than {limit} bytes"),
+                ),
+                false => ApiError::bad_request(format!("cannot read the request body: {e}")),
+            })
+        }
+        Ok(Ok(bytes)) => Ok(bytes),
     }
 }
 
@@ -156,20 +198,12 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-async fn chat(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let body = body.map_err(|e| {
-        ApiError::new(
-            e.status(),
-            "invalid_request_error",
-            "invalid_body",
-            format!("cannot read the request body: {e}"),
-        )
-    })?;
+async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Result<Response, ApiError> {
+    // Everything that can be refused from the headers is refused before the body is read.
+    let (parts, body) = request.into_parts();
+    authorize(&state, &parts.headers)?;
+    guard::json_body(&parts.headers)?;
+    let body = read_body(&state, body).await?;
     let request: wire::ChatRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "the request body is not a valid chat completion request: {e}"
@@ -314,38 +348,111 @@ fn stream(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// How connections are accepted and kept.
+#[derive(Clone, Debug)]
+pub struct Connections {
+    /// Connections open at once; more wait in the listen queue until one closes. Keep it below
+    /// the process's file limit, with room for upstream connections.
+    pub max: usize,
+    /// The longest a client may take to send a request's headers, and the longest an idle
+    /// keep-alive connection is kept open (slowloris and idle connections are closed).
+    pub header_timeout: Duration,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Self {
+            max: 4096,
+            header_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then lets in-flight requests finish
-/// for at most `grace`.
+/// for at most `grace`; connections as [`Connections::default`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let signalled = async move {
-        shutdown.await;
-        let _ = stop_tx.send(());
-    };
-    let server = axum::serve(listener, router).with_graceful_shutdown(signalled);
-    tokio::select! {
-        result = std::future::IntoFuture::into_future(server) => result,
-        _ = async {
-            let _ = stop_rx.await;
-            tokio::time::sleep(grace).await;
-        } => Ok(()),
-    }
+    serve_with(listener, router, shutdown, grace, Connections::default()).await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// [`serve`] with connection limits of the caller's choosing.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: Duration,
+    connections: Connections,
+) -> std::io::Result<()> {
+    let max = connections.max.clamp(1, u32::MAX as usize >> 3);
+    let slots = Arc::new(Semaphore::new(max));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            _ = &mut shutdown => break,
+        };
+        // The semaphore is never closed.
+        let Ok(slot) = slot else { break };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            // Out of file descriptors, or a connection reset before it was taken: try again
+            // shortly rather than spin.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(
+            stream,
+            router.clone(),
+            connections.header_timeout,
+            stop_rx.clone(),
+            slot,
+        ));
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // Every connection holds a slot until it closes: all slots back means all are done.
+    let _ = tokio::time::timeout(grace, slots.acquire_many(max as u32)).await;
+    Ok(())
+}
 
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(same_secret(b"sk-abc", b"sk-abc"));
-        assert!(!same_secret(b"sk-abc", b"sk-abd"));
-        assert!(!same_secret(b"sk-abc", b"sk-ab"));
-        assert!(!same_secret(b"", b"x"));
+/// Serves one connection (HTTP/1.1 with keep-alive) until it closes, or until shutdown has
+/// been signalled and its request in flight is done.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    router: Router,
+    header_timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let stopping = async move {
+        // The guard `wait_for` returns is dropped here, before anything else is awaited.
+        let _ = stop.wait_for(|stopping| *stopping).await.map(|_| ());
+    };
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stopping => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use moa_core::{Moa, Preset, RunOptions};
 use moa_providers::Registry;
-use moa_server::{router, serve, Engines, ServerConfig};
+use moa_server::{router, serve_with, Connections, Engines, ServerConfig};
 
 use crate::cli::ServeArgs;
 use crate::config::{Config, Flags, Settings};
@@ -72,6 +72,32 @@ async fn shutdown_signal() {
     let _ = interrupt.await;
 }
 
+/// The key clients must send: --api-key, --api-key-file or MOA_SERVER_API_KEY. An empty one
+/// is an error, never "no key".
+fn server_key(args: &ServeArgs) -> anyhow::Result<Option<String>> {
+    let key = match (&args.api_key, &args.api_key_file) {
+        (Some(key), _) => Some((key.clone(), "--api-key".to_string())),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("cannot read the API key file {}: {e}", path.display())
+            })?;
+            let key = text.lines().next().unwrap_or_default().trim().to_string();
+            Some((key, format!("the API key file {}", path.display())))
+        }
+        // Set but empty is refused like an empty --api-key, not read as "no key".
+        (None, None) => std::env::var(env::MOA_SERVER_API_KEY)
+            .ok()
+            .map(|k| (k, env::MOA_SERVER_API_KEY.to_string())),
+    };
+    match key {
+        Some((key, from)) if key.trim().is_empty() => anyhow::bail!(
+            "{from} gives an empty API key; give a real key, or none to serve only this machine"
+        ),
+        Some((key, _)) => Ok(Some(key)),
+        None => Ok(None),
+    }
+}
+
 /// Runs `moa serve`.
 pub async fn run(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
@@ -102,19 +128,31 @@ pub async fn run(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<
     if presets.is_empty() {
         anyhow::bail!("no preset can be served (see the messages above); set an API key or name presets that run locally");
     }
-    let api_key = args
-        .api_key
-        .or_else(|| env::lookup(env::MOA_SERVER_API_KEY));
-    let server_config = ServerConfig {
-        api_key,
-        max_body_bytes: args.max_body_kb * 1024,
-        max_concurrent_runs: args.max_concurrent,
-        ..ServerConfig::default()
-    };
+    let api_key = server_key(&args)?;
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", args.host, args.port))?;
     let address = listener.local_addr()?;
+    if api_key.is_none() && !address.ip().is_loopback() && !args.insecure_no_auth {
+        anyhow::bail!(
+            "refusing to serve {address} without an API key: anyone who can reach it could \
+             spend your providers' keys. Set MOA_SERVER_API_KEY or --api-key-file, or pass \
+             --insecure-no-auth if the network is yours alone"
+        );
+    }
+    let header_timeout = Duration::try_from_secs_f64(args.header_timeout).unwrap_or(Duration::MAX);
+    let server_config = ServerConfig {
+        api_key,
+        max_body_bytes: args.max_body_kb * 1024,
+        max_concurrent_runs: args.max_concurrent,
+        body_timeout: header_timeout,
+        hosts: moa_server::Hosts {
+            allowed_hosts: args.allowed_hosts.clone(),
+            allowed_origins: args.allowed_origins.clone(),
+            bound: Some(address),
+        },
+        ..ServerConfig::default()
+    };
     let names: Vec<&String> = presets.keys().collect();
     eprintln!(
         "moa: serving {} preset(s) ({}) at http://{address}/v1{}",
@@ -135,11 +173,16 @@ pub async fn run(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<
         options: settings.options,
         presets,
     };
-    serve(
+    let connections = Connections {
+        max: args.max_connections,
+        header_timeout,
+    };
+    serve_with(
         listener,
         router(engines, server_config),
         shutdown_signal(),
-        Duration::from_secs_f64(args.grace),
+        Duration::try_from_secs_f64(args.grace).unwrap_or(Duration::MAX),
+        connections,
     )
     .await?;
     eprintln!("moa: stopped");

@@ -32,6 +32,7 @@ async fn serve_answers_and_drains_on_sigterm() {
         .current_dir(sandbox.path())
         .env_clear()
         .env("HOME", sandbox.path())
+        .env("MOA_CONFIG", &sandbox.config)
         .env(KEY.0, KEY.1)
         .env("MOA_SERVER_API_KEY", "sk-local")
         .env(
