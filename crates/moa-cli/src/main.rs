@@ -5,6 +5,7 @@ mod commands;
 mod config;
 mod env;
 mod exit;
+mod files;
 mod local;
 mod render;
 
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
             Command::Presets(args) => commands::presets::run(config, args),
             Command::Providers => commands::providers::run(config),
             Command::Models { command } => local::models(command),
+            Command::Config { command } => commands::trust::run(command),
         }
     });
     // Leave at once: do not wait for upstream connections a dropped run left behind.

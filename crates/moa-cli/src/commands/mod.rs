@@ -8,6 +8,7 @@ pub mod presets;
 pub mod progress;
 pub mod providers;
 pub mod serve;
+pub mod trust;
 pub mod turn;
 
 use moa_core::{AgentSpec, Moa, Preset, PromptStyle, RunOptions};

@@ -38,7 +38,8 @@ impl Progress {
         }
         let eta = tick
             .eta_secs()
-            .map(|s| format!(" · ETA {}", duration(Duration::from_secs_f64(s))))
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .map(|d| format!(" · ETA {}", duration(d)))
             .unwrap_or_default();
         let width = 24;
         let filled = (tick.done * width).checked_div(tick.total).unwrap_or(width);

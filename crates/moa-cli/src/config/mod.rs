@@ -3,10 +3,12 @@
 //!
 //! Search order, first found wins: `--config PATH`, `$MOA_CONFIG`, `./moa.toml`, then
 //! `moa.toml` in the user config dir (`~/.config/moa/` on Linux). No file is fine: defaults.
+//! A `./moa.toml` found by searching is a project file, held to the rule of [`trust`].
 
 mod file;
 mod preset;
 mod settings;
+pub mod trust;
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +38,14 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    #[error(
+        "config file {} was found in the working directory and is not trusted, so it may not \
+         change where API keys are sent; it sets {}. If you wrote it, trust it with \
+         `moa config trust` (it stays trusted until it changes), or name it with --config",
+        path.display(),
+        keys.join(", ")
+    )]
+    Untrusted { path: PathBuf, keys: Vec<String> },
     #[error("{name}={value}: {message}")]
     Env {
         name: &'static str,
@@ -70,14 +80,34 @@ impl Config {
             return Self::read(path);
         }
         let here = std::env::current_dir().ok().map(|d| d.join("moa.toml"));
-        let candidates = [here, user_config_path()];
-        match candidates.into_iter().flatten().find(|p| p.is_file()) {
+        if let Some(path) = here.filter(|p| p.is_file()) {
+            return Self::read_project(path, trust::store_path().as_deref());
+        }
+        match user_config_path().filter(|p| p.is_file()) {
             Some(path) => Self::read(path),
             None => Ok(Config::default()),
         }
     }
 
-    /// Reads and parses `path`.
+    /// Reads a config found in the working directory: unless it is trusted as it is now, it
+    /// may not change where keys are sent (see [`trust`]).
+    pub fn read_project(path: PathBuf, store: Option<&Path>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let config = Self::parse(&text, path.clone())?;
+        if !trust::is_trusted(store, &path, text.as_bytes()) {
+            let keys = trust::endpoint_changes(&config.file);
+            if !keys.is_empty() {
+                return Err(ConfigError::Untrusted { path, keys });
+            }
+        }
+        eprintln!("moa: using the project config {}", path.display());
+        Ok(config)
+    }
+
+    /// Reads and parses `path`, a file the user named or their own config.
     pub fn read(path: PathBuf) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
             path: path.clone(),

@@ -114,7 +114,10 @@ impl Settings {
             preset: merged.preset.unwrap_or_else(|| DEFAULT_PRESET.to_string()),
             options: RunOptions {
                 min_proposals: merged.min_proposals.unwrap_or(1).max(1),
-                timeout: (timeout > 0.0).then(|| Duration::from_secs_f64(timeout)),
+                // Beyond what a Duration holds is as good as no limit.
+                timeout: Duration::try_from_secs_f64(timeout)
+                    .ok()
+                    .filter(|t| !t.is_zero()),
                 stream_proposers: merged.stream_proposers.unwrap_or(true),
                 prices: std::sync::Arc::new(config.prices()?),
             },

@@ -306,6 +306,7 @@ async fn ctrl_c_exits_130_and_closes_the_upstream_connection() {
         .current_dir(sandbox.path())
         .env_clear()
         .env("HOME", sandbox.path())
+        .env("MOA_CONFIG", &sandbox.config)
         .env(KEY.0, KEY.1)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())

@@ -42,6 +42,7 @@ async fn a_terminal_chat_with_ctrl_c_slash_commands_and_history() {
         .current_dir(sandbox.path())
         .env_clear()
         .env("HOME", sandbox.path())
+        .env("MOA_CONFIG", &sandbox.config)
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("TERM", "xterm")
         .env(KEY.0, KEY.1);

@@ -6,6 +6,7 @@ mod bench;
 mod chat;
 #[cfg(unix)]
 mod chat_tty;
+mod config;
 mod eval;
 #[cfg(feature = "local")]
 mod local;
@@ -49,7 +50,18 @@ pub struct Output {
     pub stderr: String,
 }
 
-/// Runs `moa` in `dir` with a clean environment (no keys, no MOA_*, HOME in `dir`).
+/// The sandbox's own config, named as the user names a file they wrote (a `moa.toml` merely
+/// found in the working directory may not re-point providers; see `config.rs`).
+fn named_config(dir: &Path) -> Vec<(&'static str, std::ffi::OsString)> {
+    let config = dir.join("moa.toml");
+    match config.is_file() {
+        true => vec![("MOA_CONFIG", config.into_os_string())],
+        false => Vec::new(),
+    }
+}
+
+/// Runs `moa` in `dir` with a clean environment (no keys, no MOA_* but MOA_CONFIG naming
+/// `dir/moa.toml` if there is one, HOME in `dir`); `env` can unset it with an empty value.
 pub async fn moa(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_moa"));
     command
@@ -59,6 +71,8 @@ pub async fn moa(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: Option<
         .env("HOME", dir)
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("XDG_CONFIG_HOME", dir.join("xdg"))
+        .env("XDG_DATA_HOME", dir.join("xdg-data"))
+        .envs(named_config(dir))
         .envs(env.iter().copied())
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -92,6 +106,7 @@ pub fn spawn_moa(dir: &Path, args: &[&str]) -> tokio::process::Child {
         .env_clear()
         .env("HOME", dir)
         .env("XDG_CONFIG_HOME", dir.join("xdg"))
+        .envs(named_config(dir))
         .env(KEY.0, KEY.1)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -160,7 +160,8 @@ impl Session {
                     "turns": self.turns,
                     "usage_by_model": self.usage,
                 });
-                std::fs::write(&path, serde_json::to_string_pretty(&body)?)
+                let text = serde_json::to_string_pretty(&body)?;
+                crate::files::write_private(std::path::Path::new(&path), text.as_bytes())
                     .map_err(|e| anyhow::anyhow!("cannot write {path}: {e}"))?;
                 say(format!("saved {} turns to {path}", self.turns.len()))
             }

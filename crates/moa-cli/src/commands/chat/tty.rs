@@ -169,6 +169,7 @@ pub async fn run(session: &mut Session, show_proposals: bool) -> anyhow::Result<
                 let _ = std::fs::create_dir_all(dir);
             }
             let _ = editor.save_history(path);
+            crate::files::make_private(path);
         }
         match step(session, &input, "\n") {
             Step::Leave => break,
