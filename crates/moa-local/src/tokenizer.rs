@@ -430,6 +430,26 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn hostile_prompts_tokenize_in_one_pass_and_stop_at_their_limit() {
+        // Quadratic before: a 16k-letter word took 9.8 s, 480 KB of specials 72 s.
+        let t = tiny();
+        let word = "is".repeat(128 << 10);
+        let ids = t.encode(&word);
+        assert_eq!(ids.len(), 128 << 10, "every `i s` pair merged");
+        assert_eq!(t.decode(&ids), word);
+        let specials = "<|im_start|>".repeat(40_000);
+        assert_eq!(t.encode(&specials), vec![1; 40_000]);
+        assert_eq!(
+            t.encode_bounded(&word, 1000, &|| false),
+            Err(EncodeStop::TooLong(1000))
+        );
+        assert_eq!(
+            t.encode_bounded(&"a b ".repeat(10_000), usize::MAX, &|| true),
+            Err(EncodeStop::Cancelled)
+        );
+    }
+
+    #[test]
     fn pre_tokenizer_keeps_every_byte() {
         let t = tiny();
         let text = "Hello,  world!\n\nIt's 2024 —   done ";
