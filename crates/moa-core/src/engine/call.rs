@@ -41,12 +41,6 @@ pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The outcome of one call, with its trace filled in.
-pub(super) struct CallOutcome {
-    pub trace: CallTrace,
-    pub error: Option<ProviderError>,
-}
-
 /// Calls `agent` with `request`, streaming or not, within the run's per-call timeout.
 pub(super) async fn call(
     ctx: &CallContext,
@@ -54,7 +48,7 @@ pub(super) async fn call(
     request: ChatRequest,
     slot: Slot,
     stream: bool,
-) -> CallOutcome {
+) -> CallTrace {
     let started = Instant::now();
     let mut first_token = None;
     // Counted before the request moves; used only if the provider reports no usage.
@@ -133,16 +127,13 @@ pub(super) async fn call(
             }
             trace.answer = Some(completion.text);
             trace.finish_reason = completion.finish_reason;
-            CallOutcome { trace, error: None }
+            trace
         }
         Err(error) => {
             trace.status = CallStatus::Failed;
             trace.error = Some(error.to_string());
-            trace.failure = Some(error.clone());
-            CallOutcome {
-                trace,
-                error: Some(error),
-            }
+            trace.failure = Some(error);
+            trace
         }
     }
 }

@@ -103,8 +103,7 @@ async fn drive(
             let ctx = &ctx;
             async move {
                 let slot = Slot::Proposer { layer, index };
-                let mut outcome = call(ctx, agent, request, slot, options.stream_proposers).await;
-                let trace = &mut outcome.trace;
+                let mut trace = call(ctx, agent, request, slot, options.stream_proposers).await;
                 // The reference strips every proposer answer before using it as a reference.
                 if let Some(answer) = trace.answer.as_mut() {
                     let stripped = answer.trim();
@@ -136,7 +135,7 @@ async fn drive(
                         latency_ms: trace.latency_ms,
                     },
                 });
-                outcome.trace
+                trace
             }
         });
         let traces = join_all(calls).await;
@@ -188,7 +187,7 @@ async fn drive(
     });
     let request = aggregator.request(&messages, &references, style);
     let outcome = call(&ctx, aggregator, request, Slot::Aggregator, true).await;
-    if let Some(source) = outcome.error {
+    if let Some(source) = outcome.failure.clone() {
         return Err(MoaError::Aggregator {
             model: aggregator.spec.model.clone(),
             source,
@@ -197,8 +196,8 @@ async fn drive(
     let mut trace = Trace {
         preset: plan.preset.clone(),
         layers,
-        answer: outcome.trace.answer.clone().unwrap_or_default(),
-        aggregator: outcome.trace,
+        answer: outcome.answer.clone().unwrap_or_default(),
+        aggregator: outcome,
         usage_by_model: Default::default(),
         usage: Default::default(),
         cost_by_model: Default::default(),
