@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use moa_core::{AgentSpec, Moa, Preset, PromptStyle, RunOptions, AGGREGATOR_SYSTEM_PROMPT};
 use moa_providers::{Endpoint, Registry, RetryPolicy};
-use moa_server::{router, serve, FixedEngines, ServerConfig};
+use moa_server::{router, serve_with, Connections, FixedEngines, ServerConfig};
 use moa_testkit::{Ending, FakeOpenAi, Reply};
 use serde_json::{json, Value};
 
@@ -30,6 +30,10 @@ fn preset() -> Preset {
 }
 
 async fn start(config: ServerConfig) -> Setup {
+    start_with(config, Connections::default()).await
+}
+
+async fn start_with(config: ServerConfig, connections: Connections) -> Setup {
     let fake = FakeOpenAi::start().await;
     fake.respond_with(|r| {
         if r.model == "agg" {
@@ -47,11 +51,12 @@ async fn start(config: ServerConfig) -> Setup {
     let app = router(engines, config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(
+    tokio::spawn(serve_with(
         listener,
         app,
         std::future::pending(),
         Duration::from_secs(1),
+        connections,
     ));
     Setup {
         fake,
@@ -74,6 +79,8 @@ impl Setup {
             .unwrap()
     }
 }
+
+mod sockets;
 
 /// The `data:` payloads of an SSE body.
 fn events(text: &str) -> Vec<String> {
