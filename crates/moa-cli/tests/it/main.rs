@@ -80,7 +80,9 @@ pub async fn moa(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: Option<
             Stdio::null()
         })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        // A test that gives up on it (a guard timeout) leaves no process behind.
+        .kill_on_drop(true);
     let mut child = command.spawn().unwrap();
     if let Some(text) = stdin {
         let mut pipe = child.stdin.take().unwrap();

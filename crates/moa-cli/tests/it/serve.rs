@@ -105,3 +105,43 @@ async fn serve_answers_and_drains_on_sigterm() {
     }
     assert_eq!(stderr.last().map(String::as_str), Some("moa: stopped"));
 }
+
+/// Runs `moa serve` expecting it to refuse to start; a server that starts instead fails the
+/// guard timeout rather than hanging the suite.
+async fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
+    let fake = FakeOpenAi::start().await;
+    let sandbox = Sandbox::new(&fake, "");
+    let mut all = vec!["serve", "--port", "0", "--presets", "together"];
+    all.extend_from_slice(args);
+    let mut env = env.to_vec();
+    env.push(KEY);
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        crate::moa(sandbox.path(), &all, &env, None),
+    )
+    .await
+    .expect("moa serve started instead of refusing");
+    assert_eq!(out.code, 2, "a usage error: {}", out.stderr);
+    out.stderr
+}
+
+#[tokio::test]
+async fn serve_refuses_a_public_address_without_a_key() {
+    let stderr = refused(&["--host", "0.0.0.0"], &[]).await;
+    assert!(stderr.contains("refusing to serve 0.0.0.0:"), "{stderr}");
+    assert!(stderr.contains("MOA_SERVER_API_KEY"), "{stderr}");
+}
+
+#[tokio::test]
+async fn serve_refuses_an_empty_key_rather_than_serving_without_one() {
+    let stderr = refused(&["--api-key", ""], &[]).await;
+    assert!(
+        stderr.contains("--api-key gives an empty API key"),
+        "{stderr}"
+    );
+    let stderr = refused(&[], &[("MOA_SERVER_API_KEY", " ")]).await;
+    assert!(
+        stderr.contains("MOA_SERVER_API_KEY gives an empty API key"),
+        "{stderr}"
+    );
+}
