@@ -47,6 +47,65 @@ fn check_shape(c: &ModelConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks every tensor the forward pass reads against the shape the header's numbers give it,
+/// as llama.cpp does: a file whose metadata and weights disagree is refused at load, not
+/// discovered mid-answer as a shape error (or worse) in a matrix product.
+fn check_tensors(content: &Content, c: &ModelConfig, vocab: usize) -> Result<(), String> {
+    let dims = |name: &str| -> Result<Vec<usize>, String> {
+        content
+            .tensor_infos
+            .get(name)
+            .map(|info| info.shape.dims().to_vec())
+            .ok_or_else(|| format!("tensor `{name}` is missing"))
+    };
+    let expect = |name: &str, want: &[usize]| -> Result<(), String> {
+        let got = dims(name)?;
+        if got != want {
+            return Err(format!(
+                "tensor `{name}` has shape {got:?} where the header's sizes give {want:?}"
+            ));
+        }
+        Ok(())
+    };
+    let (hidden, kv) = (c.hidden, c.kv_heads * c.head_dim);
+    expect("token_embd.weight", &[vocab, hidden])?;
+    if content.tensor_infos.contains_key("output.weight") {
+        expect("output.weight", &[vocab, hidden])?;
+    }
+    expect("output_norm.weight", &[hidden])?;
+    for i in 0..c.layers {
+        let p = format!("blk.{i}");
+        let ff = match dims(&format!("{p}.ffn_gate.weight"))?.as_slice() {
+            &[ff, _] if ff > 0 => ff,
+            other => {
+                return Err(format!(
+                    "tensor `{p}.ffn_gate.weight` has shape {other:?}, not a matrix"
+                ))
+            }
+        };
+        for (name, want) in [
+            ("attn_norm.weight", vec![hidden]),
+            ("ffn_norm.weight", vec![hidden]),
+            ("attn_q.weight", vec![hidden, hidden]),
+            ("attn_k.weight", vec![kv, hidden]),
+            ("attn_v.weight", vec![kv, hidden]),
+            ("attn_output.weight", vec![hidden, hidden]),
+            ("ffn_gate.weight", vec![ff, hidden]),
+            ("ffn_up.weight", vec![ff, hidden]),
+            ("ffn_down.weight", vec![hidden, ff]),
+        ] {
+            expect(&format!("{p}.{name}"), &want)?;
+        }
+        for (name, want) in [("attn_q", hidden), ("attn_k", kv), ("attn_v", kv)] {
+            let bias = format!("{p}.{name}.bias");
+            if content.tensor_infos.contains_key(&bias) {
+                expect(&bias, &[want])?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -370,6 +429,7 @@ impl Model {
         let (tokenizer, template) = tokenizer(&g)?;
 
         check_shape(&config).map_err(|m| g.invalid(m))?;
+        check_tensors(&content, &config, tokenizer.vocab_size()).map_err(|m| g.invalid(m))?;
         let device = Device::Cpu;
         let fail = |e: candle_core::Error| g.invalid(e.to_string());
         let mut tensor = |name: &str| -> Result<QTensor, LoadError> {

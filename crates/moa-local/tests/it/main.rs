@@ -2,5 +2,7 @@
 //! real SmolLM2 model when it is in the cache.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
+mod crafted;
 mod provider;
+mod serve;
 mod tiny;

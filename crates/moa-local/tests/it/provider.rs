@@ -234,3 +234,48 @@ async fn a_dropped_request_leaves_the_others_running() {
     let (_, chunks) = kept.await;
     assert!(matches!(chunks.last(), Some(Chunk::Finished { .. })));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sequence_that_fills_the_context_ends_alone_with_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny::write(dir.path(), "llama");
+    let provider = LocalProvider::new(dir.path());
+    let model = provider.model(&path.display().to_string()).unwrap();
+    let context = model.config.context;
+    // A prompt that leaves four tokens of the context, asking for far more than that.
+    let mut long = request(&path, 0.0, 1, 1000);
+    let filler = "x".repeat(context);
+    let mut words = String::new();
+    for c in filler.chars() {
+        let prompt_len = model
+            .tokenizer
+            .encode(&model.template.render(&[Message::user(&words)]).unwrap())
+            .len();
+        if prompt_len + 4 >= context {
+            break;
+        }
+        words.push(c);
+    }
+    long.messages = vec![Message::user(&words)];
+    let short = request(&path, 0.0, 2, 20);
+    let ((_, long_chunks), (short_text, short_chunks)) =
+        futures::join!(answer(&provider, long), answer(&provider, short.clone()));
+
+    match long_chunks.last().unwrap() {
+        Chunk::Finished {
+            usage: Some(usage),
+            finish_reason,
+        } => {
+            assert_eq!(finish_reason.as_deref(), Some("length"));
+            assert_eq!(usage.total_tokens as usize, context, "{usage:?}");
+        }
+        other => panic!("the long request did not finish: {other:?}"),
+    }
+    // Its neighbour in the batch answered in full, exactly as it does alone.
+    assert!(matches!(
+        short_chunks.last(),
+        Some(Chunk::Finished { usage: Some(u), .. }) if u.completion_tokens > 4
+    ));
+    let (alone, _) = answer(&provider, short).await;
+    assert_eq!(short_text, alone);
+}

@@ -51,6 +51,33 @@ fn q(t: Tensor, dtype: GgmlDType) -> QTensor {
 
 /// Writes the model to `dir/tiny.gguf` with architecture `arch` and returns its path.
 pub fn write(dir: &Path, arch: &str) -> PathBuf {
+    write_with_context(dir, arch, 256)
+}
+
+/// [`write`] with a context of `context` tokens.
+pub fn write_with_context(dir: &Path, arch: &str, context: u32) -> PathBuf {
+    write_edited(dir, arch, |metadata, _| {
+        set(
+            metadata,
+            &format!("{arch}.context_length"),
+            Value::U32(context),
+        )
+    })
+}
+
+/// Replaces (or adds) metadata entry `key`.
+pub fn set(metadata: &mut Vec<(String, Value)>, key: &str, value: Value) {
+    metadata.retain(|(k, _)| k != key);
+    metadata.push((key.to_string(), value));
+}
+
+/// [`write`], with `edit` changing the metadata and the tensors before the file is written:
+/// how the tests craft files that lie about themselves.
+pub fn write_edited(
+    dir: &Path,
+    arch: &str,
+    edit: impl FnOnce(&mut Vec<(String, Value)>, &mut Vec<(String, QTensor)>),
+) -> PathBuf {
     let mut tokens = vec![
         "<|endoftext|>".to_string(),
         "<|im_start|>".into(),
@@ -146,6 +173,8 @@ pub fn write(dir: &Path, arch: &str) -> PathBuf {
             add("attn_v.bias", &[kv], GgmlDType::F32, 0.0);
         }
     }
+    let mut metadata = metadata;
+    edit(&mut metadata, &mut tensors);
     let path = dir.join(format!("tiny-{arch}.gguf"));
     let mut file = std::fs::File::create(&path).unwrap();
     let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
