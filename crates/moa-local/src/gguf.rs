@@ -467,3 +467,77 @@ pub(crate) mod tests {
             .contains("version 9"));
     }
 }
+
+/// Properties over arbitrary and damaged files.
+#[cfg(test)]
+mod properties {
+    use candle_core::quantized::gguf_file::Content;
+    use proptest::prelude::*;
+
+    use super::tests::Writer;
+    use super::*;
+
+    fn sound() -> Vec<u8> {
+        let mut w = Writer::default();
+        w.string("general.architecture", "llama")
+            .u32("general.alignment", 32)
+            .strings("tokenizer.ggml.tokens", 3, &["a", "b", "c"])
+            .tensor("token_embd.weight", &[32, 3], 8, None)
+            .tensor("blk.0.attn_q.weight", &[32, 32], 2, None)
+            .tensor("output_norm.weight", &[32], 0, None);
+        w.bytes()
+    }
+
+    /// What the validator promises candle's reader, which trusts the header: reading it does
+    /// not panic, and every tensor's data lies inside the file.
+    fn holds_its_promise(bytes: &[u8]) -> Result<(), TestCaseError> {
+        if validate(bytes).is_err() {
+            return Ok(());
+        }
+        let read = std::panic::catch_unwind(|| {
+            Content::read(&mut std::io::Cursor::new(bytes)).map(|content| {
+                content.tensor_infos.values().all(|info| {
+                    let elements = info.shape.elem_count();
+                    let size =
+                        elements / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+                    let start = content.tensor_data_offset + info.offset;
+                    start + size as u64 <= bytes.len() as u64
+                })
+            })
+        });
+        match read {
+            Ok(Ok(inside)) => prop_assert!(inside, "a tensor runs past the file"),
+            Ok(Err(_)) => {}
+            Err(_) => prop_assert!(false, "candle's reader panicked on a validated file"),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_are_refused_without_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let mut file = b"GGUF\x03\0\0\0".to_vec();
+            file.extend_from_slice(&bytes);
+            holds_its_promise(&bytes)?;
+            holds_its_promise(&file)?;
+        }
+
+        #[test]
+        fn a_damaged_header_is_refused_or_still_sound(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            cut in prop::option::of(any::<prop::sample::Index>()),
+        ) {
+            let mut bytes = sound();
+            let header = validate(&bytes).unwrap().data_offset as usize;
+            for (at, value) in edits {
+                bytes[at.index(header)] = value;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut.index(bytes.len()));
+            }
+            holds_its_promise(&bytes)?;
+        }
+    }
+}

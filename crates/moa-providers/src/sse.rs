@@ -268,3 +268,111 @@ mod tests {
         assert_eq!(events[0].data.len(), 10 * 10 + 9);
     }
 }
+
+/// Properties over arbitrary bytes cut at arbitrary places.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Feeds `bytes` cut at `cuts` (sorted positions), then finishes: the events delivered, and
+    /// whether the decoder failed. Checks after every call that nothing outgrew the limit.
+    fn decode(bytes: &[u8], cuts: &[usize], limit: usize) -> (Vec<SseEvent>, bool) {
+        let mut decoder = SseDecoder::with_limit(limit);
+        let mut events = Vec::new();
+        let mut start = 0;
+        let ends = cuts.iter().copied().chain([bytes.len()]);
+        for end in ends {
+            let end = end.clamp(start, bytes.len());
+            match decoder.feed(&bytes[start..end]) {
+                Ok(more) => events.extend(more),
+                Err(_) => return (events, true),
+            }
+            assert!(decoder.line.len() <= limit);
+            assert!(decoder.data.as_ref().map_or(0, String::len) <= limit);
+            start = end;
+        }
+        match decoder.finish() {
+            Ok(more) => events.extend(more),
+            Err(_) => return (events, true),
+        }
+        (events, false)
+    }
+
+    /// Bytes SSE-ish enough to exercise every branch: field names, separators, all three line
+    /// endings, multi-byte characters, and noise.
+    fn stream() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"data:".to_vec()),
+            Just(b"data: ".to_vec()),
+            Just(b"event: ".to_vec()),
+            Just(b": comment".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"\r".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just("é😀".as_bytes().to_vec()),
+            prop::collection::vec(any::<u8>(), 0..12),
+        ];
+        prop::collection::vec(piece, 0..40).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn cutting_the_input_anywhere_changes_nothing(
+            bytes in stream(),
+            mut cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+            limit in 4usize..64,
+        ) {
+            let mut cuts: Vec<usize> = cuts.drain(..).map(|i| i.index(bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let (whole, whole_failed) = decode(&bytes, &[], limit);
+            let (pieces, pieces_failed) = decode(&bytes, &cuts, limit);
+            prop_assert_eq!(whole_failed, pieces_failed);
+            if whole_failed {
+                // Delivered before the failure: a prefix of what an unlimited decoder reads.
+                let (unlimited, _) = decode(&bytes, &[], usize::MAX / 2);
+                prop_assert!(unlimited.starts_with(&pieces));
+            } else {
+                prop_assert_eq!(whole, pieces);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_stay_bounded(
+            bytes in prop::collection::vec(any::<u8>(), 0..2048),
+            limit in 1usize..256,
+        ) {
+            decode(&bytes, &[bytes.len() / 3, bytes.len() / 2], limit);
+        }
+
+        #[test]
+        fn encoded_events_decode_to_themselves(
+            events in prop::collection::vec(
+                (prop::option::of("[a-z]{1,8}"), "[^\r\n]{0,20}(\n[^\r\n]{0,20}){0,3}"),
+                0..6,
+            ),
+            ending in prop_oneof![Just("\n"), Just("\r\n"), Just("\r")],
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut text = String::new();
+            for (event, data) in &events {
+                if let Some(name) = event {
+                    text.push_str(&format!("event: {name}{ending}"));
+                }
+                for line in data.split('\n') {
+                    text.push_str(&format!("data: {line}{ending}"));
+                }
+                text.push_str(ending);
+            }
+            let bytes = text.as_bytes();
+            let (decoded, failed) = decode(bytes, &[cut.index(bytes.len() + 1)], MAX_EVENT_BYTES);
+            prop_assert!(!failed);
+            let expected: Vec<SseEvent> = events
+                .into_iter()
+                .map(|(event, data)| SseEvent { event, data })
+                .collect();
+            prop_assert_eq!(decoded, expected);
+        }
+    }
+}

@@ -148,3 +148,28 @@ async fn numbers_that_can_be_lived_with_are_bounded_and_run() {
         other => panic!("{other:?}"),
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// A whole model file damaged anywhere in its header loads or is refused; it never takes
+    /// the process down.
+    #[test]
+    fn a_damaged_model_file_never_panics_the_loader(
+        edits in proptest::collection::vec(
+            (proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()),
+            1..6,
+        ),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = tiny::write(dir.path(), "llama");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let header = moa_local::gguf::validate(&bytes).unwrap().data_offset as usize;
+        for (at, value) in edits {
+            bytes[at.index(header)] = value;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let loaded = std::panic::catch_unwind(|| Model::load(&path).map(|_| ()));
+        proptest::prop_assert!(loaded.is_ok(), "Model::load panicked");
+    }
+}

@@ -279,3 +279,116 @@ mod tests {
         assert_eq!(decoder.finish(), Err(FrameError::Truncated(good.len() - 1)));
     }
 }
+
+/// Properties over arbitrary bytes and arbitrary messages cut at arbitrary places.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// An independent encoder of string-headed messages.
+    fn encode(headers: &[(String, String)], payload: &[u8]) -> Vec<u8> {
+        let mut block = Vec::new();
+        for (name, value) in headers {
+            block.push(name.len() as u8);
+            block.extend_from_slice(name.as_bytes());
+            block.push(7);
+            block.extend_from_slice(&(value.len() as u16).to_be_bytes());
+            block.extend_from_slice(value.as_bytes());
+        }
+        let mut out = ((PRELUDE + block.len() + payload.len() + 4) as u32)
+            .to_be_bytes()
+            .to_vec();
+        out.extend_from_slice(&(block.len() as u32).to_be_bytes());
+        out.extend_from_slice(&crc32fast::hash(&out).to_be_bytes());
+        out.extend_from_slice(&block);
+        out.extend_from_slice(payload);
+        out.extend_from_slice(&crc32fast::hash(&out).to_be_bytes());
+        out
+    }
+
+    /// Feeds `bytes` in pieces cut at `cuts`: the messages and the first error.
+    fn decode(bytes: &[u8], cuts: &[usize]) -> (Vec<Message>, Option<FrameError>) {
+        let mut decoder = Decoder::new();
+        let mut messages = Vec::new();
+        let mut start = 0;
+        for end in cuts.iter().copied().chain([bytes.len()]) {
+            let end = end.clamp(start, bytes.len());
+            match decoder.feed(&bytes[start..end]) {
+                Ok(more) => messages.extend(more),
+                Err(e) => return (messages, Some(e)),
+            }
+            // What is kept is part of one message, which is capped.
+            assert!(decoder.buffer.len() - decoder.start < MAX_MESSAGE as usize);
+            start = end;
+        }
+        let error = decoder.finish().err();
+        (messages, error)
+    }
+
+    /// A message as the strategy makes it: string headers and a payload.
+    type Sent = (Vec<(String, String)>, Vec<u8>);
+
+    fn messages() -> impl Strategy<Value = Vec<Sent>> {
+        let header = ("[:a-z-]{1,20}", "[^\u{0}]{0,30}");
+        let message = (
+            prop::collection::vec(header, 0..4),
+            prop::collection::vec(any::<u8>(), 0..64),
+        );
+        prop::collection::vec(message, 0..5)
+    }
+
+    fn cuts(len: usize, picks: Vec<prop::sample::Index>) -> Vec<usize> {
+        let mut cuts: Vec<usize> = picks.iter().map(|i| i.index(len + 1)).collect();
+        cuts.sort_unstable();
+        cuts
+    }
+
+    proptest! {
+        #[test]
+        fn encoded_messages_decode_to_themselves_however_cut(
+            sent in messages(),
+            picks in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        ) {
+            let bytes: Vec<u8> = sent.iter().flat_map(|(h, p)| encode(h, p)).collect();
+            let (got, error) = decode(&bytes, &cuts(bytes.len(), picks));
+            prop_assert_eq!(error, None);
+            let expected: Vec<Message> = sent
+                .into_iter()
+                .map(|(headers, payload)| Message { headers, payload })
+                .collect();
+            prop_assert_eq!(got, expected);
+        }
+
+        #[test]
+        fn one_flipped_bit_is_never_believed(
+            sent in messages().prop_filter("something to corrupt", |m| !m.is_empty()),
+            at in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let bytes: Vec<u8> = sent.iter().flat_map(|(h, p)| encode(h, p)).collect();
+            let mut corrupt = bytes.clone();
+            let at = at.index(corrupt.len());
+            corrupt[at] ^= 1 << bit;
+            let (got, error) = decode(&corrupt, &[]);
+            // Whatever decodes lies wholly before the flipped bit (a feed that fails returns
+            // nothing, so it may be less); the damaged message never decodes.
+            let (intact, _) = decode(&bytes[..at], &[]);
+            prop_assert!(error.is_some());
+            prop_assert!(intact.starts_with(&got));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..1024),
+            picks in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+        ) {
+            let cuts = cuts(bytes.len(), picks);
+            let (whole, whole_error) = decode(&bytes, &[]);
+            let (pieces, pieces_error) = decode(&bytes, &cuts);
+            prop_assert_eq!(whole, pieces);
+            prop_assert_eq!(whole_error.is_some(), pieces_error.is_some());
+        }
+    }
+}
