@@ -6,11 +6,14 @@
 //!   the usual one; [`FakeServer::anthropic`] speaks the Messages API (SSE event types, 529
 //!   overloaded) and [`FakeServer::bedrock`] Converse (binary event-stream frames with CRCs,
 //!   ThrottlingException).
+//! - [`llamacpp::LlamaCppServer`]: the real llama.cpp server, started when it is installed, to
+//!   check moa and the fakes against it.
 //! - [`ScriptedProvider`]: the same scripts served in-process through the provider trait, for
 //!   engine tests and benchmarks that should not pay for HTTP.
 
 mod anthropic;
 pub mod bedrock;
+pub mod llamacpp;
 pub mod measure;
 mod openai;
 mod reply;

@@ -50,26 +50,30 @@ fn chunk(ctx: &Ctx, choices: Value) -> Bytes {
 }
 
 pub(crate) fn frames(reply: &Reply, ctx: &Ctx, text: &str, complete: bool) -> Vec<Bytes> {
-    let mut frames = vec![chunk(
-        ctx,
-        json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
-    )];
+    // One choice; llama.cpp adds `"logprobs": null` to each.
+    let choice = |delta: Value, finish_reason: Option<&str>| {
+        let mut choice = json!({"index": 0, "delta": delta, "finish_reason": finish_reason});
+        if reply.llamacpp {
+            choice["logprobs"] = Value::Null;
+        }
+        json!([choice])
+    };
+    // OpenAI opens with an empty content; llama.cpp with the role alone.
+    let opening = match reply.llamacpp {
+        true => json!({"role": "assistant"}),
+        false => json!({"role": "assistant", "content": ""}),
+    };
+    let mut frames = vec![chunk(ctx, choice(opening, None))];
     for piece in reply.pieces(text) {
-        frames.push(chunk(
-            ctx,
-            json!([{"index": 0, "delta": {"content": piece}, "finish_reason": null}]),
-        ));
+        frames.push(chunk(ctx, choice(json!({"content": piece}), None)));
     }
     if !complete {
         return frames;
     }
     if let Some(reason) = &reply.finish_reason {
-        frames.push(chunk(
-            ctx,
-            json!([{"index": 0, "delta": {}, "finish_reason": reason}]),
-        ));
+        frames.push(chunk(ctx, choice(json!({}), Some(reason))));
     }
-    if ctx.include_usage {
+    if ctx.include_usage && !reply.llamacpp {
         if let Some(usage) = reply.usage_for(ctx.prompt_bytes, text) {
             let frame = json!({
                 "id": format!("chatcmpl-fake-{}", ctx.seq),

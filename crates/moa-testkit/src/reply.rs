@@ -57,6 +57,10 @@ pub struct Reply {
     pub finish_reason: Option<String>,
     /// Extra response headers.
     pub headers: Vec<(String, String)>,
+    /// Stream as llama.cpp's server (llama-cpp-python 0.3.36, run beside these tests) does: a
+    /// role chunk without `content`, `"logprobs": null` in every choice, and no usage chunk
+    /// even when `stream_options.include_usage` asks for one.
+    pub llamacpp: bool,
     /// The first token's top alternatives `(token, logprob)`, sent as OpenAI's
     /// `choices[0].logprobs` in whole (non-streamed) answers.
     pub top_logprobs: Option<Vec<(String, f64)>>,
@@ -76,6 +80,7 @@ impl Reply {
             no_done: false,
             finish_reason: Some("stop".into()),
             headers: Vec::new(),
+            llamacpp: false,
             top_logprobs: None,
         }
     }
@@ -156,7 +161,13 @@ impl Reply {
     /// What llama.cpp's server (llama-cpp-python 0.3) streams when it has nothing to say under
     /// load: a role chunk and `[DONE]`, with no content, no finish reason and no usage.
     pub fn llamacpp_empty_stream() -> Self {
-        Self::text("").with_finish_reason(None).without_usage()
+        Self::text("").with_finish_reason(None).as_llamacpp()
+    }
+
+    /// Streams in llama.cpp's shape (see [`Reply::llamacpp`]).
+    pub fn as_llamacpp(mut self) -> Self {
+        self.llamacpp = true;
+        self
     }
 
     /// A 429 with `Retry-After: seconds`.

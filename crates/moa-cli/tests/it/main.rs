@@ -8,6 +8,8 @@ mod chat;
 mod chat_tty;
 mod config;
 mod eval;
+#[cfg(all(unix, feature = "local"))]
+mod llamacpp;
 #[cfg(feature = "local")]
 mod local;
 mod presets;
