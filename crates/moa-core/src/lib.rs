@@ -17,11 +17,13 @@ pub mod prompt;
 pub mod provider;
 
 pub use completion::{ChatRequest, Chunk, Completion, TokenLogprob, TopLogprob, Usage};
-pub use engine::{BoundAgent, Moa, Plan, RunOptions, RunStream, EMPTY_ANSWER};
+pub use engine::{
+    BoundAgent, CallOverrides, Moa, Plan, RunOptions, RunRequest, RunStream, EMPTY_ANSWER,
+};
 pub use error::{MoaError, ProposalFailure};
 pub use event::{CallStatus, CallTrace, LayerTrace, RunEvent, Trace};
-pub use message::{Message, Role};
+pub use message::{Message, Part, Role, ToolCall};
 pub use preset::{AgentSpec, ModelRef, Preset, PresetError};
 pub use price::{Price, PriceTable, PRICES_AS_OF};
-pub use prompt::{inject_references, PromptStyle, Reference, AGGREGATOR_SYSTEM_PROMPT};
+pub use prompt::{inject_references, text_view, PromptStyle, Reference, AGGREGATOR_SYSTEM_PROMPT};
 pub use provider::{BoxChunkStream, Provider, ProviderError};

@@ -100,9 +100,97 @@ pub fn inject_references(
     out
 }
 
+/// How an assistant's tool call is written for an agent that sees the conversation as text:
+/// one line per call, after the message's own text.
+pub fn tool_call_text(id: &str, name: &str, arguments: &str) -> String {
+    format!("[tool call {id}: {name}({arguments})]")
+}
+
+/// How a tool's result is written for an agent that sees the conversation as text: a user
+/// message that names the call it answers.
+pub fn tool_result_text(id: &str, name: &str, result: &str) -> String {
+    format!("[tool result {id}: {name}]\n{result}")
+}
+
+/// The conversation as every agent of a run sees it: `developer` becomes `system`, an
+/// assistant's tool calls are written as text after its own ([`tool_call_text`]), and a tool's
+/// result becomes a user message ([`tool_result_text`]). Images stay, for the models that take
+/// them. Nothing else changes; plain conversations come back as they were.
+pub fn text_view(messages: &[Message]) -> Vec<Message> {
+    let name_of = |id: &str| {
+        messages
+            .iter()
+            .flat_map(|m| &m.tool_calls)
+            .find(|c| c.id == id)
+            .map_or("unknown tool", |c| c.name.as_str())
+    };
+    messages
+        .iter()
+        .map(|m| {
+            let mut out = m.clone();
+            match m.role {
+                Role::Developer => out.role = Role::System,
+                Role::Tool => {
+                    let id = m.tool_call_id.as_deref().unwrap_or_default();
+                    out.role = Role::User;
+                    out.content = tool_result_text(id, name_of(id), &m.content);
+                    out.tool_call_id = None;
+                    out.name = None;
+                    // Text parts are in `content`; images stay beside the result.
+                    out.parts
+                        .retain(|p| !matches!(p, crate::message::Part::Text(_)));
+                    if !out.parts.is_empty() {
+                        out.parts
+                            .insert(0, crate::message::Part::Text(out.content.clone()));
+                    }
+                }
+                _ => {}
+            }
+            if !m.tool_calls.is_empty() {
+                let calls: Vec<String> = m
+                    .tool_calls
+                    .iter()
+                    .map(|c| tool_call_text(&c.id, &c.name, &c.arguments))
+                    .collect();
+                let calls = calls.join("\n");
+                out.content = match m.content.is_empty() {
+                    true => calls,
+                    false => format!("{}\n\n{calls}", m.content),
+                };
+                out.tool_calls.clear();
+            }
+            out
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_loop_reads_as_text() {
+        let json = r#"[{"role":"developer","content":"Be terse."},{"role":"user","content":"Weather in Paris?"},{"role":"assistant","content":"Let me look.","tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}},{"id":"call_2","type":"function","function":{"name":"get_time","arguments":"{}"}}]},{"role":"tool","content":"18C, sunny","tool_call_id":"call_1"},{"role":"tool","content":"14:00","tool_call_id":"call_2"}]"#;
+        let messages: Vec<Message> = serde_json::from_str(json).unwrap();
+        let view = text_view(&messages);
+        let roles: Vec<&str> = view.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user", "user"]);
+        assert_eq!(
+            view[2].content,
+            "Let me look.\n\n[tool call call_1: get_weather({\"city\":\"Paris\"})]\n[tool call call_2: get_time({})]"
+        );
+        assert_eq!(
+            view[3].content,
+            "[tool result call_1: get_weather]\n18C, sunny"
+        );
+        assert_eq!(view[4].content, "[tool result call_2: get_time]\n14:00");
+        assert!(view
+            .iter()
+            .all(|m| m.tool_calls.is_empty() && m.tool_call_id.is_none()));
+        // A plain conversation is untouched.
+        let plain = vec![Message::system("s"), Message::user("u")];
+        assert_eq!(text_view(&plain), plain);
+    }
 
     fn refs(texts: &[&str]) -> Vec<Reference> {
         texts

@@ -53,6 +53,21 @@ pub fn prompt_tokens(
     request: &ChatRequest,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Vec<u32>, ProviderError> {
+    if let Some(i) = request
+        .messages
+        .iter()
+        .position(|m| m.images().next().is_some())
+    {
+        return Err(ProviderError::InvalidRequest {
+            provider: "local".into(),
+            message: format!(
+                "local model {} takes text only, and message {} holds an image_url part; send \
+                 text, or choose a model that takes images",
+                request.model,
+                i + 1
+            ),
+        });
+    }
     let context = model.config.context;
     let max_bytes = max_prompt_bytes(context);
     let given: usize = request.messages.iter().map(|m| m.content.len()).sum();

@@ -81,11 +81,10 @@ impl ChatTemplate {
         let messages: Vec<minijinja::Value> = messages
             .iter()
             .map(|m| {
+                // Chat templates know `system`, not OpenAI's newer `developer`.
                 let role = match &m.role {
-                    moa_core::Role::System => "system",
-                    moa_core::Role::User => "user",
-                    moa_core::Role::Assistant => "assistant",
-                    moa_core::Role::Other(r) => r.as_str(),
+                    moa_core::Role::Developer => "system",
+                    role => role.as_str(),
                 };
                 context! { role => role, content => m.content.clone() }
             })

@@ -12,6 +12,7 @@
 pub mod anthropic;
 pub mod bedrock;
 pub(crate) mod http;
+mod image;
 pub mod openai;
 pub mod retry;
 pub mod sse;

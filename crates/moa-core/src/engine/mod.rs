@@ -125,6 +125,50 @@ impl Plan {
     }
 }
 
+/// What one request changes about a call of its run, over the preset's settings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CallOverrides {
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u32>,
+    /// Further request fields (stop, seed, top_p, ...), replacing the preset's of the same name.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl CallOverrides {
+    /// Writes these over `request`.
+    pub fn apply(&self, request: &mut ChatRequest) {
+        if let Some(t) = self.temperature {
+            request.temperature = Some(t);
+        }
+        if let Some(m) = self.max_tokens {
+            request.max_tokens = Some(m);
+        }
+        for (key, value) in &self.extra {
+            request.extra.insert(key.clone(), value.clone());
+        }
+    }
+}
+
+/// One run: the conversation, and what this request changes about the plan's calls. Every
+/// front end (CLI, server, eval) builds one; none reshapes a plan itself.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunRequest {
+    pub messages: Vec<Message>,
+    /// Changes to the aggregator's call: the client's sampling fields, which shape the answer
+    /// it sees. Proposers keep the preset's settings.
+    pub aggregator: CallOverrides,
+}
+
+impl RunRequest {
+    /// A run over `messages` as the plan has it.
+    pub fn new(messages: Vec<Message>) -> Self {
+        Self {
+            messages,
+            aggregator: CallOverrides::default(),
+        }
+    }
+}
+
 /// How a run behaves beyond its plan.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunOptions {
@@ -178,13 +222,23 @@ impl Moa {
     /// Starts a run over `messages`. Nothing happens until the stream is polled; dropping the
     /// stream cancels every request in flight.
     pub fn run(&self, messages: Vec<Message>) -> RunStream {
-        RunStream::new(self.plan.clone(), self.options.clone(), messages)
+        self.run_request(RunRequest::new(messages))
+    }
+
+    /// Starts a run of `request`: its conversation, with its changes to the plan's calls.
+    pub fn run_request(&self, request: RunRequest) -> RunStream {
+        RunStream::new(self.plan.clone(), self.options.clone(), request)
     }
 
     /// Runs to the end and returns the trace, ignoring intermediate events.
     pub async fn run_to_end(&self, messages: Vec<Message>) -> Result<Trace, MoaError> {
+        self.run_request_to_end(RunRequest::new(messages)).await
+    }
+
+    /// [`Moa::run_request`] to the end: the trace, intermediate events ignored.
+    pub async fn run_request_to_end(&self, request: RunRequest) -> Result<Trace, MoaError> {
         use futures::StreamExt;
-        let mut stream = self.run(messages);
+        let mut stream = self.run_request(request);
         while let Some(event) = stream.next().await {
             if let RunEvent::Done(trace) = event? {
                 return Ok(*trace);

@@ -12,11 +12,11 @@ use futures::{FutureExt, Stream};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::call::{call, millis, CallContext, Slot};
-use super::{Plan, RunOptions};
+use super::{Plan, RunOptions, RunRequest};
 use crate::error::{MoaError, ProposalFailure};
 use crate::event::{CallStatus, LayerTrace, RunEvent, Trace};
 use crate::message::Message;
-use crate::prompt::Reference;
+use crate::prompt::{text_view, Reference};
 
 /// Why a proposer whose answer was empty (or only white space) is left out of the references.
 pub const EMPTY_ANSWER: &str = "the answer was empty, so it was left out of the references";
@@ -29,7 +29,7 @@ pub struct RunStream {
 }
 
 impl RunStream {
-    pub(super) fn new(plan: Arc<Plan>, options: RunOptions, messages: Vec<Message>) -> Self {
+    pub(super) fn new(plan: Arc<Plan>, options: RunOptions, request: RunRequest) -> Self {
         let (tx, events) = unbounded_channel();
         let ctx = CallContext {
             events: tx,
@@ -37,7 +37,7 @@ impl RunStream {
             timeout: options.timeout,
         };
         Self {
-            driver: Some(drive(plan, options, messages, ctx).boxed()),
+            driver: Some(drive(plan, options, request, ctx).boxed()),
             events,
             outcome: None,
         }
@@ -80,10 +80,12 @@ impl Stream for RunStream {
 async fn drive(
     plan: Arc<Plan>,
     options: RunOptions,
-    messages: Vec<Message>,
+    request: RunRequest,
     ctx: CallContext,
 ) -> Result<Trace, MoaError> {
     let style = plan.prompt_style;
+    // Every agent sees tool calls and results as text (none of them is given tools).
+    let messages: Vec<Message> = text_view(&request.messages);
     let mut references: Vec<Reference> = Vec::new();
     let mut layers = Vec::with_capacity(plan.layers.len());
     for (i, agents) in plan.layers.iter().enumerate() {
@@ -185,8 +187,9 @@ async fn drive(
     ctx.emit(RunEvent::AggregatorStarted {
         model: aggregator.spec.model.clone(),
     });
-    let request = aggregator.request(&messages, &references, style);
-    let outcome = call(&ctx, aggregator, request, Slot::Aggregator, true).await;
+    let mut call_request = aggregator.request(&messages, &references, style);
+    request.aggregator.apply(&mut call_request);
+    let outcome = call(&ctx, aggregator, call_request, Slot::Aggregator, true).await;
     if let Some(source) = outcome.failure.clone() {
         return Err(MoaError::Aggregator {
             model: aggregator.spec.model.clone(),

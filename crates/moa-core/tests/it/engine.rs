@@ -484,3 +484,53 @@ async fn a_stream_that_stops_before_its_finish_event_is_a_failure() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_requests_overrides_reach_the_aggregator_and_tool_history_reads_as_text() {
+    let p = ScriptedProvider::new("t");
+    p.respond_with(|r| Reply::text(format!("{} answers", r.model)));
+    let moa = moa(
+        &p,
+        &preset(vec![vec!["t:a", "t:b"]], "t:agg"),
+        RunOptions::default(),
+    );
+    let messages: Vec<Message> = serde_json::from_str(
+        r#"[{"role":"user","content":"Weather in Paris?"},
+            {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"weather","arguments":"{\"city\":\"Paris\"}"}}]},
+            {"role":"tool","content":"18C","tool_call_id":"c1"}]"#,
+    )
+    .unwrap();
+    let mut request = moa_core::RunRequest::new(messages);
+    request.aggregator.temperature = Some(0.2);
+    request.aggregator.max_tokens = Some(64);
+    request
+        .aggregator
+        .extra
+        .insert("stop".into(), serde_json::json!(["END"]));
+    let trace = moa.run_request_to_end(request).await.unwrap();
+    assert_eq!(trace.answer, "agg answers");
+
+    let requests = p.requests();
+    let expected_history = vec![
+        ("user".to_string(), "Weather in Paris?".to_string()),
+        (
+            "assistant".to_string(),
+            r#"[tool call c1: weather({"city":"Paris"})]"#.to_string(),
+        ),
+        (
+            "user".to_string(),
+            "[tool result c1: weather]\n18C".to_string(),
+        ),
+    ];
+    for r in requests.iter().filter(|r| r.model != "agg") {
+        assert_eq!(r.messages(), expected_history);
+        for field in ["temperature", "max_tokens", "stop"] {
+            assert!(r.json.get(field).is_none(), "{field} reached a proposer");
+        }
+    }
+    let agg = requests.iter().find(|r| r.model == "agg").unwrap();
+    assert_eq!(agg.messages()[1..], expected_history[..]);
+    assert_eq!(agg.json["temperature"], 0.2);
+    assert_eq!(agg.json["max_tokens"], 64);
+    assert_eq!(agg.json["stop"], serde_json::json!(["END"]));
+}

@@ -1,8 +1,8 @@
 //! Anthropic's Messages API: the request body, the whole response and the streamed events.
 
-use moa_core::{ChatRequest, Role, Usage};
+use moa_core::{ChatRequest, Part, Role, Usage};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 /// The API version moa speaks (sent as `anthropic-version`).
 pub const API_VERSION: &str = "2023-06-01";
@@ -16,7 +16,28 @@ pub const RESERVED_FIELDS: [&str; 4] = ["model", "messages", "system", "stream"]
 #[derive(Serialize)]
 struct Message<'a> {
     role: &'a str,
-    content: &'a str,
+    content: Value,
+}
+
+/// A message's content: its text, or content blocks when it holds images (base64 from a data
+/// URL, otherwise by URL).
+fn content(message: &moa_core::Message) -> Value {
+    if message.parts.is_empty() {
+        return Value::String(message.content.clone());
+    }
+    let blocks = message
+        .parts
+        .iter()
+        .map(|part| match part {
+            Part::Text(text) => json!({"type": "text", "text": text}),
+            Part::Image { url, .. } => match crate::image::data_url(url) {
+                Some((media_type, data)) => json!({"type": "image", "source":
+                    {"type": "base64", "media_type": media_type, "data": data}}),
+                None => json!({"type": "image", "source": {"type": "url", "url": url}}),
+            },
+        })
+        .collect();
+    Value::Array(blocks)
 }
 
 #[derive(Serialize)]
@@ -41,10 +62,15 @@ pub fn request_body(request: &ChatRequest, stream: bool) -> Vec<u8> {
     let mut messages = Vec::new();
     for message in &request.messages {
         match &message.role {
-            Role::System => system.push(&message.content),
+            Role::System | Role::Developer => system.push(message.content.as_str()),
+            // Tool results reach Anthropic as text from the user (the engine writes them so).
+            Role::Tool => messages.push(Message {
+                role: "user",
+                content: content(message),
+            }),
             role => messages.push(Message {
                 role: role.as_str(),
-                content: &message.content,
+                content: content(message),
             }),
         }
     }
@@ -203,5 +229,25 @@ mod tests {
         .unwrap();
         assert_eq!(u.input(), Some(100));
         assert_eq!(WireUsage::default().input(), None);
+    }
+
+    #[test]
+    fn images_become_image_blocks_and_tool_roles_become_user() {
+        let m: moa_core::Message = serde_json::from_str(
+            r#"{"role":"user","content":[{"type":"text","text":"Compare"},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBO"}},{"type":"image_url","image_url":{"url":"https://example.com/b.jpg"}}]}"#,
+        )
+        .unwrap();
+        let developer = moa_core::Message::new(Role::Developer, "Be terse.");
+        let r = ChatRequest::new("claude", vec![developer, m]);
+        let body: Value = serde_json::from_slice(&request_body(&r, false)).unwrap();
+        assert_eq!(body["system"], "Be terse.");
+        assert_eq!(
+            body["messages"],
+            json!([{"role": "user", "content": [
+                {"type": "text", "text": "Compare"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}},
+                {"type": "image", "source": {"type": "url", "url": "https://example.com/b.jpg"}}
+            ]}])
+        );
     }
 }

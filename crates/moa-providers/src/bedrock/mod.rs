@@ -122,6 +122,14 @@ impl Bedrock {
 }
 
 impl Inner {
+    /// A request Converse cannot take: the client's error, never retried.
+    fn invalid(&self, message: String) -> ProviderError {
+        ProviderError::InvalidRequest {
+            provider: self.config.name.clone(),
+            message,
+        }
+    }
+
     /// Sends one signed request to `/model/{model}/{operation}`.
     async fn send(
         &self,
@@ -177,7 +185,7 @@ impl Inner {
     }
 
     async fn complete(self: Arc<Self>, request: ChatRequest) -> Result<Completion, ProviderError> {
-        let body = wire::request_body(&request);
+        let body = wire::request_body(&request).map_err(|m| self.invalid(m))?;
         self.transport
             .complete(
                 || self.send(&request.model, "converse", body.clone()),
@@ -212,7 +220,13 @@ impl Provider for Bedrock {
     }
 
     fn stream(&self, request: ChatRequest) -> BoxChunkStream {
-        let body = wire::request_body(&request);
+        let body = match wire::request_body(&request) {
+            Ok(body) => body,
+            Err(message) => {
+                let error = self.inner.invalid(message);
+                return Box::pin(futures::stream::iter([Err(error)]));
+            }
+        };
         let model = request.model;
         open_stream::<_, stream::Decoder, _, _>(self.inner.clone(), move |inner: Arc<Inner>| {
             let (body, model) = (body.clone(), model.clone());

@@ -1,6 +1,6 @@
 //! Bedrock's Converse API: the request body and the response and stream event shapes.
 
-use moa_core::{ChatRequest, Role, Usage};
+use moa_core::{ChatRequest, Part, Role, Usage};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -12,7 +12,35 @@ struct Text<'a> {
 #[derive(Serialize)]
 struct Message<'a> {
     role: &'a str,
-    content: Vec<Text<'a>>,
+    content: Vec<Value>,
+}
+
+/// A message's content blocks: its text, and its images as bytes (Converse takes no URLs).
+fn blocks(message: &moa_core::Message) -> Result<Vec<Value>, String> {
+    if message.parts.is_empty() {
+        return Ok(vec![json!({"text": message.content})]);
+    }
+    message
+        .parts
+        .iter()
+        .map(|part| match part {
+            Part::Text(text) => Ok(json!({"text": text})),
+            Part::Image { url, .. } => {
+                let (media_type, data) = crate::image::data_url(url).ok_or_else(|| {
+                    "Bedrock takes images as data (data:image/png;base64,...), not by URL"
+                        .to_string()
+                })?;
+                let format = match media_type {
+                    "image/png" => "png",
+                    "image/jpeg" | "image/jpg" => "jpeg",
+                    "image/gif" => "gif",
+                    "image/webp" => "webp",
+                    other => return Err(format!("Bedrock does not take {other} images")),
+                };
+                Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
+            }
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -33,22 +61,26 @@ struct Body<'a> {
 /// messages of one role are merged into one message of several text blocks, since Converse
 /// wants the roles to alternate. temperature, max_tokens, top_p and stop go to
 /// `inferenceConfig`; any other extra field to `additionalModelRequestFields` (top_k, say).
-pub fn request_body(request: &ChatRequest) -> Vec<u8> {
+/// An image Converse cannot take is an error that says why.
+pub fn request_body(request: &ChatRequest) -> Result<Vec<u8>, String> {
     let mut system = Vec::new();
     let mut messages: Vec<Message> = Vec::new();
     for message in &request.messages {
-        let text = Text {
-            text: &message.content,
+        let role = match &message.role {
+            Role::System | Role::Developer => {
+                system.push(Text {
+                    text: &message.content,
+                });
+                continue;
+            }
+            // Tool results reach Converse as text from the user (the engine writes them so).
+            Role::Tool => "user",
+            role => role.as_str(),
         };
-        match &message.role {
-            Role::System => system.push(text),
-            role => match messages.last_mut() {
-                Some(last) if last.role == role.as_str() => last.content.push(text),
-                _ => messages.push(Message {
-                    role: role.as_str(),
-                    content: vec![text],
-                }),
-            },
+        let content = blocks(message)?;
+        match messages.last_mut() {
+            Some(last) if last.role == role => last.content.extend(content),
+            _ => messages.push(Message { role, content }),
         }
     }
     let mut inference_config = Map::new();
@@ -90,7 +122,7 @@ pub fn request_body(request: &ChatRequest) -> Vec<u8> {
         additional,
     };
     // Serializing plain data with string keys cannot fail.
-    serde_json::to_vec(&body).unwrap_or_default()
+    Ok(serde_json::to_vec(&body).unwrap_or_default())
 }
 
 /// Bedrock's stop reasons in OpenAI's words.
@@ -188,13 +220,32 @@ mod tests {
         r.extra.insert("stop".into(), json!("END"));
         r.extra.insert("top_k".into(), json!(40));
         assert_eq!(
-            String::from_utf8(request_body(&r)).unwrap(),
+            String::from_utf8(request_body(&r).unwrap()).unwrap(),
             r#"{"messages":[{"role":"user","content":[{"text":"a"},{"text":"b"}]},{"role":"assistant","content":[{"text":"c"}]}],"system":[{"text":"refs"}],"inferenceConfig":{"maxTokens":512,"stopSequences":["END"],"temperature":0.0,"topP":0.9},"additionalModelRequestFields":{"top_k":40}}"#
         );
         let plain = ChatRequest::new("m", vec![M::user("q")]);
         assert_eq!(
-            String::from_utf8(request_body(&plain)).unwrap(),
+            String::from_utf8(request_body(&plain).unwrap()).unwrap(),
             r#"{"messages":[{"role":"user","content":[{"text":"q"}]}]}"#
         );
+    }
+
+    #[test]
+    fn images_are_sent_as_bytes_and_urls_are_refused() {
+        let image = |url: &str| -> moa_core::Message {
+            serde_json::from_str(&format!(
+                r#"{{"role":"user","content":[{{"type":"text","text":"What is it?"}},{{"type":"image_url","image_url":{{"url":"{url}"}}}}]}}"#
+            ))
+            .unwrap()
+        };
+        let r = ChatRequest::new("m", vec![image("data:image/jpeg;base64,/9j/")]);
+        assert_eq!(
+            String::from_utf8(request_body(&r).unwrap()).unwrap(),
+            r#"{"messages":[{"role":"user","content":[{"text":"What is it?"},{"image":{"format":"jpeg","source":{"bytes":"/9j/"}}}]}]}"#
+        );
+        let r = ChatRequest::new("m", vec![image("https://example.com/cat.png")]);
+        assert!(request_body(&r).unwrap_err().contains("not by URL"));
+        let r = ChatRequest::new("m", vec![image("data:image/tiff;base64,AAAA")]);
+        assert!(request_body(&r).unwrap_err().contains("image/tiff"));
     }
 }
