@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
-use moa_core::{Moa, RunEvent};
+use moa_core::{Moa, RunEvent, RunRequest};
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -30,21 +30,16 @@ pub use error::ApiError;
 pub use guard::Hosts;
 use wire::Envelope;
 
-/// Builds the engine for one request: the preset's own, or one with the client's temperature and
-/// max_tokens for the aggregator.
+/// The engines served, by preset name. A request's changes to a run (the client's sampling
+/// fields) travel in its [`moa_core::RunRequest`], not in the engine.
 pub trait Engines: Send + Sync + 'static {
     /// The preset names served, in listing order.
     fn names(&self) -> Vec<String>;
-    /// The engine for `preset`, with the client's overrides for the aggregator; `None` if unknown.
-    fn engine(
-        &self,
-        preset: &str,
-        temperature: Option<f64>,
-        max_tokens: Option<u32>,
-    ) -> Option<Result<Moa, String>>;
+    /// The engine for `preset`; `None` if it is not served.
+    fn engine(&self, preset: &str) -> Option<Moa>;
 }
 
-/// Fixed engines by preset name (overrides are not applied): for tests and simple embeddings.
+/// Fixed engines by preset name: for tests and simple embeddings.
 pub struct FixedEngines(pub BTreeMap<String, Moa>);
 
 impl Engines for FixedEngines {
@@ -52,8 +47,8 @@ impl Engines for FixedEngines {
         self.0.keys().cloned().collect()
     }
 
-    fn engine(&self, preset: &str, _: Option<f64>, _: Option<u32>) -> Option<Result<Moa, String>> {
-        self.0.get(preset).cloned().map(Ok)
+    fn engine(&self, preset: &str) -> Option<Moa> {
+        self.0.get(preset).cloned()
     }
 }
 
@@ -204,32 +199,20 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Result<Re
     authorize(&state, &parts.headers)?;
     guard::json_body(&parts.headers)?;
     let body = read_body(&state, body).await?;
-    let request: wire::ChatRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "the request body is not a valid chat completion request: {e}"
-        ))
-    })?;
+    let request = wire::ChatRequest::parse(&body).map_err(ApiError::bad_request)?;
     if request.messages.is_empty() {
         return Err(ApiError::bad_request("`messages` is empty"));
     }
-    let max_tokens = request.max_tokens.or(request.max_completion_tokens);
-    let moa = match state
-        .engines
-        .engine(&request.model, request.temperature, max_tokens)
-    {
-        Some(Ok(moa)) => moa,
-        Some(Err(message)) => return Err(ApiError::bad_request(message)),
-        None => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                "model_not_found",
-                format!(
-                    "the model `{}` does not exist here; GET /v1/models lists the presets served",
-                    request.model
-                ),
-            ))
-        }
+    let Some(moa) = state.engines.engine(&request.model) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            format!(
+                "the model `{}` does not exist here; GET /v1/models lists the presets served",
+                request.model
+            ),
+        ));
     };
     let permit = state.runs.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
@@ -252,7 +235,12 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Result<Re
     if request.stream {
         return Ok(stream(moa, request, env, permit, timeout));
     }
-    let trace = tokio::time::timeout(timeout, moa.run_to_end(request.messages.clone()))
+    let include_proposals = request.include_proposals;
+    let run = RunRequest {
+        messages: request.messages,
+        aggregator: request.aggregator,
+    };
+    let trace = tokio::time::timeout(timeout, moa.run_request_to_end(run))
         .await
         .map_err(|_| {
             ApiError::new(
@@ -264,7 +252,7 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Result<Re
         })?
         .map_err(|e| ApiError::from_run(&e))?;
     drop(permit);
-    Ok(Json(wire::completion(&env, &trace, request.include_proposals())).into_response())
+    Ok(Json(wire::completion(&env, &trace, include_proposals)).into_response())
 }
 
 /// Streams the run as chat.completion.chunk events. Dropping the body (the client went away)
@@ -276,9 +264,12 @@ fn stream(
     permit: OwnedSemaphorePermit,
     timeout: Duration,
 ) -> Response {
-    let include_usage = request.include_usage();
-    let include_proposals = request.include_proposals();
-    let run = moa.run(request.messages);
+    let include_usage = request.include_usage;
+    let include_proposals = request.include_proposals;
+    let run = moa.run_request(RunRequest {
+        messages: request.messages,
+        aggregator: request.aggregator,
+    });
     let deadline = tokio::time::sleep(timeout);
     let state = (run, Some(env), permit, Box::pin(deadline), false);
     let frames = futures::stream::unfold(

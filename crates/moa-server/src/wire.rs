@@ -1,51 +1,224 @@
 //! The chat-completions request as clients send it, and the response and chunk shapes they expect.
 
-use moa_core::{Message, Trace, Usage};
+use moa_core::{CallOverrides, Message, Trace, Usage};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-/// `POST /v1/chat/completions`, tolerant of fields moa does not use (tools, n=1, user, ...).
-#[derive(Debug, Deserialize)]
+/// `POST /v1/chat/completions` as moa takes it. Every field OpenAI defines is honoured, ignored
+/// as harmless, or refused by name (see [`FIELDS`]); nothing is dropped silently.
+#[derive(Debug)]
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
-    #[serde(default)]
-    pub temperature: Option<f64>,
-    #[serde(default)]
-    pub max_tokens: Option<u32>,
-    #[serde(default)]
-    pub max_completion_tokens: Option<u32>,
-    #[serde(default)]
     pub stream: bool,
-    #[serde(default)]
-    pub stream_options: Option<StreamOptions>,
-    /// moa's extension: `{"moa": {"include_proposals": true}}` adds the proposers' answers.
-    #[serde(default)]
-    pub moa: Option<Extension>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct StreamOptions {
-    #[serde(default)]
     pub include_usage: bool,
+    pub include_proposals: bool,
+    /// The client's sampling fields, for the aggregator's call.
+    pub aggregator: CallOverrides,
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub struct Extension {
-    #[serde(default)]
-    pub include_proposals: bool,
+/// What happens to each request field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Treatment {
+    /// Read by moa itself (model, messages, stream, ...).
+    Read,
+    /// Sent with the aggregator's call; proposers keep the preset's settings.
+    Aggregator,
+    /// Accepted and ignored: it changes nothing a client can see.
+    Ignored,
+    /// Accepted with its neutral value (given); refused otherwise, with the reason.
+    NeutralOnly(&'static str),
 }
+
+/// Every chat-completions field and what moa does with it; the README's table follows this.
+pub const FIELDS: &[(&str, Treatment)] = &[
+    ("model", Treatment::Read),
+    ("messages", Treatment::Read),
+    ("stream", Treatment::Read),
+    ("stream_options", Treatment::Read),
+    ("moa", Treatment::Read),
+    ("temperature", Treatment::Aggregator),
+    ("max_tokens", Treatment::Aggregator),
+    ("max_completion_tokens", Treatment::Aggregator),
+    ("top_p", Treatment::Aggregator),
+    ("stop", Treatment::Aggregator),
+    ("seed", Treatment::Aggregator),
+    ("frequency_penalty", Treatment::Aggregator),
+    ("presence_penalty", Treatment::Aggregator),
+    ("logit_bias", Treatment::Aggregator),
+    ("reasoning_effort", Treatment::Aggregator),
+    ("verbosity", Treatment::Aggregator),
+    ("user", Treatment::Ignored),
+    ("metadata", Treatment::Ignored),
+    ("store", Treatment::Ignored),
+    ("service_tier", Treatment::Ignored),
+    ("parallel_tool_calls", Treatment::Ignored),
+    ("prompt_cache_key", Treatment::Ignored),
+    ("safety_identifier", Treatment::Ignored),
+    (
+        "n",
+        Treatment::NeutralOnly("moa returns one choice per request; send n=1 or leave it out"),
+    ),
+    (
+        "tools",
+        Treatment::NeutralOnly(
+            "tool calling through MoA is not built yet; leave `tools` out or empty",
+        ),
+    ),
+    (
+        "tool_choice",
+        Treatment::NeutralOnly("tool calling through MoA is not built yet; send \"none\""),
+    ),
+    (
+        "functions",
+        Treatment::NeutralOnly("tool calling through MoA is not built yet"),
+    ),
+    (
+        "function_call",
+        Treatment::NeutralOnly("tool calling through MoA is not built yet"),
+    ),
+    (
+        "response_format",
+        Treatment::NeutralOnly(
+            "structured output through MoA is not built yet; send {\"type\":\"text\"} or leave it out",
+        ),
+    ),
+    (
+        "logprobs",
+        Treatment::NeutralOnly("moa does not return log probabilities; send false"),
+    ),
+    (
+        "top_logprobs",
+        Treatment::NeutralOnly("moa does not return log probabilities; send 0"),
+    ),
+    (
+        "modalities",
+        Treatment::NeutralOnly("moa answers in text; send [\"text\"]"),
+    ),
+    ("audio", Treatment::NeutralOnly("moa answers in text")),
+    (
+        "prediction",
+        Treatment::NeutralOnly("predicted outputs are not supported"),
+    ),
+    (
+        "web_search_options",
+        Treatment::NeutralOnly("web search is not supported"),
+    ),
+];
+
+/// Whether `value` is the field's neutral value: what asks for nothing.
+fn neutral(field: &str, value: &Value) -> bool {
+    match (field, value) {
+        (_, Value::Null) => true,
+        ("n", v) => v.as_u64() == Some(1),
+        ("tools" | "functions", Value::Array(a)) => a.is_empty(),
+        ("tool_choice" | "function_call", v) => v.as_str() == Some("none"),
+        ("response_format", v) => v.get("type").and_then(Value::as_str) == Some("text"),
+        ("logprobs", v) => v.as_bool() == Some(false),
+        ("top_logprobs", v) => v.as_u64() == Some(0),
+        ("modalities", v) => *v == json!(["text"]),
+        _ => false,
+    }
+}
+
+/// Why a request body cannot be taken: the message names the field.
+pub type Refusal = String;
 
 impl ChatRequest {
-    pub fn include_usage(&self) -> bool {
-        self.stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage)
+    /// Reads and checks a request body.
+    pub fn parse(body: &[u8]) -> Result<Self, Refusal> {
+        let map: Map<String, Value> = serde_json::from_slice(body)
+            .map_err(|e| format!("the request body is not a valid chat completion request: {e}"))?;
+        let mut request = ChatRequest {
+            model: String::new(),
+            messages: Vec::new(),
+            stream: false,
+            include_usage: false,
+            include_proposals: false,
+            aggregator: CallOverrides::default(),
+        };
+        let mut model = None;
+        let mut messages = None;
+        for (field, value) in map {
+            let treatment = FIELDS
+                .iter()
+                .find(|(name, _)| *name == field)
+                .map(|(_, t)| *t)
+                .ok_or_else(|| {
+                    format!(
+                        "unknown field `{field}`: moa serve takes OpenAI's chat completion \
+                         fields (see the README's table) and its own `moa` object"
+                    )
+                })?;
+            let bad = |what: &str| format!("`{field}` {what}");
+            match treatment {
+                Treatment::Read => match field.as_str() {
+                    "model" => {
+                        model = Some(
+                            value
+                                .as_str()
+                                .ok_or_else(|| bad("must be a string"))?
+                                .to_string(),
+                        )
+                    }
+                    "messages" => {
+                        messages = Some(
+                            serde_json::from_value::<Vec<Message>>(value)
+                                .map_err(|e| format!("`messages`: {e}"))?,
+                        )
+                    }
+                    "stream" => request.stream = value.as_bool().unwrap_or(false),
+                    "stream_options" => {
+                        request.include_usage = value
+                            .get("include_usage")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false)
+                    }
+                    _ => {
+                        let extension: Extension =
+                            serde_json::from_value(value).map_err(|e| format!("`moa`: {e}"))?;
+                        request.include_proposals = extension.include_proposals;
+                    }
+                },
+                Treatment::Aggregator if value.is_null() => {}
+                Treatment::Aggregator => match field.as_str() {
+                    "temperature" => {
+                        request.aggregator.temperature =
+                            Some(value.as_f64().ok_or_else(|| bad("must be a number"))?)
+                    }
+                    "max_tokens" | "max_completion_tokens" => {
+                        let n = value
+                            .as_u64()
+                            .and_then(|n| u32::try_from(n).ok())
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| bad("must be a positive whole number"))?;
+                        request.aggregator.max_tokens = Some(n);
+                    }
+                    _ => {
+                        request.aggregator.extra.insert(field, value);
+                    }
+                },
+                Treatment::Ignored => {}
+                Treatment::NeutralOnly(why) => {
+                    if !neutral(&field, &value) {
+                        return Err(format!("`{field}` is not supported here: {why}"));
+                    }
+                }
+            }
+        }
+        request.model =
+            model.ok_or("`model` is missing: name a preset (GET /v1/models lists them)")?;
+        request.messages = messages.ok_or("`messages` is missing")?;
+        Ok(request)
     }
+}
 
-    pub fn include_proposals(&self) -> bool {
-        self.moa.as_ref().is_some_and(|m| m.include_proposals)
-    }
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Extension {
+    /// `{"moa": {"include_proposals": true}}` adds the proposers' answers to the response.
+    #[serde(default)]
+    pub include_proposals: bool,
 }
 
 /// What identifies one response across its chunks.

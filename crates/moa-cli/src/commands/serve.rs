@@ -4,52 +4,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use moa_core::{Moa, Preset, RunOptions};
-use moa_providers::Registry;
-use moa_server::{router, serve_with, Connections, Engines, ServerConfig};
+use moa_server::{router, serve_with, Connections, FixedEngines, ServerConfig};
 
 use crate::cli::ServeArgs;
 use crate::config::{Config, Flags, Settings};
 use crate::env;
-
-/// The presets this server can run, bound once; a request's temperature and max_tokens rebind
-/// the aggregator for that request only.
-struct PresetEngines {
-    registry: Registry,
-    options: RunOptions,
-    presets: BTreeMap<String, (Preset, Moa)>,
-}
-
-impl Engines for PresetEngines {
-    fn names(&self) -> Vec<String> {
-        self.presets.keys().cloned().collect()
-    }
-
-    fn engine(
-        &self,
-        name: &str,
-        temperature: Option<f64>,
-        max_tokens: Option<u32>,
-    ) -> Option<Result<Moa, String>> {
-        let (preset, moa) = self.presets.get(name)?;
-        if temperature.is_none() && max_tokens.is_none() {
-            return Some(Ok(moa.clone()));
-        }
-        let mut preset = preset.clone();
-        if let Some(t) = temperature {
-            preset.aggregator.temperature = Some(t);
-        }
-        if let Some(m) = max_tokens {
-            preset.aggregator.max_tokens = Some(m);
-        }
-        Some(
-            self.registry
-                .bind(&preset)
-                .map(|plan| Moa::new(plan, self.options.clone()))
-                .map_err(|e| e.to_string()),
-        )
-    }
-}
 
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
@@ -123,7 +82,7 @@ pub async fn run(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<
             continue;
         }
         let moa = super::engine(&registry, &preset, &settings.options)?;
-        presets.insert(preset.name.clone(), (preset, moa));
+        presets.insert(preset.name.clone(), moa);
     }
     if presets.is_empty() {
         anyhow::bail!("no preset can be served (see the messages above); set an API key or name presets that run locally");
@@ -168,11 +127,8 @@ pub async fn run(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<
             ""
         }
     );
-    let engines = PresetEngines {
-        registry,
-        options: settings.options,
-        presets,
-    };
+    // Bound once; a request's sampling fields travel in its RunRequest.
+    let engines = FixedEngines(presets);
     let connections = Connections {
         max: args.max_connections,
         header_timeout,

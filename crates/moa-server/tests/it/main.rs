@@ -80,6 +80,7 @@ impl Setup {
     }
 }
 
+mod contract;
 mod sockets;
 
 /// The `data:` payloads of an SSE body.

@@ -1,0 +1,148 @@
+//! The chat-completions contract as clients use it: content parts, an agent loop's history,
+//! sampling fields for the aggregator, and every other field honoured, ignored as harmless, or
+//! refused by name.
+
+use serde_json::{json, Value};
+
+use super::{start, ServerConfig, Setup};
+
+fn request(extra: Value) -> Value {
+    let mut body = json!({"model": "mini", "messages": [{"role": "user", "content": "Why?"}]});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+async fn status_and_message(s: &Setup, body: &Value) -> (u16, String) {
+    let response = s.post(body).await;
+    let status = response.status().as_u16();
+    let json: Value = response.json().await.unwrap();
+    let message = json["error"]["message"].as_str().unwrap_or_default();
+    (status, message.to_string())
+}
+
+#[tokio::test]
+async fn content_parts_and_an_agent_loops_history_are_taken() {
+    let s = start(ServerConfig::default()).await;
+    let messages = json!([
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [
+            {"type": "text", "text": "What is in this picture, and the weather?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+        ]},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_9", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}
+        ]},
+        {"role": "tool", "tool_call_id": "call_9", "content": [{"type": "text", "text": "-3C, snow"}]}
+    ]);
+    let response = s
+        .post(&json!({"model": "mini", "messages": messages}))
+        .await;
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+
+    let p1 = s.fake.requests_for("p1").remove(0);
+    assert_eq!(
+        p1.json["messages"],
+        json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is in this picture, and the weather?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+            ]},
+            {"role": "assistant", "content": "[tool call call_9: weather({\"city\":\"Oslo\"})]"},
+            {"role": "user", "content": "[tool result call_9: weather]\n-3C, snow"}
+        ])
+    );
+    let agg = s.fake.requests_for("agg").remove(0);
+    let (agg, p1) = (
+        agg.json["messages"].as_array().unwrap(),
+        p1.json["messages"].as_array().unwrap(),
+    );
+    // The references are appended to the system message; the rest is the same.
+    assert!(agg[0]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("Be brief.\n\nYou have been provided"));
+    assert_eq!(agg[1..], p1[1..]);
+}
+
+#[tokio::test]
+async fn sampling_fields_reach_the_aggregator_alone() {
+    let s = start(ServerConfig::default()).await;
+    let body = request(json!({
+        "temperature": 0.3, "max_completion_tokens": 77, "top_p": 0.9, "stop": ["\n\n"],
+        "seed": 42, "frequency_penalty": 0.5, "presence_penalty": 0.1,
+        "logit_bias": {"50256": -100}, "user": "u-1", "metadata": {"app": "x"}, "store": false,
+        "n": 1, "tools": [], "tool_choice": "none", "response_format": {"type": "text"},
+        "logprobs": false, "parallel_tool_calls": true
+    }));
+    let response = s.post(&body).await;
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let agg = s.fake.requests_for("agg").remove(0).json;
+    assert_eq!(agg["temperature"], 0.3);
+    assert_eq!(agg["max_tokens"], 77);
+    assert_eq!(agg["top_p"], 0.9);
+    assert_eq!(agg["stop"], json!(["\n\n"]));
+    assert_eq!(agg["seed"], 42);
+    assert_eq!(agg["frequency_penalty"], 0.5);
+    assert_eq!(agg["presence_penalty"], 0.1);
+    assert_eq!(agg["logit_bias"], json!({"50256": -100}));
+    for ignored in [
+        "user",
+        "metadata",
+        "store",
+        "n",
+        "tools",
+        "tool_choice",
+        "response_format",
+    ] {
+        assert!(agg.get(ignored).is_none(), "{ignored} was sent upstream");
+    }
+    for proposer in ["p1", "p2"] {
+        let p = s.fake.requests_for(proposer).remove(0).json;
+        for field in [
+            "temperature",
+            "max_tokens",
+            "top_p",
+            "stop",
+            "seed",
+            "logit_bias",
+        ] {
+            assert!(p.get(field).is_none(), "{field} reached {proposer}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn what_moa_cannot_honour_is_refused_by_name() {
+    let s = start(ServerConfig::default()).await;
+    let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+    for (extra, field) in [
+        (json!({"n": 2}), "`n`"),
+        (json!({"tools": tool}), "`tools`"),
+        (json!({"tool_choice": "required"}), "`tool_choice`"),
+        (
+            json!({"response_format": {"type": "json_object"}}),
+            "`response_format`",
+        ),
+        (json!({"logprobs": true}), "`logprobs`"),
+        (json!({"modalities": ["text", "audio"]}), "`modalities`"),
+        (json!({"temperatur": 0.5}), "unknown field `temperatur`"),
+        (json!({"max_tokens": 0}), "`max_tokens` must be a positive"),
+        (json!({"moa": {"include_proposal": true}}), "`moa`"),
+    ] {
+        let (status, message) = status_and_message(&s, &request(extra.clone())).await;
+        assert_eq!(status, 400, "{extra}: {message}");
+        assert!(message.contains(field), "{extra}: {message}");
+    }
+    let bad_part = json!({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]});
+    let (status, message) = status_and_message(&s, &request(bad_part)).await;
+    assert_eq!(status, 400);
+    assert!(message.contains("`input_audio`"), "{message}");
+    assert_eq!(
+        s.fake.requests().len(),
+        0,
+        "nothing refused reached an upstream"
+    );
+}
