@@ -8,6 +8,8 @@
 //!   ThrottlingException).
 //! - [`llamacpp::LlamaCppServer`]: the real llama.cpp server, started when it is installed, to
 //!   check moa and the fakes against it.
+//! - [`python::venv`]: a Python venv with pinned PyPI packages (the official openai SDK), to
+//!   run real clients against moa.
 //! - [`ScriptedProvider`]: the same scripts served in-process through the provider trait, for
 //!   engine tests and benchmarks that should not pay for HTTP.
 
@@ -16,6 +18,7 @@ pub mod bedrock;
 pub mod llamacpp;
 pub mod measure;
 mod openai;
+pub mod python;
 mod reply;
 mod script;
 mod scripted;

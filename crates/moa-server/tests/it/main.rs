@@ -81,6 +81,7 @@ impl Setup {
 }
 
 mod contract;
+mod sdk;
 mod sockets;
 
 /// The `data:` payloads of an SSE body.

@@ -1,0 +1,79 @@
+"""The official openai SDK against `moa serve`, as an application would use it. Prints one JSON
+object of what it saw; the Rust test checks it and what the upstream received."""
+import json
+import os
+import sys
+
+import openai
+
+client = openai.OpenAI(base_url=os.environ["MOA_BASE_URL"], api_key="sk-moa-test", max_retries=0)
+seen = {"sdk": openai.__version__}
+
+# Content as parts, sampling fields, and the moa extension through extra_body.
+whole = client.chat.completions.create(
+    model="mini",
+    messages=[
+        {"role": "developer", "content": "Answer briefly."},
+        {"role": "user", "content": [{"type": "text", "text": "Why is the sky blue?"}]},
+    ],
+    temperature=0.2,
+    top_p=0.9,
+    stop=["\n\n"],
+    seed=7,
+    max_completion_tokens=50,
+    user="user-1",
+    extra_body={"moa": {"include_proposals": True}},
+)
+seen["whole"] = {
+    "content": whole.choices[0].message.content,
+    "finish_reason": whole.choices[0].finish_reason,
+    "total_tokens": whole.usage.total_tokens,
+    "proposals": len(whole.model_extra["moa"]["layers"][0]["calls"]),
+}
+
+# Streamed, with usage.
+text, usage = "", None
+for chunk in client.chat.completions.create(
+    model="mini",
+    messages=[{"role": "user", "content": "Why?"}],
+    stream=True,
+    stream_options={"include_usage": True},
+):
+    if chunk.choices and chunk.choices[0].delta.content:
+        text += chunk.choices[0].delta.content
+    if chunk.usage:
+        usage = chunk.usage.total_tokens
+seen["stream"] = {"content": text, "total_tokens": usage}
+
+# An agent loop's second request: the assistant's tool call and the tool's result.
+history = [
+    {"role": "user", "content": "Weather in Oslo?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "-3C, snow"},
+]
+after_tool = client.chat.completions.create(model="mini", messages=history)
+seen["after_tool"] = after_tool.choices[0].message.content
+
+# What moa cannot honour is refused with a 400 that names it.
+refusals = {}
+for name, kwargs in {
+    "n": {"n": 2},
+    "tools": {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+    "response_format": {"response_format": {"type": "json_object"}},
+}.items():
+    try:
+        client.chat.completions.create(model="mini", messages=[{"role": "user", "content": "x"}], **kwargs)
+        refusals[name] = "accepted"
+    except openai.BadRequestError as e:
+        refusals[name] = e.body["message"] if isinstance(e.body, dict) else str(e)
+seen["refusals"] = refusals
+
+try:
+    client.chat.completions.create(model="no-such-preset", messages=[{"role": "user", "content": "x"}])
+except openai.NotFoundError as e:
+    seen["not_found"] = e.body["code"]
+
+seen["models"] = [m.id for m in client.models.list()]
+json.dump(seen, sys.stdout)

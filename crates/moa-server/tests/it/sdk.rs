@@ -1,0 +1,80 @@
+//! The official openai Python SDK (pinned, installed from PyPI into a venv under the target
+//! directory on first run) against `moa serve`, with the fake upstream behind it.
+
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+use super::{start, ServerConfig};
+
+/// The SDK version the tests run; raise it deliberately.
+const OPENAI_SDK: &str = "openai==3.57.0";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_openai_sdk_works_against_moa_serve() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("py-openai");
+    let python =
+        tokio::task::spawn_blocking(move || moa_testkit::python::venv(&dir, &[OPENAI_SDK]))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("cannot install the openai SDK from PyPI: {e}"));
+    let s = start(ServerConfig::default()).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/py/openai_sdk.py");
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .env("MOA_BASE_URL", format!("{}/v1", s.base))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    assert_eq!(
+        seen["whole"],
+        json!({"content": "The final answer.", "finish_reason": "stop", "total_tokens": 130, "proposals": 2})
+    );
+    assert_eq!(
+        seen["stream"],
+        json!({"content": "The final answer.", "total_tokens": 130})
+    );
+    assert_eq!(seen["after_tool"], "The final answer.");
+    for field in ["n", "tools", "response_format"] {
+        let message = seen["refusals"][field].as_str().unwrap();
+        assert!(
+            message.contains(&format!("`{field}`")),
+            "{field}: {message}"
+        );
+    }
+    assert_eq!(seen["not_found"], "model_not_found");
+    assert_eq!(seen["models"], json!(["mini"]));
+
+    // What the SDK sent reached the aggregator, and only the aggregator.
+    let agg = &s.fake.requests_for("agg")[0].json;
+    assert_eq!(agg["temperature"], 0.2);
+    assert_eq!(agg["top_p"], 0.9);
+    assert_eq!(agg["stop"], json!(["\n\n"]));
+    assert_eq!(agg["seed"], 7);
+    assert_eq!(agg["max_tokens"], 50);
+    let p1 = &s.fake.requests_for("p1")[0].json;
+    assert!(p1.get("seed").is_none() && p1.get("stop").is_none());
+    assert_eq!(
+        p1["messages"],
+        json!([{"role": "system", "content": "Answer briefly."},
+               {"role": "user", "content": "Why is the sky blue?"}])
+    );
+    // The agent loop's history reached the proposers as text.
+    let loop_request = s
+        .fake
+        .requests_for("p1")
+        .into_iter()
+        .find(|r| r.body_text().contains("call_1"))
+        .unwrap();
+    assert_eq!(
+        loop_request.json["messages"][2]["content"],
+        "[tool result call_1: weather]\n-3C, snow"
+    );
+}
