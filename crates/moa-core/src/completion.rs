@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::message::Message;
+use crate::message::{Message, ToolCall};
 
 /// One chat-completion call, in the terms every provider understands.
 #[derive(Clone, Debug, PartialEq)]
@@ -17,6 +17,43 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     /// Further request fields passed through unchanged (top_p, stop, seed, ...).
     pub extra: Map<String, Value>,
+    /// Tools the model may call; `None` offers none.
+    pub tools: Option<Tools>,
+}
+
+/// A function the model may call: OpenAI's function tool.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolDef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The arguments' JSON Schema.
+    #[serde(default = "empty_object")]
+    pub parameters: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Map::new())
+}
+
+/// Whether and which tool the model must call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ToolChoice {
+    Auto,
+    None,
+    Required,
+    Function(String),
+}
+
+/// The tools of a request and how they may be used.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tools {
+    pub defs: Vec<ToolDef>,
+    pub choice: Option<ToolChoice>,
+    /// Whether the model may make several calls in one answer (OpenAI's parallel_tool_calls).
+    pub parallel: Option<bool>,
 }
 
 impl ChatRequest {
@@ -28,6 +65,7 @@ impl ChatRequest {
             temperature: None,
             max_tokens: None,
             extra: Map::new(),
+            tools: None,
         }
     }
 }
@@ -54,6 +92,14 @@ impl Usage {
 pub enum Chunk {
     /// Newly generated text.
     Delta(String),
+    /// A piece of a tool call: the call at `index` of this answer. Its first piece carries the
+    /// call's id and function name; the arguments (a JSON text) may come in several pieces.
+    ToolCall {
+        index: usize,
+        id: Option<String>,
+        name: Option<String>,
+        arguments: String,
+    },
     /// The end of the answer: sent once, last.
     Finished {
         finish_reason: Option<String>,
@@ -71,6 +117,40 @@ pub struct Completion {
     /// request asked for them (OpenAI's `logprobs: true, top_logprobs: n`) and the provider
     /// returns them. Judges read the first token's alternatives.
     pub logprobs: Option<Vec<TokenLogprob>>,
+    /// The tools the model called, in order.
+    pub tool_calls: Vec<ToolCall>,
+}
+
+impl Completion {
+    /// Adds a piece of tool call `index` (see [`Chunk::ToolCall`]).
+    pub fn push_tool_call(
+        &mut self,
+        index: usize,
+        id: Option<String>,
+        name: Option<String>,
+        arguments: &str,
+    ) {
+        // Calls arrive in index order. An index far past the last is a hostile or broken
+        // stream; it is ignored rather than allocated for.
+        if index > self.tool_calls.len() + 64 {
+            return;
+        }
+        while self.tool_calls.len() <= index {
+            self.tool_calls.push(ToolCall {
+                id: String::new(),
+                name: String::new(),
+                arguments: String::new(),
+            });
+        }
+        let call = &mut self.tool_calls[index];
+        if let Some(id) = id {
+            call.id = id;
+        }
+        if let Some(name) = name {
+            call.name.push_str(&name);
+        }
+        call.arguments.push_str(arguments);
+    }
 }
 
 /// One generated token with its log probability and the top alternatives at its position.

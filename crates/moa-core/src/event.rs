@@ -53,6 +53,13 @@ pub enum RunEvent {
     AggregatorStarted { model: String },
     /// Text of the final answer.
     AggregatorDelta { text: String },
+    /// A piece of a tool call of the final answer (see [`crate::Chunk::ToolCall`]).
+    AggregatorToolCall {
+        index: usize,
+        id: Option<String>,
+        name: Option<String>,
+        arguments: String,
+    },
     /// The run finished; the whole trace.
     Done(Box<Trace>),
 }
@@ -79,6 +86,9 @@ pub struct CallTrace {
     /// The typed error behind `error`, for front ends that map it (HTTP statuses).
     #[serde(skip)]
     pub failure: Option<crate::provider::ProviderError>,
+    /// The tools the model called (the aggregator only: proposers are offered none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<crate::message::ToolCall>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finish_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

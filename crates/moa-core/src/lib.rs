@@ -16,7 +16,9 @@ pub mod price;
 pub mod prompt;
 pub mod provider;
 
-pub use completion::{ChatRequest, Chunk, Completion, TokenLogprob, TopLogprob, Usage};
+pub use completion::{
+    ChatRequest, Chunk, Completion, TokenLogprob, ToolChoice, ToolDef, Tools, TopLogprob, Usage,
+};
 pub use engine::{
     BoundAgent, CallOverrides, Moa, Plan, RunOptions, RunRequest, RunStream, EMPTY_ANSWER,
 };

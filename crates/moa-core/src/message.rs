@@ -48,7 +48,7 @@ pub enum Part {
 
 /// A tool call an assistant made: OpenAI's `{"id", "type": "function", "function": {"name",
 /// "arguments"}}`, its arguments a JSON text as the model wrote it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ToolCall {
     pub id: String,
     pub name: String,

@@ -100,6 +100,44 @@ pub fn inject_references(
     out
 }
 
+/// The tools the aggregator is offered, described for proposers (which are offered none):
+/// prepended to their system message.
+pub fn tools_text(tools: &[crate::completion::ToolDef]) -> String {
+    let mut text =
+        String::from("The assistant that answers this conversation can call these tools:\n");
+    for tool in tools {
+        text.push_str(&format!("- {}", tool.name));
+        if let Some(description) = &tool.description {
+            text.push_str(&format!(": {description}"));
+        }
+        text.push_str(&format!(
+            "\n  arguments (JSON Schema): {}\n",
+            tool.parameters
+        ));
+    }
+    text.push_str(
+        "You cannot call them yourself. Answer in text: if a tool should be called next, say \
+         which one, with which arguments, and why; if the conversation already holds what is \
+         needed, answer the user.",
+    );
+    text
+}
+
+/// The conversation for a model that is given tools: as it is, but `developer` written as
+/// `system`, which every dialect knows.
+pub fn structured_view(messages: &[Message]) -> Vec<Message> {
+    messages
+        .iter()
+        .map(|m| match m.role {
+            Role::Developer => Message {
+                role: Role::System,
+                ..m.clone()
+            },
+            _ => m.clone(),
+        })
+        .collect()
+}
+
 /// How an assistant's tool call is written for an agent that sees the conversation as text:
 /// one line per call, after the message's own text.
 pub fn tool_call_text(id: &str, name: &str, arguments: &str) -> String {

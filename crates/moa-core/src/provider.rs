@@ -45,6 +45,12 @@ pub async fn collect(
     while let Some(chunk) = stream.next().await {
         match chunk? {
             Chunk::Delta(text) => completion.text.push_str(&text),
+            Chunk::ToolCall {
+                index,
+                id,
+                name,
+                arguments,
+            } => completion.push_tool_call(index, id, name, &arguments),
             Chunk::Finished {
                 finish_reason,
                 usage,

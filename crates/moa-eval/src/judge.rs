@@ -52,6 +52,7 @@ impl Judge {
             temperature,
             max_tokens,
             extra,
+            tools: None,
         };
         let call = self.provider.complete(request);
         let completion = match self.timeout {

@@ -39,6 +39,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(chunk) = answer.blocking_recv() {
         match chunk? {
             Chunk::Delta(t) => print!("{t}"),
+            // The local model is given no tools.
+            Chunk::ToolCall { .. } => {}
             Chunk::Finished {
                 usage,
                 finish_reason,

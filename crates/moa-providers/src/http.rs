@@ -527,6 +527,31 @@ impl Events {
         self.pending.push_back(Ok(Chunk::Delta(text)));
     }
 
+    /// A piece of a tool call; its bytes count toward the answer's limit.
+    pub fn tool_call(
+        &mut self,
+        index: usize,
+        id: Option<String>,
+        name: Option<String>,
+        arguments: String,
+    ) {
+        if self.ended {
+            return;
+        }
+        let size = arguments.len() + name.as_ref().map_or(0, String::len) + 1;
+        self.text_bytes += size;
+        if self.text_bytes > self.max_text_bytes {
+            let limit = self.max_text_bytes;
+            return self.too_large(format!("the answer is longer than {limit} bytes"));
+        }
+        self.pending.push_back(Ok(Chunk::ToolCall {
+            index,
+            id,
+            name,
+            arguments,
+        }));
+    }
+
     /// An SSE decoder's verdict on the bytes it was fed: its events, or a failure.
     pub fn sse(
         &mut self,
@@ -682,6 +707,24 @@ impl<D: Decode + Unpin> Stream for ChunkStream<D> {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+/// Refuses a request that offers tools to a dialect whose tool use moa does not speak yet, so
+/// that tools are never dropped without a word.
+pub(crate) fn refuse_tools(
+    request: &moa_core::ChatRequest,
+    provider: &str,
+) -> Result<(), ProviderError> {
+    match &request.tools {
+        Some(_) => Err(ProviderError::InvalidRequest {
+            provider: provider.to_string(),
+            message: format!(
+                "{provider} cannot be given tools through moa yet (tool use is built for \
+                 OpenAI-compatible models); choose an OpenAI-compatible aggregator"
+            ),
+        }),
+        None => Ok(()),
     }
 }
 

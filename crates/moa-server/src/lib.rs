@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
-use moa_core::{Moa, RunEvent, RunRequest};
+use moa_core::{Moa, RunEvent};
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -200,7 +200,7 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Result<Re
     guard::json_body(&parts.headers)?;
     let body = read_body(&state, body).await?;
     let request = wire::ChatRequest::parse(&body).map_err(ApiError::bad_request)?;
-    if request.messages.is_empty() {
+    if request.run.messages.is_empty() {
         return Err(ApiError::bad_request("`messages` is empty"));
     }
     let Some(moa) = state.engines.engine(&request.model) else {
@@ -236,11 +236,7 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Result<Re
         return Ok(stream(moa, request, env, permit, timeout));
     }
     let include_proposals = request.include_proposals;
-    let run = RunRequest {
-        messages: request.messages,
-        aggregator: request.aggregator,
-    };
-    let trace = tokio::time::timeout(timeout, moa.run_request_to_end(run))
+    let trace = tokio::time::timeout(timeout, moa.run_request_to_end(request.run))
         .await
         .map_err(|_| {
             ApiError::new(
@@ -266,10 +262,7 @@ fn stream(
 ) -> Response {
     let include_usage = request.include_usage;
     let include_proposals = request.include_proposals;
-    let run = moa.run_request(RunRequest {
-        messages: request.messages,
-        aggregator: request.aggregator,
-    });
+    let run = moa.run_request(request.run);
     let deadline = tokio::time::sleep(timeout);
     let state = (run, Some(env), permit, Box::pin(deadline), false);
     let frames = futures::stream::unfold(
@@ -295,6 +288,21 @@ fn stream(
                 match event {
                     Some(Ok(RunEvent::AggregatorDelta { text })) => {
                         let frame = wire::delta(&env, &text);
+                        return Some((Ok(frame), (run, Some(env), permit, deadline, true)));
+                    }
+                    Some(Ok(RunEvent::AggregatorToolCall {
+                        index,
+                        id,
+                        name,
+                        arguments,
+                    })) => {
+                        let frame = wire::tool_call_delta(
+                            &env,
+                            index,
+                            id.as_deref(),
+                            name.as_deref(),
+                            &arguments,
+                        );
                         return Some((Ok(frame), (run, Some(env), permit, deadline, true)));
                     }
                     Some(Ok(RunEvent::Done(trace))) => {

@@ -1,6 +1,6 @@
 //! The chat-completions request as clients send it, and the response and chunk shapes they expect.
 
-use moa_core::{CallOverrides, Message, Trace, Usage};
+use moa_core::{Message, Role, RunRequest, ToolChoice, ToolDef, Tools, Trace, Usage};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -9,12 +9,11 @@ use serde_json::{json, Map, Value};
 #[derive(Debug)]
 pub struct ChatRequest {
     pub model: String,
-    pub messages: Vec<Message>,
     pub stream: bool,
     pub include_usage: bool,
     pub include_proposals: bool,
-    /// The client's sampling fields, for the aggregator's call.
-    pub aggregator: CallOverrides,
+    /// The run: messages, the client's sampling fields for the aggregator, tools.
+    pub run: RunRequest,
 }
 
 /// What happens to each request field.
@@ -52,7 +51,9 @@ pub const FIELDS: &[(&str, Treatment)] = &[
     ("metadata", Treatment::Ignored),
     ("store", Treatment::Ignored),
     ("service_tier", Treatment::Ignored),
-    ("parallel_tool_calls", Treatment::Ignored),
+    ("tools", Treatment::Read),
+    ("tool_choice", Treatment::Read),
+    ("parallel_tool_calls", Treatment::Read),
     ("prompt_cache_key", Treatment::Ignored),
     ("safety_identifier", Treatment::Ignored),
     (
@@ -60,22 +61,12 @@ pub const FIELDS: &[(&str, Treatment)] = &[
         Treatment::NeutralOnly("moa returns one choice per request; send n=1 or leave it out"),
     ),
     (
-        "tools",
-        Treatment::NeutralOnly(
-            "tool calling through MoA is not built yet; leave `tools` out or empty",
-        ),
-    ),
-    (
-        "tool_choice",
-        Treatment::NeutralOnly("tool calling through MoA is not built yet; send \"none\""),
-    ),
-    (
         "functions",
-        Treatment::NeutralOnly("tool calling through MoA is not built yet"),
+        Treatment::NeutralOnly("`functions` is OpenAI's deprecated form; send `tools`"),
     ),
     (
         "function_call",
-        Treatment::NeutralOnly("tool calling through MoA is not built yet"),
+        Treatment::NeutralOnly("`function_call` is OpenAI's deprecated form; send `tool_choice`"),
     ),
     (
         "response_format",
@@ -111,8 +102,8 @@ fn neutral(field: &str, value: &Value) -> bool {
     match (field, value) {
         (_, Value::Null) => true,
         ("n", v) => v.as_u64() == Some(1),
-        ("tools" | "functions", Value::Array(a)) => a.is_empty(),
-        ("tool_choice" | "function_call", v) => v.as_str() == Some("none"),
+        ("functions", Value::Array(a)) => a.is_empty(),
+        ("function_call", v) => v.as_str() == Some("none"),
         ("response_format", v) => v.get("type").and_then(Value::as_str) == Some("text"),
         ("logprobs", v) => v.as_bool() == Some(false),
         ("top_logprobs", v) => v.as_u64() == Some(0),
@@ -131,14 +122,15 @@ impl ChatRequest {
             .map_err(|e| format!("the request body is not a valid chat completion request: {e}"))?;
         let mut request = ChatRequest {
             model: String::new(),
-            messages: Vec::new(),
             stream: false,
             include_usage: false,
             include_proposals: false,
-            aggregator: CallOverrides::default(),
+            run: RunRequest::default(),
         };
         let mut model = None;
         let mut messages = None;
+        let mut tools = Tools::default();
+        let mut proposers_after_tool_result = false;
         for (field, value) in map {
             let treatment = FIELDS
                 .iter()
@@ -174,16 +166,22 @@ impl ChatRequest {
                             .and_then(Value::as_bool)
                             .unwrap_or(false)
                     }
+                    "tools" if value.is_null() => {}
+                    "tools" => tools.defs = parse_tools(value)?,
+                    "tool_choice" if value.is_null() => {}
+                    "tool_choice" => tools.choice = Some(parse_tool_choice(&value)?),
+                    "parallel_tool_calls" => tools.parallel = value.as_bool(),
                     _ => {
                         let extension: Extension =
                             serde_json::from_value(value).map_err(|e| format!("`moa`: {e}"))?;
                         request.include_proposals = extension.include_proposals;
+                        proposers_after_tool_result = extension.proposers_after_tool_result;
                     }
                 },
                 Treatment::Aggregator if value.is_null() => {}
                 Treatment::Aggregator => match field.as_str() {
                     "temperature" => {
-                        request.aggregator.temperature =
+                        request.run.aggregator.temperature =
                             Some(value.as_f64().ok_or_else(|| bad("must be a number"))?)
                     }
                     "max_tokens" | "max_completion_tokens" => {
@@ -192,10 +190,10 @@ impl ChatRequest {
                             .and_then(|n| u32::try_from(n).ok())
                             .filter(|n| *n > 0)
                             .ok_or_else(|| bad("must be a positive whole number"))?;
-                        request.aggregator.max_tokens = Some(n);
+                        request.run.aggregator.max_tokens = Some(n);
                     }
                     _ => {
-                        request.aggregator.extra.insert(field, value);
+                        request.run.aggregator.extra.insert(field, value);
                     }
                 },
                 Treatment::Ignored => {}
@@ -208,7 +206,28 @@ impl ChatRequest {
         }
         request.model =
             model.ok_or("`model` is missing: name a preset (GET /v1/models lists them)")?;
-        request.messages = messages.ok_or("`messages` is missing")?;
+        let messages: Vec<Message> = messages.ok_or("`messages` is missing")?;
+        match &tools.choice {
+            Some(ToolChoice::Function(name)) if !tools.defs.iter().any(|t| &t.name == name) => {
+                return Err(format!(
+                    "`tool_choice` names `{name}`, which is not among `tools`"
+                ))
+            }
+            Some(ToolChoice::Required) if tools.defs.is_empty() => {
+                return Err("`tool_choice` is \"required\" but `tools` is empty".into())
+            }
+            _ => {}
+        }
+        // An agent loop's turn after a tool result goes to the aggregator alone unless the
+        // client asks otherwise: the aggregator has the result and the whole history, and the
+        // loop's next step is usually mechanical; proposers would cost P calls and a layer of
+        // latency on every step.
+        request.run.skip_proposers =
+            messages.last().is_some_and(|m| m.role == Role::Tool) && !proposers_after_tool_result;
+        request.run.messages = messages;
+        if !tools.defs.is_empty() {
+            request.run.tools = Some(tools);
+        }
         Ok(request)
     }
 }
@@ -219,6 +238,48 @@ pub struct Extension {
     /// `{"moa": {"include_proposals": true}}` adds the proposers' answers to the response.
     #[serde(default)]
     pub include_proposals: bool,
+    /// Run the proposers even when the last message is a tool result.
+    #[serde(default)]
+    pub proposers_after_tool_result: bool,
+}
+
+/// OpenAI's `tools`: function tools only.
+fn parse_tools(value: Value) -> Result<Vec<ToolDef>, Refusal> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Tool {
+        #[serde(rename = "type")]
+        kind: String,
+        function: ToolDef,
+    }
+    let tools: Vec<Tool> = serde_json::from_value(value).map_err(|e| format!("`tools`: {e}"))?;
+    tools
+        .into_iter()
+        .map(|t| match t.kind.as_str() {
+            "function" => Ok(t.function),
+            other => Err(format!(
+                "`tools`: tools of type `{other}` are not supported (function is)"
+            )),
+        })
+        .collect()
+}
+
+/// OpenAI's `tool_choice`: "auto", "none", "required" or {"type": "function", "function": {"name"}}.
+fn parse_tool_choice(value: &Value) -> Result<ToolChoice, Refusal> {
+    match value {
+        Value::String(s) => match s.as_str() {
+            "auto" => Ok(ToolChoice::Auto),
+            "none" => Ok(ToolChoice::None),
+            "required" => Ok(ToolChoice::Required),
+            other => Err(format!("`tool_choice` \"{other}\" is not one of auto, none, required")),
+        },
+        _ => value
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+            .map(|name| ToolChoice::Function(name.to_string()))
+            .ok_or_else(|| "`tool_choice` must be auto, none, required or {\"type\": \"function\", \"function\": {\"name\": …}}".to_string()),
+    }
 }
 
 /// What identifies one response across its chunks.
@@ -267,6 +328,52 @@ pub fn proposals(trace: &Trace) -> Value {
     })
 }
 
+/// The answer's message: its text, and the tools the aggregator called (content `null` when
+/// there is no text, as OpenAI writes it).
+fn message(trace: &Trace) -> Value {
+    let calls = &trace.aggregator.tool_calls;
+    if calls.is_empty() {
+        return json!({"role": "assistant", "content": trace.answer});
+    }
+    let content = match trace.answer.is_empty() {
+        true => Value::Null,
+        false => json!(trace.answer),
+    };
+    let calls: Vec<Value> = calls
+        .iter()
+        .map(|c| {
+            json!({"id": c.id, "type": "function",
+                   "function": {"name": c.name, "arguments": c.arguments}})
+        })
+        .collect();
+    json!({"role": "assistant", "content": content, "tool_calls": calls})
+}
+
+/// A streamed piece of tool call `index`: the first carries its id, type and name.
+pub fn tool_call_delta(
+    env: &Envelope,
+    index: usize,
+    id: Option<&str>,
+    name: Option<&str>,
+    arguments: &str,
+) -> bytes::Bytes {
+    let mut call = json!({"index": index});
+    if let Some(id) = id {
+        call["id"] = json!(id);
+        call["type"] = json!("function");
+    }
+    let mut function = json!({"arguments": arguments});
+    if let Some(name) = name {
+        function["name"] = json!(name);
+    }
+    call["function"] = function;
+    chunk(
+        env,
+        json!([{"index": 0, "delta": {"tool_calls": [call]}, "logprobs": null, "finish_reason": null}]),
+        None,
+    )
+}
+
 /// A whole `chat.completion`.
 pub fn completion(env: &Envelope, trace: &Trace, with_proposals: bool) -> Value {
     let mut body = json!({
@@ -276,7 +383,7 @@ pub fn completion(env: &Envelope, trace: &Trace, with_proposals: bool) -> Value 
         "model": env.model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": trace.answer},
+            "message": message(trace),
             "logprobs": null,
             "finish_reason": trace.aggregator.finish_reason.clone().unwrap_or_else(|| "stop".into()),
         }],

@@ -18,6 +18,19 @@ pub(crate) fn completion(reply: &Reply, ctx: &Ctx, text: &str) -> Value {
             "finish_reason": reply.finish_reason,
         }],
     });
+    if !reply.tool_calls.is_empty() {
+        let calls: Vec<Value> = reply
+            .tool_calls
+            .iter()
+            .map(|(id, name, args)| {
+                json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})
+            })
+            .collect();
+        body["choices"][0]["message"]["tool_calls"] = json!(calls);
+        if text.is_empty() {
+            body["choices"][0]["message"]["content"] = Value::Null;
+        }
+    }
     if let Some(usage) = reply.usage_for(ctx.prompt_bytes, text) {
         body["usage"] = json!(usage);
     }
@@ -66,6 +79,15 @@ pub(crate) fn frames(reply: &Reply, ctx: &Ctx, text: &str, complete: bool) -> Ve
     let mut frames = vec![chunk(ctx, choice(opening, None))];
     for piece in reply.pieces(text) {
         frames.push(chunk(ctx, choice(json!({"content": piece}), None)));
+    }
+    for (index, (id, name, args)) in reply.tool_calls.iter().enumerate() {
+        let first = json!({"index": index, "id": id, "type": "function",
+                           "function": {"name": name, "arguments": ""}});
+        frames.push(chunk(ctx, choice(json!({"tool_calls": [first]}), None)));
+        for piece in reply.pieces(args) {
+            let more = json!({"index": index, "function": {"arguments": piece}});
+            frames.push(chunk(ctx, choice(json!({"tool_calls": [more]}), None)));
+        }
     }
     if !complete {
         return frames;

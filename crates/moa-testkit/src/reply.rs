@@ -61,6 +61,8 @@ pub struct Reply {
     /// role chunk without `content`, `"logprobs": null` in every choice, and no usage chunk
     /// even when `stream_options.include_usage` asks for one.
     pub llamacpp: bool,
+    /// Tool calls `(id, name, arguments)` the answer makes (OpenAI dialect), after its text.
+    pub tool_calls: Vec<(String, String, String)>,
     /// The first token's top alternatives `(token, logprob)`, sent as OpenAI's
     /// `choices[0].logprobs` in whole (non-streamed) answers.
     pub top_logprobs: Option<Vec<(String, f64)>>,
@@ -81,6 +83,7 @@ impl Reply {
             finish_reason: Some("stop".into()),
             headers: Vec::new(),
             llamacpp: false,
+            tool_calls: Vec::new(),
             top_logprobs: None,
         }
     }
@@ -88,6 +91,17 @@ impl Reply {
     /// A successful answer.
     pub fn text(text: impl Into<String>) -> Self {
         Self::new(ReplyKind::Text(text.into()))
+    }
+
+    /// An answer that calls tools `(id, name, arguments)` and says nothing, finishing with
+    /// `tool_calls` as OpenAI does. Streamed, each call's arguments come in pieces.
+    pub fn tool_calls(calls: &[(&str, &str, &str)]) -> Self {
+        let mut reply = Self::text("").with_finish_reason(Some("tool_calls"));
+        reply.tool_calls = calls
+            .iter()
+            .map(|(id, name, args)| (id.to_string(), name.to_string(), args.to_string()))
+            .collect();
+        reply
     }
 
     /// An error status with OpenAI's error JSON: `{"error":{"message","type","code"}}`.

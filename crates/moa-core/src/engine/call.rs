@@ -75,6 +75,23 @@ pub(super) async fn call(
                         Slot::Aggregator => RunEvent::AggregatorDelta { text },
                     });
                 }
+                Chunk::ToolCall {
+                    index,
+                    id,
+                    name,
+                    arguments,
+                } => {
+                    first_token.get_or_insert_with(Instant::now);
+                    completion.push_tool_call(index, id.clone(), name.clone(), &arguments);
+                    if matches!(slot, Slot::Aggregator) {
+                        ctx.emit(RunEvent::AggregatorToolCall {
+                            index,
+                            id,
+                            name,
+                            arguments,
+                        });
+                    }
+                }
                 Chunk::Finished {
                     finish_reason,
                     usage,
@@ -109,6 +126,7 @@ pub(super) async fn call(
         answer: None,
         error: None,
         failure: None,
+        tool_calls: Vec::new(),
         finish_reason: None,
         usage: None,
         usage_estimated: false,
@@ -126,6 +144,7 @@ pub(super) async fn call(
                 trace.usage = completion.usage;
             }
             trace.answer = Some(completion.text);
+            trace.tool_calls = completion.tool_calls;
             trace.finish_reason = completion.finish_reason;
             trace
         }

@@ -62,13 +62,14 @@ impl BoundAgent {
             temperature: self.spec.temperature,
             max_tokens: self.spec.max_tokens,
             extra: self.spec.extra.clone(),
+            tools: None,
         }
     }
 }
 
 /// Puts an agent's own system prompt first: before an existing leading system message's text
 /// (separated by a blank line), or as a new leading system message.
-fn with_system_prompt(messages: &[Message], system: &str) -> Vec<Message> {
+pub(crate) fn with_system_prompt(messages: &[Message], system: &str) -> Vec<Message> {
     let mut out = messages.to_vec();
     match out.first_mut() {
         Some(first) if first.role == Role::System => {
@@ -157,6 +158,13 @@ pub struct RunRequest {
     /// Changes to the aggregator's call: the client's sampling fields, which shape the answer
     /// it sees. Proposers keep the preset's settings.
     pub aggregator: CallOverrides,
+    /// Tools the aggregator may call. It then sees the conversation's tool calls and results
+    /// as they are; proposers see them as text, with the tools described in their system
+    /// message ([`crate::prompt::tools_text`]), and answer in text.
+    pub tools: Option<crate::completion::Tools>,
+    /// Go straight to the aggregator, with no references (an agent loop's turn after a tool
+    /// result, say).
+    pub skip_proposers: bool,
 }
 
 impl RunRequest {
@@ -164,7 +172,7 @@ impl RunRequest {
     pub fn new(messages: Vec<Message>) -> Self {
         Self {
             messages,
-            aggregator: CallOverrides::default(),
+            ..Self::default()
         }
     }
 }

@@ -16,7 +16,7 @@ use super::{Plan, RunOptions, RunRequest};
 use crate::error::{MoaError, ProposalFailure};
 use crate::event::{CallStatus, LayerTrace, RunEvent, Trace};
 use crate::message::Message;
-use crate::prompt::{text_view, Reference};
+use crate::prompt::{structured_view, text_view, tools_text, Reference};
 
 /// Why a proposer whose answer was empty (or only white space) is left out of the references.
 pub const EMPTY_ANSWER: &str = "the answer was empty, so it was left out of the references";
@@ -84,11 +84,25 @@ async fn drive(
     ctx: CallContext,
 ) -> Result<Trace, MoaError> {
     let style = plan.prompt_style;
-    // Every agent sees tool calls and results as text (none of them is given tools).
-    let messages: Vec<Message> = text_view(&request.messages);
+    // Proposers see tool calls and results as text, and the tools (if any) described in text;
+    // the aggregator sees them as they are when it is given the tools, as text otherwise.
+    let view: Vec<Message> = text_view(&request.messages);
+    let tools = request.tools.as_ref().filter(|t| !t.defs.is_empty());
+    let messages = match tools {
+        Some(tools) => super::with_system_prompt(&view, &tools_text(&tools.defs)),
+        None => view.clone(),
+    };
+    let aggregator_messages = match tools {
+        Some(_) => structured_view(&request.messages),
+        None => view,
+    };
+    let proposer_layers = match request.skip_proposers {
+        true => &[][..],
+        false => &plan.layers[..],
+    };
     let mut references: Vec<Reference> = Vec::new();
     let mut layers = Vec::with_capacity(plan.layers.len());
-    for (i, agents) in plan.layers.iter().enumerate() {
+    for (i, agents) in proposer_layers.iter().enumerate() {
         let layer = i + 1;
         let layer_started = Instant::now();
         ctx.emit(RunEvent::LayerStarted {
@@ -187,8 +201,9 @@ async fn drive(
     ctx.emit(RunEvent::AggregatorStarted {
         model: aggregator.spec.model.clone(),
     });
-    let mut call_request = aggregator.request(&messages, &references, style);
+    let mut call_request = aggregator.request(&aggregator_messages, &references, style);
     request.aggregator.apply(&mut call_request);
+    call_request.tools = tools.cloned();
     let outcome = call(&ctx, aggregator, call_request, Slot::Aggregator, true).await;
     if let Some(source) = outcome.failure.clone() {
         return Err(MoaError::Aggregator {

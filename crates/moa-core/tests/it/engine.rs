@@ -349,6 +349,7 @@ async fn events_come_in_order_and_trace_matches_them() {
             RunEvent::LayerDone { .. } => "layer-done",
             RunEvent::AggregatorStarted { .. } => "agg",
             RunEvent::AggregatorDelta { .. } => "agg-delta",
+            RunEvent::AggregatorToolCall { .. } => "agg-tool",
             RunEvent::Done(_) => "end",
         })
         .collect();

@@ -125,6 +125,7 @@ impl Inner {
     }
 
     async fn complete(self: Arc<Self>, request: ChatRequest) -> Result<Completion, ProviderError> {
+        crate::http::refuse_tools(&request, &self.config.name)?;
         let body = wire::request_body(&request, false);
         self.transport
             .complete(
@@ -165,6 +166,7 @@ impl Inner {
             finish_reason: message.stop_reason.as_deref().map(wire::finish_reason),
             usage,
 
+            tool_calls: Vec::new(),
             logprobs: None, // the API offers none
         })
     }
@@ -176,6 +178,9 @@ impl Provider for Anthropic {
     }
 
     fn stream(&self, request: ChatRequest) -> BoxChunkStream {
+        if let Err(error) = crate::http::refuse_tools(&request, self.name()) {
+            return Box::pin(futures::stream::iter([Err(error)]));
+        }
         let body = wire::request_body(&request, true);
         open_stream::<_, stream::Decoder, _, _>(self.inner.clone(), move |inner: Arc<Inner>| {
             let body = body.clone();

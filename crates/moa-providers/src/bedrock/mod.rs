@@ -185,6 +185,7 @@ impl Inner {
     }
 
     async fn complete(self: Arc<Self>, request: ChatRequest) -> Result<Completion, ProviderError> {
+        crate::http::refuse_tools(&request, &self.config.name)?;
         let body = wire::request_body(&request).map_err(|m| self.invalid(m))?;
         self.transport
             .complete(
@@ -209,6 +210,7 @@ impl Inner {
             finish_reason: response.stop_reason.as_deref().map(wire::finish_reason),
             usage: response.usage.map(Into::into),
 
+            tool_calls: Vec::new(),
             logprobs: None, // the API offers none
         })
     }
@@ -220,6 +222,9 @@ impl Provider for Bedrock {
     }
 
     fn stream(&self, request: ChatRequest) -> BoxChunkStream {
+        if let Err(error) = crate::http::refuse_tools(&request, self.name()) {
+            return Box::pin(futures::stream::iter([Err(error)]));
+        }
         let body = match wire::request_body(&request) {
             Ok(body) => body,
             Err(message) => {

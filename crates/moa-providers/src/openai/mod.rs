@@ -162,11 +162,26 @@ fn parse_completion(provider: &str, bytes: &[u8]) -> Result<Completion, Provider
         .into_iter()
         .next()
         .ok_or_else(|| bad("no choices in the response".into()))?;
+    let message = choice.message.unwrap_or_default();
+    let tool_calls = message
+        .tool_calls
+        .unwrap_or_default()
+        .into_iter()
+        .map(|call| {
+            let function = call.function.unwrap_or_default();
+            moa_core::ToolCall {
+                id: call.id.unwrap_or_default(),
+                name: function.name.unwrap_or_default(),
+                arguments: function.arguments.unwrap_or_default(),
+            }
+        })
+        .collect();
     Ok(Completion {
         logprobs: choice.logprobs.and_then(|l| l.content),
-        text: choice.message.and_then(|m| m.content).unwrap_or_default(),
+        text: message.content.unwrap_or_default(),
         finish_reason: choice.finish_reason.filter(|r| !r.is_empty()),
         usage: response.usage.map(Into::into),
+        tool_calls,
     })
 }
 

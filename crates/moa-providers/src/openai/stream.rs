@@ -34,8 +34,23 @@ impl Decoder {
             out.usage = Some(usage.into());
         }
         for choice in chunk.choices {
-            if let Some(text) = choice.delta.or(choice.message).and_then(|d| d.content) {
+            let Some(delta) = choice.delta.or(choice.message) else {
+                if let Some(reason) = choice.finish_reason.filter(|r| !r.is_empty()) {
+                    out.finish_reason = Some(reason);
+                }
+                continue;
+            };
+            if let Some(text) = delta.content {
                 out.delta(text);
+            }
+            for (position, call) in delta.tool_calls.unwrap_or_default().into_iter().enumerate() {
+                let function = call.function.unwrap_or_default();
+                out.tool_call(
+                    call.index.unwrap_or(position),
+                    call.id,
+                    function.name,
+                    function.arguments.unwrap_or_default(),
+                );
             }
             if let Some(reason) = choice.finish_reason.filter(|r| !r.is_empty()) {
                 out.finish_reason = Some(reason);

@@ -1,8 +1,8 @@
 //! The chat-completions wire format: the request body we send and the tolerant shapes we accept.
 
-use moa_core::{ChatRequest, Message, Usage};
+use moa_core::{ChatRequest, Message, ToolChoice, Tools, Usage};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 /// Fields the client owns; config `extra` may not set them.
 pub const RESERVED_FIELDS: [&str; 4] = ["model", "messages", "stream", "stream_options"];
@@ -19,13 +19,42 @@ struct Body<'a> {
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     extra: Map<String, Value>,
+}
+
+/// OpenAI's `tools` and `tool_choice` for `tools`.
+fn tools_json(tools: &Tools) -> (Vec<Value>, Option<Value>) {
+    let defs = tools
+        .defs
+        .iter()
+        .map(|t| json!({"type": "function", "function": t}))
+        .collect();
+    let choice = tools.choice.as_ref().map(|c| match c {
+        ToolChoice::Auto => json!("auto"),
+        ToolChoice::None => json!("none"),
+        ToolChoice::Required => json!("required"),
+        ToolChoice::Function(name) => json!({"type": "function", "function": {"name": name}}),
+    });
+    (defs, choice)
 }
 
 /// Serializes `request` as a chat-completions body.
 pub fn request_body(request: &ChatRequest, stream: bool, stream_usage: bool) -> Vec<u8> {
     let extra = crate::http::extra_fields(request, &RESERVED_FIELDS);
+    let (tools, tool_choice) = match &request.tools {
+        Some(tools) => {
+            let (defs, choice) = tools_json(tools);
+            (Some(defs), choice)
+        }
+        None => (None, None),
+    };
     let body = Body {
         model: &request.model,
         messages: &request.messages,
@@ -34,6 +63,9 @@ pub fn request_body(request: &ChatRequest, stream: bool, stream_usage: bool) -> 
         stream,
         stream_options: (stream && stream_usage)
             .then(|| serde_json::json!({"include_usage": true})),
+        tools,
+        tool_choice,
+        parallel_tool_calls: request.tools.as_ref().and_then(|t| t.parallel),
         extra,
     };
     // Serializing plain data with string keys cannot fail.
@@ -76,6 +108,27 @@ impl From<WireUsage> for Usage {
 pub struct WireMessage {
     #[serde(default)]
     pub content: Option<String>,
+    #[serde(default)]
+    pub tool_calls: Option<Vec<WireToolCall>>,
+}
+
+/// A tool call, whole or (streamed) a piece of one: every field may be missing from a piece.
+#[derive(Deserialize, Default)]
+pub struct WireToolCall {
+    #[serde(default)]
+    pub index: Option<usize>,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub function: Option<WireFunction>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct WireFunction {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub arguments: Option<String>,
 }
 
 /// `choices[].logprobs`: `content` is null when logprobs were not asked for.

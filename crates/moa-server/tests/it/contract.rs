@@ -36,8 +36,10 @@ async fn content_parts_and_an_agent_loops_history_are_taken() {
         ]},
         {"role": "tool", "tool_call_id": "call_9", "content": [{"type": "text", "text": "-3C, snow"}]}
     ]);
+    // Proposers run after a tool result only when asked (see the tool tests below).
     let response = s
-        .post(&json!({"model": "mini", "messages": messages}))
+        .post(&json!({"model": "mini", "messages": messages,
+                      "moa": {"proposers_after_tool_result": true}}))
         .await;
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
 
@@ -120,8 +122,9 @@ async fn what_moa_cannot_honour_is_refused_by_name() {
     let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
     for (extra, field) in [
         (json!({"n": 2}), "`n`"),
-        (json!({"tools": tool}), "`tools`"),
+        (json!({"tools": [{"type": "code_interpreter"}]}), "`tools`"),
         (json!({"tool_choice": "required"}), "`tool_choice`"),
+        (json!({"functions": tool}), "`functions`"),
         (
             json!({"response_format": {"type": "json_object"}}),
             "`response_format`",
@@ -145,4 +148,133 @@ async fn what_moa_cannot_honour_is_refused_by_name() {
         0,
         "nothing refused reached an upstream"
     );
+}
+
+fn weather_tool() -> Value {
+    json!([{"type": "function", "function": {
+        "name": "get_weather",
+        "description": "The weather in a city now.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    }}])
+}
+
+/// The fake's aggregator calls the tool when offered tools and the last message is the
+/// user's; after the tool's result it answers in text.
+fn tool_loop(s: &Setup) {
+    s.fake.respond_with(|r| {
+        let last_role = r.json["messages"].as_array().unwrap().last().unwrap()["role"].clone();
+        match (
+            r.model.as_str(),
+            r.json.get("tools").is_some(),
+            last_role.as_str(),
+        ) {
+            ("agg", true, Some("user")) => {
+                moa_testkit::Reply::tool_calls(&[("call_7", "get_weather", r#"{"city":"Oslo"}"#)])
+                    .with_chunk_chars(5)
+            }
+            ("agg", _, _) => moa_testkit::Reply::text("It is -3C and snowing in Oslo."),
+            (model, _, _) => {
+                moa_testkit::Reply::text(format!("{model}: call get_weather for Oslo"))
+            }
+        }
+    });
+}
+
+#[tokio::test]
+async fn the_aggregator_calls_tools_and_proposers_read_them_as_text() {
+    let s = start(ServerConfig::default()).await;
+    tool_loop(&s);
+    let body = request(json!({
+        "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+        "tools": weather_tool(), "tool_choice": "auto", "parallel_tool_calls": false
+    }));
+    let json: Value = s.post(&body).await.json().await.unwrap();
+    let choice = &json["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{json}");
+    assert_eq!(choice["message"]["content"], Value::Null);
+    assert_eq!(
+        choice["message"]["tool_calls"],
+        json!([{"id": "call_7", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}])
+    );
+    let agg = s.fake.requests_for("agg").remove(0).json;
+    assert_eq!(agg["tools"], weather_tool());
+    assert_eq!(agg["tool_choice"], "auto");
+    assert_eq!(agg["parallel_tool_calls"], false);
+    let p1 = s.fake.requests_for("p1").remove(0).json;
+    assert!(p1.get("tools").is_none());
+    let system = p1["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        system.starts_with(
+            "The assistant that answers this conversation can call these tools:\n\
+             - get_weather: The weather in a city now.\n  arguments (JSON Schema): {"
+        ),
+        "{system}"
+    );
+    assert!(system.ends_with("if the conversation already holds what is needed, answer the user."));
+
+    // Streamed: the call arrives in pieces that add up, then finish_reason tool_calls.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let text = s.post(&streamed).await.text().await.unwrap();
+    let chunks: Vec<Value> = super::events(&text)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let pieces: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))
+        .collect();
+    assert!(pieces.len() > 2, "{text}");
+    assert_eq!(pieces[0]["id"], "call_7");
+    assert_eq!(pieces[0]["function"]["name"], "get_weather");
+    let arguments: String = pieces
+        .iter()
+        .map(|p| p["function"]["arguments"].as_str().unwrap())
+        .collect();
+    assert_eq!(arguments, r#"{"city":"Oslo"}"#);
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
+}
+
+#[tokio::test]
+async fn after_a_tool_result_the_aggregator_answers_alone_unless_asked() {
+    let s = start(ServerConfig::default()).await;
+    tool_loop(&s);
+    let history = json!([
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_7", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_7", "content": "-3C, snow"}
+    ]);
+    let body = request(json!({"messages": history, "tools": weather_tool()}));
+    let json: Value = s.post(&body).await.json().await.unwrap();
+    assert_eq!(
+        json["choices"][0]["message"]["content"],
+        "It is -3C and snowing in Oslo."
+    );
+    assert_eq!(json["choices"][0]["finish_reason"], "stop");
+    let requests = s.fake.requests();
+    assert_eq!(requests.len(), 1, "proposers were skipped");
+    // The aggregator sees the loop as it is, with the tools.
+    assert_eq!(requests[0].json["messages"], history);
+    assert_eq!(requests[0].json["tools"], weather_tool());
+
+    let mut asked = body.clone();
+    asked["moa"] = json!({"proposers_after_tool_result": true});
+    let response = s.post(&asked).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        s.fake.requests().len(),
+        4,
+        "two proposers and the aggregator"
+    );
+
+    let bad = request(json!({"tools": weather_tool(),
+        "tool_choice": {"type": "function", "function": {"name": "get_time"}}}));
+    let (status, message) = status_and_message(&s, &bad).await;
+    assert_eq!(status, 400);
+    assert!(message.contains("`get_time`"), "{message}");
 }

@@ -85,7 +85,7 @@ mod sdk;
 mod sockets;
 
 /// The `data:` payloads of an SSE body.
-fn events(text: &str) -> Vec<String> {
+pub(crate) fn events(text: &str) -> Vec<String> {
     text.split("\n\n")
         .filter_map(|e| e.strip_prefix("data: "))
         .map(str::to_string)

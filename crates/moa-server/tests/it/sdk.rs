@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use moa_testkit::Reply;
 use serde_json::{json, Value};
 
 use super::{start, ServerConfig};
@@ -19,6 +20,23 @@ async fn the_official_openai_sdk_works_against_moa_serve() {
             .unwrap()
             .unwrap_or_else(|e| panic!("cannot install the openai SDK from PyPI: {e}"));
     let s = start(ServerConfig::default()).await;
+    // The aggregator calls get_weather when offered tools and the user spoke last, answers in
+    // text after the tool's result; other calls answer as the usual fake does.
+    s.fake.respond_with(|r| {
+        let messages = r.json["messages"].as_array().unwrap();
+        let last = messages.last().unwrap()["role"]
+            .as_str()
+            .unwrap_or_default();
+        match (r.model.as_str(), r.json.get("tools").is_some(), last) {
+            ("agg", true, "user") => {
+                Reply::tool_calls(&[("call_7", "get_weather", r#"{"city":"Oslo"}"#)])
+                    .with_chunk_chars(4)
+            }
+            ("agg", true, _) => Reply::text("It is -3C and snowing in Oslo."),
+            ("agg", false, _) => Reply::text("The final answer.").with_usage(100, 4),
+            (model, _, _) => Reply::text(format!("{model} thinks so")).with_usage(10, 3),
+        }
+    });
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/py/openai_sdk.py");
     let out = tokio::process::Command::new(python)
         .arg(script)
@@ -33,6 +51,16 @@ async fn the_official_openai_sdk_works_against_moa_serve() {
     );
     let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
 
+    // The tool loop, whole and streamed: the call came back, the result led to the answer.
+    for mode in ["whole", "stream"] {
+        assert_eq!(
+            seen["tool_loop"][mode],
+            json!({"calls": [{"id": "call_7", "name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}],
+                   "finish_reason": "tool_calls", "answer": "It is -3C and snowing in Oslo."}),
+            "{mode}"
+        );
+    }
+
     assert_eq!(
         seen["whole"],
         json!({"content": "The final answer.", "finish_reason": "stop", "total_tokens": 130, "proposals": 2})
@@ -42,7 +70,7 @@ async fn the_official_openai_sdk_works_against_moa_serve() {
         json!({"content": "The final answer.", "total_tokens": 130})
     );
     assert_eq!(seen["after_tool"], "The final answer.");
-    for field in ["n", "tools", "response_format"] {
+    for field in ["n", "tool_choice", "response_format"] {
         let message = seen["refusals"][field].as_str().unwrap();
         assert!(
             message.contains(&format!("`{field}`")),

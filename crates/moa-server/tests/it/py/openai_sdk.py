@@ -53,14 +53,54 @@ history = [
          "function": {"name": "weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
     {"role": "tool", "tool_call_id": "call_1", "content": "-3C, snow"},
 ]
-after_tool = client.chat.completions.create(model="mini", messages=history)
+after_tool = client.chat.completions.create(
+    model="mini", messages=history, extra_body={"moa": {"proposers_after_tool_result": True}}
+)
 seen["after_tool"] = after_tool.choices[0].message.content
+
+# A two-step tool loop, as an agent runs it: the aggregator calls the tool, the app runs it and
+# sends the result back, the aggregator answers. Whole, then streamed.
+tools = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city now.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+loop = {}
+for mode in ("whole", "stream"):
+    messages = [{"role": "user", "content": "Weather in Oslo? (" + mode + ")"}]
+    if mode == "whole":
+        first = client.chat.completions.create(model="mini", messages=messages, tools=tools)
+        message = first.choices[0].message
+        calls = [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+                 for c in message.tool_calls]
+        reason = first.choices[0].finish_reason
+    else:
+        calls, reason = [], None
+        for chunk in client.chat.completions.create(model="mini", messages=messages, tools=tools, stream=True):
+            if not chunk.choices:
+                continue
+            for piece in chunk.choices[0].delta.tool_calls or []:
+                while len(calls) <= piece.index:
+                    calls.append({"id": None, "name": "", "arguments": ""})
+                if piece.id:
+                    calls[piece.index]["id"] = piece.id
+                if piece.function and piece.function.name:
+                    calls[piece.index]["name"] += piece.function.name
+                if piece.function and piece.function.arguments:
+                    calls[piece.index]["arguments"] += piece.function.arguments
+            reason = chunk.choices[0].finish_reason or reason
+    messages.append({"role": "assistant", "content": None, "tool_calls": [
+        {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+        for c in calls]})
+    result = json.loads(calls[0]["arguments"])["city"] + ": -3C, snow"
+    messages.append({"role": "tool", "tool_call_id": calls[0]["id"], "content": result})
+    second = client.chat.completions.create(model="mini", messages=messages, tools=tools)
+    loop[mode] = {"calls": calls, "finish_reason": reason, "answer": second.choices[0].message.content}
+seen["tool_loop"] = loop
 
 # What moa cannot honour is refused with a 400 that names it.
 refusals = {}
 for name, kwargs in {
     "n": {"n": 2},
-    "tools": {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+    "tool_choice": {"tool_choice": "required"},
     "response_format": {"response_format": {"type": "json_object"}},
 }.items():
     try:
