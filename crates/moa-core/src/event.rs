@@ -52,9 +52,14 @@ pub enum RunEvent {
     /// The aggregator's request is about to be sent.
     AggregatorStarted { model: String },
     /// Text of the final answer.
-    AggregatorDelta { text: String },
+    AggregatorDelta {
+        /// Which of the request's choices (0 unless it asked for several).
+        choice: usize,
+        text: String,
+    },
     /// A piece of a tool call of the final answer (see [`crate::Chunk::ToolCall`]).
     AggregatorToolCall {
+        choice: usize,
         index: usize,
         id: Option<String>,
         name: Option<String>,
@@ -118,6 +123,10 @@ pub struct Trace {
     pub preset: String,
     pub layers: Vec<LayerTrace>,
     pub aggregator: CallTrace,
+    /// The aggregator's further calls when the request asked for several choices (`n`): choice
+    /// 1, 2, ... over the same references.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_choices: Vec<CallTrace>,
     /// The final answer, as streamed.
     pub answer: String,
     /// Token counts per `provider:model`, summed over every call the model made.
@@ -140,7 +149,8 @@ impl Trace {
             .layers
             .iter()
             .flat_map(|l| l.calls.iter())
-            .chain(std::iter::once(&self.aggregator));
+            .chain(std::iter::once(&self.aggregator))
+            .chain(self.other_choices.iter());
         for call in calls {
             if let Some(usage) = &call.usage {
                 by_model.entry(call.model.clone()).or_default().add(usage);

@@ -262,6 +262,7 @@ fn stream(
 ) -> Response {
     let include_usage = request.include_usage;
     let include_proposals = request.include_proposals;
+    let choices = request.run.n.max(1);
     let run = moa.run_request(request.run);
     let deadline = tokio::time::sleep(timeout);
     let state = (run, Some(env), permit, Box::pin(deadline), false);
@@ -270,7 +271,7 @@ fn stream(
         move |(mut run, env, permit, mut deadline, started)| async move {
             let env = env?;
             if !started {
-                let first = wire::opening(&env);
+                let first = wire::opening(&env, choices);
                 return Some((
                     Ok::<_, std::convert::Infallible>(first),
                     (run, Some(env), permit, deadline, true),
@@ -286,11 +287,12 @@ fn stream(
                     }
                 };
                 match event {
-                    Some(Ok(RunEvent::AggregatorDelta { text })) => {
-                        let frame = wire::delta(&env, &text);
+                    Some(Ok(RunEvent::AggregatorDelta { choice, text })) => {
+                        let frame = wire::delta(&env, choice, &text);
                         return Some((Ok(frame), (run, Some(env), permit, deadline, true)));
                     }
                     Some(Ok(RunEvent::AggregatorToolCall {
+                        choice,
                         index,
                         id,
                         name,
@@ -298,6 +300,7 @@ fn stream(
                     })) => {
                         let frame = wire::tool_call_delta(
                             &env,
+                            choice,
                             index,
                             id.as_deref(),
                             name.as_deref(),
@@ -306,12 +309,7 @@ fn stream(
                         return Some((Ok(frame), (run, Some(env), permit, deadline, true)));
                     }
                     Some(Ok(RunEvent::Done(trace))) => {
-                        let reason = trace
-                            .aggregator
-                            .finish_reason
-                            .clone()
-                            .unwrap_or_else(|| "stop".into());
-                        let mut frames = wire::finish(&env, &reason).to_vec();
+                        let mut frames = wire::finish(&env, &trace);
                         if include_proposals {
                             frames.extend_from_slice(&wire::chunk(
                                 &env,

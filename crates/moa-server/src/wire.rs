@@ -1,6 +1,6 @@
 //! The chat-completions request as clients send it, and the response and chunk shapes they expect.
 
-use moa_core::{Message, Role, RunRequest, ToolChoice, ToolDef, Tools, Trace, Usage};
+use moa_core::{CallTrace, Message, Role, RunRequest, ToolChoice, ToolDef, Tools, Trace, Usage};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -36,6 +36,7 @@ pub const FIELDS: &[(&str, Treatment)] = &[
     ("stream", Treatment::Read),
     ("stream_options", Treatment::Read),
     ("moa", Treatment::Read),
+    ("n", Treatment::Read),
     ("temperature", Treatment::Aggregator),
     ("max_tokens", Treatment::Aggregator),
     ("max_completion_tokens", Treatment::Aggregator),
@@ -56,10 +57,6 @@ pub const FIELDS: &[(&str, Treatment)] = &[
     ("parallel_tool_calls", Treatment::Read),
     ("prompt_cache_key", Treatment::Ignored),
     ("safety_identifier", Treatment::Ignored),
-    (
-        "n",
-        Treatment::NeutralOnly("moa returns one choice per request; send n=1 or leave it out"),
-    ),
     (
         "functions",
         Treatment::NeutralOnly("`functions` is OpenAI's deprecated form; send `tools`"),
@@ -111,6 +108,9 @@ fn neutral(field: &str, value: &Value) -> bool {
         _ => false,
     }
 }
+
+/// The most choices (`n`) one request may ask for: each is a call to the aggregator.
+pub const MAX_CHOICES: u64 = 8;
 
 /// Why a request body cannot be taken: the message names the field.
 pub type Refusal = String;
@@ -171,6 +171,14 @@ impl ChatRequest {
                     "tool_choice" if value.is_null() => {}
                     "tool_choice" => tools.choice = Some(parse_tool_choice(&value)?),
                     "parallel_tool_calls" => tools.parallel = value.as_bool(),
+                    "n" if value.is_null() => {}
+                    "n" => {
+                        request.run.n = value
+                            .as_u64()
+                            .filter(|n| (1..=MAX_CHOICES).contains(n))
+                            .ok_or_else(|| bad(&format!("must be 1 to {MAX_CHOICES}")))?
+                            as usize
+                    }
                     _ => {
                         let extension: Extension =
                             serde_json::from_value(value).map_err(|e| format!("`moa`: {e}"))?;
@@ -330,14 +338,15 @@ pub fn proposals(trace: &Trace) -> Value {
 
 /// The answer's message: its text, and the tools the aggregator called (content `null` when
 /// there is no text, as OpenAI writes it).
-fn message(trace: &Trace) -> Value {
-    let calls = &trace.aggregator.tool_calls;
+fn message(call: &CallTrace) -> Value {
+    let answer = call.answer.as_deref().unwrap_or_default();
+    let calls = &call.tool_calls;
     if calls.is_empty() {
-        return json!({"role": "assistant", "content": trace.answer});
+        return json!({"role": "assistant", "content": answer});
     }
-    let content = match trace.answer.is_empty() {
+    let content = match answer.is_empty() {
         true => Value::Null,
-        false => json!(trace.answer),
+        false => json!(answer),
     };
     let calls: Vec<Value> = calls
         .iter()
@@ -352,6 +361,7 @@ fn message(trace: &Trace) -> Value {
 /// A streamed piece of tool call `index`: the first carries its id, type and name.
 pub fn tool_call_delta(
     env: &Envelope,
+    choice: usize,
     index: usize,
     id: Option<&str>,
     name: Option<&str>,
@@ -369,9 +379,19 @@ pub fn tool_call_delta(
     call["function"] = function;
     chunk(
         env,
-        json!([{"index": 0, "delta": {"tool_calls": [call]}, "logprobs": null, "finish_reason": null}]),
+        json!([{"index": choice, "delta": {"tool_calls": [call]}, "logprobs": null, "finish_reason": null}]),
         None,
     )
+}
+
+/// The aggregator's calls, one per choice.
+pub fn choices(trace: &Trace) -> impl Iterator<Item = &CallTrace> {
+    std::iter::once(&trace.aggregator).chain(&trace.other_choices)
+}
+
+/// A choice's finish reason, `stop` when its provider gave none.
+pub fn finish_reason(call: &CallTrace) -> String {
+    call.finish_reason.clone().unwrap_or_else(|| "stop".into())
 }
 
 /// A whole `chat.completion`.
@@ -381,12 +401,15 @@ pub fn completion(env: &Envelope, trace: &Trace, with_proposals: bool) -> Value 
         "object": "chat.completion",
         "created": env.created,
         "model": env.model,
-        "choices": [{
-            "index": 0,
-            "message": message(trace),
-            "logprobs": null,
-            "finish_reason": trace.aggregator.finish_reason.clone().unwrap_or_else(|| "stop".into()),
-        }],
+        "choices": choices(trace)
+            .enumerate()
+            .map(|(index, call)| json!({
+                "index": index,
+                "message": message(call),
+                "logprobs": null,
+                "finish_reason": finish_reason(call),
+            }))
+            .collect::<Vec<_>>(),
         "usage": usage_json(&trace.usage),
     });
     if with_proposals {
@@ -410,17 +433,35 @@ pub fn chunk(env: &Envelope, choices: Value, extra: Option<(&str, Value)>) -> by
     bytes::Bytes::from(format!("data: {body}\n\n"))
 }
 
-/// The first chunk: the assistant role and empty content.
-pub fn opening(env: &Envelope) -> bytes::Bytes {
+/// The first chunks: the assistant role and empty content, one per choice.
+pub fn opening(env: &Envelope, choices: usize) -> bytes::Bytes {
+    let frames: Vec<u8> = (0..choices.max(1))
+        .flat_map(|index| {
+            chunk(
+                env,
+                json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
+                None,
+            )
+        })
+        .collect();
+    bytes::Bytes::from(frames)
+}
+
+/// A content delta of `choice`.
+pub fn delta(env: &Envelope, choice: usize, text: &str) -> bytes::Bytes {
+    if choice == 0 {
+        return delta_first(env, text);
+    }
     chunk(
         env,
-        json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
+        json!([{"index": choice, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]),
         None,
     )
 }
 
-/// A content delta: the envelope's prefix, the text as a JSON string, the fixed suffix.
-pub fn delta(env: &Envelope, text: &str) -> bytes::Bytes {
+/// A content delta of the first choice: the envelope's prefix, the text as a JSON string, the
+/// fixed suffix.
+fn delta_first(env: &Envelope, text: &str) -> bytes::Bytes {
     let mut frame =
         Vec::with_capacity(env.delta_prefix.len() + text.len() + 2 + DELTA_SUFFIX.len() + 8);
     frame.extend_from_slice(env.delta_prefix.as_bytes());
@@ -430,13 +471,18 @@ pub fn delta(env: &Envelope, text: &str) -> bytes::Bytes {
     bytes::Bytes::from(frame)
 }
 
-/// The chunk that closes the choice.
-pub fn finish(env: &Envelope, reason: &str) -> bytes::Bytes {
-    chunk(
-        env,
-        json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason}]),
-        None,
-    )
+/// The chunks that close the choices.
+pub fn finish(env: &Envelope, trace: &Trace) -> Vec<u8> {
+    choices(trace)
+        .enumerate()
+        .flat_map(|(index, call)| {
+            chunk(
+                env,
+                json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": finish_reason(call)}]),
+                None,
+            )
+        })
+        .collect()
 }
 
 /// The usage chunk (`choices` empty), as OpenAI sends it with include_usage.
@@ -457,7 +503,7 @@ mod tests {
             "é ✓ 🦀",
             "\u{1}",
         ] {
-            let frame = delta(&env, text);
+            let frame = delta(&env, 0, text);
             let frame = std::str::from_utf8(&frame).unwrap();
             let body = frame
                 .strip_prefix("data: ")
@@ -469,6 +515,17 @@ mod tests {
                 json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m\"x",
                     "choices": [{"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]})
             );
+            let other = delta(&env, 2, text);
+            let other: Value = serde_json::from_str(
+                std::str::from_utf8(&other)
+                    .unwrap()
+                    .strip_prefix("data: ")
+                    .unwrap()
+                    .trim_end(),
+            )
+            .unwrap();
+            assert_eq!(other["choices"][0]["index"], 2);
+            assert_eq!(other["choices"][0]["delta"]["content"], text);
         }
     }
 }

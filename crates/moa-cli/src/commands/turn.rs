@@ -77,7 +77,7 @@ impl View for PlainView {
         if self.show_proposals {
             render::proposal(&mut std::io::stderr(), event, self.layers)?;
         }
-        if let (RunEvent::AggregatorDelta { text }, true) = (event, self.print_answer) {
+        if let (RunEvent::AggregatorDelta { choice: 0, text }, true) = (event, self.print_answer) {
             let mut out = std::io::stdout().lock();
             out.write_all(text.as_bytes())?;
             out.flush()?;

@@ -15,8 +15,14 @@ use crate::provider::ProviderError;
 /// Which slot of the run a call fills, so its deltas become the right events.
 #[derive(Clone, Copy)]
 pub(super) enum Slot {
-    Proposer { layer: usize, index: usize },
-    Aggregator,
+    Proposer {
+        layer: usize,
+        index: usize,
+    },
+    /// The aggregator's call for choice `choice` (0 unless a request asks for several).
+    Aggregator {
+        choice: usize,
+    },
 }
 
 /// What every call of one run shares.
@@ -72,7 +78,7 @@ pub(super) async fn call(
                         Slot::Proposer { layer, index } => {
                             RunEvent::ProposerDelta { layer, index, text }
                         }
-                        Slot::Aggregator => RunEvent::AggregatorDelta { text },
+                        Slot::Aggregator { choice } => RunEvent::AggregatorDelta { choice, text },
                     });
                 }
                 Chunk::ToolCall {
@@ -83,8 +89,9 @@ pub(super) async fn call(
                 } => {
                     first_token.get_or_insert_with(Instant::now);
                     completion.push_tool_call(index, id.clone(), name.clone(), &arguments);
-                    if matches!(slot, Slot::Aggregator) {
+                    if let Slot::Aggregator { choice } = slot {
                         ctx.emit(RunEvent::AggregatorToolCall {
+                            choice,
                             index,
                             id,
                             name,

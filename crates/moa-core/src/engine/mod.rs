@@ -165,6 +165,9 @@ pub struct RunRequest {
     /// Go straight to the aggregator, with no references (an agent loop's turn after a tool
     /// result, say).
     pub skip_proposers: bool,
+    /// How many answers the aggregator writes over the same references (OpenAI's `n`): P + n
+    /// calls, not n x (P + 1). 0 and 1 both mean one.
+    pub n: usize,
 }
 
 impl RunRequest {

@@ -204,8 +204,32 @@ async fn drive(
     let mut call_request = aggregator.request(&aggregator_messages, &references, style);
     request.aggregator.apply(&mut call_request);
     call_request.tools = tools.cloned();
-    let outcome = call(&ctx, aggregator, call_request, Slot::Aggregator, true).await;
-    if let Some(source) = outcome.failure.clone() {
+    // Several choices are several aggregations of the same references. A seed, if given,
+    // differs per choice, or they would all be the same answer.
+    let calls = (0..request.n.max(1)).map(|choice| {
+        let mut call_request = call_request.clone();
+        if let Some(seed) = call_request.extra.get("seed").and_then(|s| s.as_i64()) {
+            call_request
+                .extra
+                .insert("seed".into(), (seed.wrapping_add(choice as i64)).into());
+        }
+        call(
+            &ctx,
+            aggregator,
+            call_request,
+            Slot::Aggregator { choice },
+            true,
+        )
+    });
+    let mut outcomes = join_all(calls).await.into_iter();
+    let outcome = outcomes
+        .next()
+        .unwrap_or_else(|| unreachable!("n is at least one"));
+    let other_choices: Vec<_> = outcomes.collect();
+    if let Some(source) = std::iter::once(&outcome)
+        .chain(&other_choices)
+        .find_map(|o| o.failure.clone())
+    {
         return Err(MoaError::Aggregator {
             model: aggregator.spec.model.clone(),
             source,
@@ -216,6 +240,7 @@ async fn drive(
         layers,
         answer: outcome.answer.clone().unwrap_or_default(),
         aggregator: outcome,
+        other_choices,
         usage_by_model: Default::default(),
         usage: Default::default(),
         cost_by_model: Default::default(),

@@ -90,7 +90,7 @@ async fn two_layers_inject_references_in_proposer_order() {
     let deltas: String = events
         .iter()
         .filter_map(|e| match e {
-            RunEvent::AggregatorDelta { text } => Some(text.as_str()),
+            RunEvent::AggregatorDelta { text, .. } => Some(text.as_str()),
             _ => None,
         })
         .collect();

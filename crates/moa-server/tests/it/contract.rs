@@ -121,7 +121,7 @@ async fn what_moa_cannot_honour_is_refused_by_name() {
     let s = start(ServerConfig::default()).await;
     let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
     for (extra, field) in [
-        (json!({"n": 2}), "`n`"),
+        (json!({"n": 9}), "`n` must be 1 to 8"),
         (json!({"tools": [{"type": "code_interpreter"}]}), "`tools`"),
         (json!({"tool_choice": "required"}), "`tool_choice`"),
         (json!({"functions": tool}), "`functions`"),
@@ -277,4 +277,45 @@ async fn after_a_tool_result_the_aggregator_answers_alone_unless_asked() {
     let (status, message) = status_and_message(&s, &bad).await;
     assert_eq!(status, 400);
     assert!(message.contains("`get_time`"), "{message}");
+}
+
+#[tokio::test]
+async fn n_choices_share_one_set_of_proposals() {
+    let s = start(ServerConfig::default()).await;
+    s.fake.respond_with(|r| {
+        let seed = r.json.get("seed").cloned().unwrap_or_default();
+        moa_testkit::Reply::text(format!("{} with seed {seed}", r.model)).with_usage(10, 3)
+    });
+    let body = request(json!({"n": 2, "seed": 42}));
+    let json: Value = s.post(&body).await.json().await.unwrap();
+    let choices = json["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    assert_eq!(choices[0]["index"], 0);
+    assert_eq!(choices[0]["message"]["content"], "agg with seed 42");
+    assert_eq!(choices[1]["index"], 1);
+    assert_eq!(choices[1]["message"]["content"], "agg with seed 43");
+    // Two proposers, then two aggregations of their answers: P + n calls.
+    let models: Vec<String> = s.fake.requests().iter().map(|r| r.model.clone()).collect();
+    assert_eq!(models.iter().filter(|m| *m == "agg").count(), 2);
+    assert_eq!(models.len(), 4);
+    assert_eq!(json["usage"]["total_tokens"], 4 * 13);
+
+    // Streamed: each choice opens, fills and closes under its own index.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let text = s.post(&streamed).await.text().await.unwrap();
+    let mut answers = [String::new(), String::new()];
+    let mut finished = [false, false];
+    for event in super::events(&text).iter().filter(|e| *e != "[DONE]") {
+        let chunk: Value = serde_json::from_str(event).unwrap();
+        for choice in chunk["choices"].as_array().unwrap() {
+            let index = choice["index"].as_u64().unwrap() as usize;
+            if let Some(piece) = choice["delta"]["content"].as_str() {
+                answers[index].push_str(piece);
+            }
+            finished[index] |= choice["finish_reason"] == "stop";
+        }
+    }
+    assert_eq!(answers, ["agg with seed 42", "agg with seed 43"]);
+    assert_eq!(finished, [true, true]);
 }

@@ -78,6 +78,7 @@ async fn the_official_openai_sdk_works_against_moa_serve() {
         );
     }
     assert_eq!(seen["not_found"], "model_not_found");
+    assert_eq!(seen["n2"], json!([0, 1]));
     assert_eq!(seen["models"], json!(["mini"]));
 
     // What the SDK sent reached the aggregator, and only the aggregator.

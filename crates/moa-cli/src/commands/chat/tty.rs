@@ -109,7 +109,7 @@ impl View for LiveView {
                 }
                 self.answering = true;
             }
-            RunEvent::AggregatorDelta { text } => {
+            RunEvent::AggregatorDelta { text, .. } => {
                 let mut out = std::io::stdout().lock();
                 out.write_all(text.as_bytes())?;
                 out.flush()?;

@@ -99,7 +99,7 @@ seen["tool_loop"] = loop
 # What moa cannot honour is refused with a 400 that names it.
 refusals = {}
 for name, kwargs in {
-    "n": {"n": 2},
+    "n": {"n": 9},
     "tool_choice": {"tool_choice": "required"},
     "response_format": {"response_format": {"type": "json_object"}},
 }.items():
@@ -109,6 +109,9 @@ for name, kwargs in {
     except openai.BadRequestError as e:
         refusals[name] = e.body["message"] if isinstance(e.body, dict) else str(e)
 seen["refusals"] = refusals
+
+two = client.chat.completions.create(model="mini", messages=[{"role": "user", "content": "Two?"}], n=2)
+seen["n2"] = [c.index for c in two.choices]
 
 try:
     client.chat.completions.create(model="no-such-preset", messages=[{"role": "user", "content": "x"}])
