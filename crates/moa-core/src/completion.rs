@@ -19,6 +19,9 @@ pub struct ChatRequest {
     pub extra: Map<String, Value>,
     /// Tools the model may call; `None` offers none.
     pub tools: Option<Tools>,
+    /// The format the answer must have (sent as OpenAI's `response_format` where the dialect
+    /// has it; every agent is also told in text).
+    pub response_format: Option<crate::format::ResponseFormat>,
 }
 
 /// A function the model may call: OpenAI's function tool.
@@ -66,6 +69,7 @@ impl ChatRequest {
             max_tokens: None,
             extra: Map::new(),
             tools: None,
+            response_format: None,
         }
     }
 }

@@ -26,6 +26,10 @@ pub enum MoaError {
         needed: usize,
         failures: Vec<ProposalFailure>,
     },
+    /// The aggregator's answer does not have the format the request requires, even after a
+    /// repair.
+    #[error("aggregator {model}: {problem}")]
+    Format { model: String, problem: String },
     /// The aggregator's call failed.
     #[error("aggregator {model} failed: {source}")]
     Aggregator {
@@ -66,6 +70,8 @@ impl MoaError {
             MoaError::Aggregator { model, source } => {
                 format!("aggregator {model} failed: {}", source.summary())
             }
+            // moa's own check, about the answer's shape: nothing an upstream wrote.
+            MoaError::Format { model, problem } => format!("aggregator {model}: {problem}"),
         }
     }
 
@@ -76,6 +82,7 @@ impl MoaError {
             MoaError::TooFewProposals { failures, .. } => {
                 failures.iter().filter_map(|f| f.source.as_ref()).collect()
             }
+            MoaError::Format { .. } => Vec::new(),
         }
     }
 
@@ -83,7 +90,7 @@ impl MoaError {
     pub fn provider_error(&self) -> Option<&ProviderError> {
         match self {
             MoaError::Aggregator { source, .. } => Some(source),
-            MoaError::TooFewProposals { .. } => None,
+            MoaError::TooFewProposals { .. } | MoaError::Format { .. } => None,
         }
     }
 }

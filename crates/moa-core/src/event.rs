@@ -127,6 +127,13 @@ pub struct Trace {
     /// 1, 2, ... over the same references.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub other_choices: Vec<CallTrace>,
+    /// Calls that repaired an answer whose format failed the check (`response_format`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repairs: Vec<CallTrace>,
+    /// What the client should know about the answer: an answer that still failed its format
+    /// check after a repair, when the format is not strict.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// The final answer, as streamed.
     pub answer: String,
     /// Token counts per `provider:model`, summed over every call the model made.
@@ -150,7 +157,8 @@ impl Trace {
             .iter()
             .flat_map(|l| l.calls.iter())
             .chain(std::iter::once(&self.aggregator))
-            .chain(self.other_choices.iter());
+            .chain(self.other_choices.iter())
+            .chain(self.repairs.iter());
         for call in calls {
             if let Some(usage) = &call.usage {
                 by_model.entry(call.model.clone()).or_default().add(usage);

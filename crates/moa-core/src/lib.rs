@@ -10,6 +10,7 @@ pub mod completion;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod format;
 pub mod message;
 pub mod preset;
 pub mod price;
@@ -24,6 +25,7 @@ pub use engine::{
 };
 pub use error::{MoaError, ProposalFailure};
 pub use event::{CallStatus, CallTrace, LayerTrace, RunEvent, Trace};
+pub use format::ResponseFormat;
 pub use message::{Message, Part, Role, ToolCall};
 pub use preset::{AgentSpec, ModelRef, Preset, PresetError};
 pub use price::{Price, PriceTable, PRICES_AS_OF};

@@ -53,6 +53,7 @@ impl Judge {
             max_tokens,
             extra,
             tools: None,
+            response_format: None,
         };
         let call = self.provider.complete(request);
         let completion = match self.timeout {

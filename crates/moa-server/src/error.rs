@@ -53,7 +53,9 @@ impl ApiError {
         let errors = error.provider_errors();
         let all =
             |test: fn(&ProviderError) -> bool| !errors.is_empty() && errors.iter().all(|e| test(e));
-        let (status, kind, code) = if all(ProviderError::is_invalid_request) {
+        let (status, kind, code) = if matches!(error, MoaError::Format { .. }) {
+            (StatusCode::BAD_GATEWAY, "upstream_error", "invalid_output")
+        } else if all(ProviderError::is_invalid_request) {
             (
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",

@@ -310,11 +310,18 @@ fn stream(
                     }
                     Some(Ok(RunEvent::Done(trace))) => {
                         let mut frames = wire::finish(&env, &trace);
-                        if include_proposals {
+                        if include_proposals || !trace.warnings.is_empty() {
+                            let mut moa = match include_proposals {
+                                true => wire::proposals(&trace),
+                                false => json!({}),
+                            };
+                            if !trace.warnings.is_empty() {
+                                moa["warnings"] = json!(trace.warnings);
+                            }
                             frames.extend_from_slice(&wire::chunk(
                                 &env,
                                 json!([]),
-                                Some(("moa", wire::proposals(&trace))),
+                                Some(("moa", moa)),
                             ));
                         }
                         if include_usage {

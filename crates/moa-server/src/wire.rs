@@ -1,6 +1,8 @@
 //! The chat-completions request as clients send it, and the response and chunk shapes they expect.
 
-use moa_core::{CallTrace, Message, Role, RunRequest, ToolChoice, ToolDef, Tools, Trace, Usage};
+use moa_core::{
+    CallTrace, Message, ResponseFormat, Role, RunRequest, ToolChoice, ToolDef, Tools, Trace, Usage,
+};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -37,6 +39,7 @@ pub const FIELDS: &[(&str, Treatment)] = &[
     ("stream_options", Treatment::Read),
     ("moa", Treatment::Read),
     ("n", Treatment::Read),
+    ("response_format", Treatment::Read),
     ("temperature", Treatment::Aggregator),
     ("max_tokens", Treatment::Aggregator),
     ("max_completion_tokens", Treatment::Aggregator),
@@ -64,12 +67,6 @@ pub const FIELDS: &[(&str, Treatment)] = &[
     (
         "function_call",
         Treatment::NeutralOnly("`function_call` is OpenAI's deprecated form; send `tool_choice`"),
-    ),
-    (
-        "response_format",
-        Treatment::NeutralOnly(
-            "structured output through MoA is not built yet; send {\"type\":\"text\"} or leave it out",
-        ),
     ),
     (
         "logprobs",
@@ -101,7 +98,6 @@ fn neutral(field: &str, value: &Value) -> bool {
         ("n", v) => v.as_u64() == Some(1),
         ("functions", Value::Array(a)) => a.is_empty(),
         ("function_call", v) => v.as_str() == Some("none"),
-        ("response_format", v) => v.get("type").and_then(Value::as_str) == Some("text"),
         ("logprobs", v) => v.as_bool() == Some(false),
         ("top_logprobs", v) => v.as_u64() == Some(0),
         ("modalities", v) => *v == json!(["text"]),
@@ -171,6 +167,7 @@ impl ChatRequest {
                     "tool_choice" if value.is_null() => {}
                     "tool_choice" => tools.choice = Some(parse_tool_choice(&value)?),
                     "parallel_tool_calls" => tools.parallel = value.as_bool(),
+                    "response_format" => request.run.response_format = parse_format(&value)?,
                     "n" if value.is_null() => {}
                     "n" => {
                         request.run.n = value
@@ -270,6 +267,30 @@ fn parse_tools(value: Value) -> Result<Vec<ToolDef>, Refusal> {
             )),
         })
         .collect()
+}
+
+/// OpenAI's `response_format`: text (nothing to check), json_object, or json_schema.
+fn parse_format(value: &Value) -> Result<Option<ResponseFormat>, Refusal> {
+    match value.get("type").and_then(Value::as_str) {
+        None if value.is_null() => Ok(None),
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(ResponseFormat::JsonObject)),
+        Some("json_schema") => {
+            let spec = value
+                .get("json_schema")
+                .ok_or("`response_format` of type json_schema needs `json_schema`")?;
+            let name = spec.get("name").and_then(Value::as_str).unwrap_or("answer");
+            let schema = spec
+                .get("schema")
+                .cloned()
+                .ok_or("`response_format.json_schema` needs `schema`")?;
+            let strict = spec.get("strict").and_then(Value::as_bool).unwrap_or(false);
+            ResponseFormat::json_schema(name.to_string(), schema, strict)
+                .map(Some)
+                .map_err(|e| format!("`response_format.json_schema.schema`: {e}"))
+        }
+        _ => Err("`response_format` must be of type text, json_object or json_schema".into()),
+    }
 }
 
 /// OpenAI's `tool_choice`: "auto", "none", "required" or {"type": "function", "function": {"name"}}.
@@ -414,6 +435,9 @@ pub fn completion(env: &Envelope, trace: &Trace, with_proposals: bool) -> Value 
     });
     if with_proposals {
         body["moa"] = proposals(trace);
+    }
+    if !trace.warnings.is_empty() {
+        body["moa"]["warnings"] = json!(trace.warnings);
     }
     body
 }

@@ -20,8 +20,10 @@ pub(super) enum Slot {
         index: usize,
     },
     /// The aggregator's call for choice `choice` (0 unless a request asks for several).
+    /// `quiet`: its text is not sent on as it arrives (it is checked first).
     Aggregator {
         choice: usize,
+        quiet: bool,
     },
 }
 
@@ -74,12 +76,16 @@ pub(super) async fn call(
                     }
                     first_token.get_or_insert_with(Instant::now);
                     completion.text.push_str(&text);
-                    ctx.emit(match slot {
+                    match slot {
                         Slot::Proposer { layer, index } => {
-                            RunEvent::ProposerDelta { layer, index, text }
+                            ctx.emit(RunEvent::ProposerDelta { layer, index, text })
                         }
-                        Slot::Aggregator { choice } => RunEvent::AggregatorDelta { choice, text },
-                    });
+                        Slot::Aggregator {
+                            choice,
+                            quiet: false,
+                        } => ctx.emit(RunEvent::AggregatorDelta { choice, text }),
+                        Slot::Aggregator { quiet: true, .. } => {}
+                    }
                 }
                 Chunk::ToolCall {
                     index,
@@ -89,7 +95,11 @@ pub(super) async fn call(
                 } => {
                     first_token.get_or_insert_with(Instant::now);
                     completion.push_tool_call(index, id.clone(), name.clone(), &arguments);
-                    if let Slot::Aggregator { choice } = slot {
+                    if let Slot::Aggregator {
+                        choice,
+                        quiet: false,
+                    } = slot
+                    {
                         ctx.emit(RunEvent::AggregatorToolCall {
                             choice,
                             index,

@@ -63,6 +63,7 @@ impl BoundAgent {
             max_tokens: self.spec.max_tokens,
             extra: self.spec.extra.clone(),
             tools: None,
+            response_format: None,
         }
     }
 }
@@ -168,6 +169,9 @@ pub struct RunRequest {
     /// How many answers the aggregator writes over the same references (OpenAI's `n`): P + n
     /// calls, not n x (P + 1). 0 and 1 both mean one.
     pub n: usize,
+    /// The format the answer must have. Every agent is told it in text; the aggregator's answer
+    /// is checked, repaired once if it fails, and only then sent on (in one piece).
+    pub response_format: Option<crate::format::ResponseFormat>,
 }
 
 impl RunRequest {

@@ -96,6 +96,15 @@ async fn drive(
         Some(_) => structured_view(&request.messages),
         None => view,
     };
+    // A required format is told to every agent, first thing in its system message.
+    let format = request.response_format.as_ref();
+    let (messages, aggregator_messages) = match format {
+        Some(format) => (
+            super::with_system_prompt(&messages, &format.instruction()),
+            super::with_system_prompt(&aggregator_messages, &format.instruction()),
+        ),
+        None => (messages, aggregator_messages),
+    };
     let proposer_layers = match request.skip_proposers {
         true => &[][..],
         false => &plan.layers[..],
@@ -204,43 +213,101 @@ async fn drive(
     let mut call_request = aggregator.request(&aggregator_messages, &references, style);
     request.aggregator.apply(&mut call_request);
     call_request.tools = tools.cloned();
+    call_request.response_format = format.cloned();
     // Several choices are several aggregations of the same references. A seed, if given,
     // differs per choice, or they would all be the same answer.
-    let calls = (0..request.n.max(1)).map(|choice| {
-        let mut call_request = call_request.clone();
-        if let Some(seed) = call_request.extra.get("seed").and_then(|s| s.as_i64()) {
+    let requests: Vec<_> = (0..request.n.max(1))
+        .map(|choice| {
+            let mut call_request = call_request.clone();
+            if let Some(seed) = call_request.extra.get("seed").and_then(|s| s.as_i64()) {
+                call_request
+                    .extra
+                    .insert("seed".into(), (seed.wrapping_add(choice as i64)).into());
+            }
             call_request
-                .extra
-                .insert("seed".into(), (seed.wrapping_add(choice as i64)).into());
-        }
-        call(
-            &ctx,
-            aggregator,
-            call_request,
-            Slot::Aggregator { choice },
-            true,
-        )
+        })
+        .collect();
+    let quiet = format.is_some();
+    let calls = requests.iter().enumerate().map(|(choice, call_request)| {
+        let slot = Slot::Aggregator { choice, quiet };
+        call(&ctx, aggregator, call_request.clone(), slot, true)
     });
-    let mut outcomes = join_all(calls).await.into_iter();
+    let mut outcomes: Vec<_> = join_all(calls).await;
+    let failed = |outcomes: &[crate::event::CallTrace]| {
+        outcomes
+            .iter()
+            .find_map(|o| o.failure.clone())
+            .map(|source| MoaError::Aggregator {
+                model: aggregator.spec.model.clone(),
+                source,
+            })
+    };
+    if let Some(error) = failed(&outcomes) {
+        return Err(error);
+    }
+    let mut repairs = Vec::new();
+    let mut warnings = Vec::new();
+    if let Some(format) = format {
+        for (choice, outcome) in outcomes.iter_mut().enumerate() {
+            let answer = outcome.answer.clone().unwrap_or_default();
+            // An answer that calls tools has no text to check.
+            if !outcome.tool_calls.is_empty() {
+                continue;
+            }
+            let Err(problem) = format.check(&answer) else {
+                continue;
+            };
+            // One repair: the answer and what is wrong with it, back to the aggregator.
+            let mut repair = requests[choice].clone();
+            repair.messages.push(Message::assistant(answer));
+            repair
+                .messages
+                .push(Message::user(format.repair_prompt(&problem)));
+            let slot = Slot::Aggregator {
+                choice,
+                quiet: true,
+            };
+            let repaired = call(&ctx, aggregator, repair, slot, false).await;
+            if let Some(error) = failed(std::slice::from_ref(&repaired)) {
+                return Err(error);
+            }
+            let answer = repaired.answer.clone().unwrap_or_default();
+            if let Err(problem) = format.check(&answer) {
+                if format.strict() {
+                    return Err(MoaError::Format {
+                        model: aggregator.spec.model.clone(),
+                        problem: format!("{problem} (after one repair)"),
+                    });
+                }
+                warnings.push(format!(
+                    "choice {choice}: {problem} (after one repair); sent as it is"
+                ));
+            }
+            outcome.answer = repaired.answer.clone();
+            outcome.finish_reason = repaired.finish_reason.clone();
+            repairs.push(repaired);
+        }
+        // Checked answers go out in one piece.
+        for (choice, outcome) in outcomes.iter().enumerate() {
+            let text = outcome.answer.clone().unwrap_or_default();
+            if !text.is_empty() {
+                ctx.emit(RunEvent::AggregatorDelta { choice, text });
+            }
+        }
+    }
+    let mut outcomes = outcomes.into_iter();
     let outcome = outcomes
         .next()
         .unwrap_or_else(|| unreachable!("n is at least one"));
     let other_choices: Vec<_> = outcomes.collect();
-    if let Some(source) = std::iter::once(&outcome)
-        .chain(&other_choices)
-        .find_map(|o| o.failure.clone())
-    {
-        return Err(MoaError::Aggregator {
-            model: aggregator.spec.model.clone(),
-            source,
-        });
-    }
     let mut trace = Trace {
         preset: plan.preset.clone(),
         layers,
         answer: outcome.answer.clone().unwrap_or_default(),
         aggregator: outcome,
         other_choices,
+        repairs,
+        warnings,
         usage_by_model: Default::default(),
         usage: Default::default(),
         cost_by_model: Default::default(),

@@ -25,6 +25,8 @@ struct Body<'a> {
     tool_choice: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<Value>,
     #[serde(flatten)]
     extra: Map<String, Value>,
 }
@@ -66,6 +68,7 @@ pub fn request_body(request: &ChatRequest, stream: bool, stream_usage: bool) -> 
         tools,
         tool_choice,
         parallel_tool_calls: request.tools.as_ref().and_then(|t| t.parallel),
+        response_format: request.response_format.as_ref().map(|f| f.wire()),
         extra,
     };
     // Serializing plain data with string keys cannot fail.

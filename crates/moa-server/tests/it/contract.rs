@@ -126,7 +126,7 @@ async fn what_moa_cannot_honour_is_refused_by_name() {
         (json!({"tool_choice": "required"}), "`tool_choice`"),
         (json!({"functions": tool}), "`functions`"),
         (
-            json!({"response_format": {"type": "json_object"}}),
+            json!({"response_format": {"type": "yaml"}}),
             "`response_format`",
         ),
         (json!({"logprobs": true}), "`logprobs`"),
@@ -318,4 +318,117 @@ async fn n_choices_share_one_set_of_proposals() {
     }
     assert_eq!(answers, ["agg with seed 42", "agg with seed 43"]);
     assert_eq!(finished, [true, true]);
+}
+
+/// The fake's aggregator answers with prose around JSON first, and with `repaired` when asked
+/// to repair; proposers answer in text.
+fn format_fake(s: &Setup, repaired: &'static str) {
+    s.fake.respond_with(move |r| {
+        let messages = r.json["messages"].as_array().unwrap();
+        let last = messages.last().unwrap()["content"]
+            .as_str()
+            .unwrap_or_default();
+        match r.model.as_str() {
+            "agg" if last.starts_with("Your answer cannot be used") => {
+                moa_testkit::Reply::text(repaired)
+            }
+            "agg" => moa_testkit::Reply::text("Here you go: {\"name\": \"Ada\"}"),
+            model => moa_testkit::Reply::text(format!("{model}: name Ada, age 36")),
+        }
+    });
+}
+
+fn person_format(strict: bool) -> Value {
+    json!({"type": "json_schema", "json_schema": {"name": "person", "strict": strict, "schema": {
+        "type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"], "additionalProperties": false}}})
+}
+
+#[tokio::test]
+async fn json_answers_are_checked_and_repaired_once() {
+    let s = start(ServerConfig::default()).await;
+    format_fake(&s, r#"{"name": "Ada", "age": 36}"#);
+    let body = request(json!({"response_format": person_format(true)}));
+    let json: Value = s.post(&body).await.json().await.unwrap();
+    assert_eq!(
+        json["choices"][0]["message"]["content"], r#"{"name": "Ada", "age": 36}"#,
+        "{json}"
+    );
+    let aggs = s.fake.requests_for("agg");
+    assert_eq!(aggs.len(), 2, "the answer and one repair");
+    assert_eq!(aggs[0].json["response_format"], person_format(true));
+    let repair = aggs[1].json["messages"].as_array().unwrap();
+    assert_eq!(
+        repair[repair.len() - 2]["content"],
+        "Here you go: {\"name\": \"Ada\"}"
+    );
+    let prompt = repair.last().unwrap()["content"].as_str().unwrap();
+    assert!(
+        prompt.starts_with("Your answer cannot be used: the answer is not valid JSON"),
+        "{prompt}"
+    );
+    // Proposers are told the format in text, first in their system message.
+    let p1 = &s.fake.requests_for("p1")[0].json;
+    assert!(p1["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("The answer to this conversation must be a single JSON value that validates against the JSON Schema `person`"));
+    assert!(p1.get("response_format").is_none());
+
+    // Streamed, the checked answer arrives in one piece.
+    let mut streamed = request(json!({"response_format": {"type": "json_object"}, "stream": true}));
+    streamed["stream"] = json!(true);
+    let text = s.post(&streamed).await.text().await.unwrap();
+    let content: String = super::events(&text)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| {
+            let chunk: Value = serde_json::from_str(e).unwrap();
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(content, r#"{"name": "Ada", "age": 36}"#);
+}
+
+#[tokio::test]
+async fn an_answer_still_wrong_after_the_repair_is_an_error_when_strict() {
+    let s = start(ServerConfig::default()).await;
+    format_fake(&s, r#"{"name": "Ada"}"#);
+    let strict = s
+        .post(&request(json!({"response_format": person_format(true)})))
+        .await;
+    assert_eq!(strict.status(), 502);
+    let json: Value = strict.json().await.unwrap();
+    assert_eq!(json["error"]["code"], "invalid_output");
+    assert!(json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("after one repair"));
+
+    let lenient: Value = s
+        .post(&request(json!({"response_format": person_format(false)})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        lenient["choices"][0]["message"]["content"],
+        r#"{"name": "Ada"}"#
+    );
+    let warning = lenient["moa"]["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("does not validate against the schema"),
+        "{warning}"
+    );
+
+    let bad = request(json!({"response_format": {"type": "json_schema",
+        "json_schema": {"name": "x", "schema": {"type": 12}}}}));
+    let (status, message) = status_and_message(&s, &bad).await;
+    assert_eq!(status, 400);
+    assert!(
+        message.contains("`response_format.json_schema.schema`"),
+        "{message}"
+    );
 }
