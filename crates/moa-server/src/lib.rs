@@ -113,6 +113,7 @@ pub fn router(engines: impl Engines, config: ServerConfig) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .fallback(|| async {
             ApiError::new(
@@ -182,9 +183,42 @@ async fn models(
         .engines
         .names()
         .into_iter()
-        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "moa"}))
+        .filter_map(|id| state.engines.engine(&id).map(|moa| model_json(&id, &moa)))
         .collect();
     Ok(Json(json!({"object": "list", "data": data})).into_response())
+}
+
+/// A preset as OpenAI describes a model, with its layers in a `moa` field.
+fn model_json(id: &str, moa: &Moa) -> serde_json::Value {
+    let plan = moa.plan();
+    let layers: Vec<Vec<&str>> = plan
+        .layers
+        .iter()
+        .map(|layer| layer.iter().map(|a| a.spec.model.as_str()).collect())
+        .collect();
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "moa",
+           "moa": {"layers": layers, "aggregator": plan.aggregator.spec.model,
+                   "prompt_style": plan.prompt_style.name()}})
+}
+
+/// `GET /v1/models/{id}`: one preset, or 404.
+async fn model(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    match state.engines.engine(&id) {
+        Some(moa) => Ok(Json(model_json(&id, &moa)).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            format!(
+                "the model `{id}` does not exist here; GET /v1/models lists the presets served"
+            ),
+        )),
+    }
 }
 
 fn now() -> u64 {
@@ -263,6 +297,7 @@ fn stream(
     let include_usage = request.include_usage;
     let include_proposals = request.include_proposals;
     let choices = request.run.n.max(1);
+    let stream_proposals = request.stream_proposals;
     let run = moa.run_request(request.run);
     let deadline = tokio::time::sleep(timeout);
     let state = (run, Some(env), permit, Box::pin(deadline), false);
@@ -333,7 +368,15 @@ fn stream(
                             (run, None, permit, deadline, true),
                         ));
                     }
-                    Some(Ok(_)) => continue,
+                    Some(Ok(event)) => {
+                        if let Some(frame) = stream_proposals
+                            .then(|| wire::progress(&env, &event))
+                            .flatten()
+                        {
+                            return Some((Ok(frame), (run, Some(env), permit, deadline, true)));
+                        }
+                        continue;
+                    }
                     Some(Err(error)) => {
                         let body = ApiError::from_run(&error).body();
                         let frame = Bytes::from(format!("data: {body}\n\ndata: [DONE]\n\n"));

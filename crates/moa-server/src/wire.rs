@@ -1,7 +1,8 @@
 //! The chat-completions request as clients send it, and the response and chunk shapes they expect.
 
 use moa_core::{
-    CallTrace, Message, ResponseFormat, Role, RunRequest, ToolChoice, ToolDef, Tools, Trace, Usage,
+    CallTrace, Message, ResponseFormat, Role, RunEvent, RunRequest, ToolChoice, ToolDef, Tools,
+    Trace, Usage,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -14,6 +15,8 @@ pub struct ChatRequest {
     pub stream: bool,
     pub include_usage: bool,
     pub include_proposals: bool,
+    /// Send the proposers' progress as extra chunks (`{"moa": {"stream_proposals": true}}`).
+    pub stream_proposals: bool,
     /// The run: messages, the client's sampling fields for the aggregator, tools.
     pub run: RunRequest,
 }
@@ -121,6 +124,7 @@ impl ChatRequest {
             stream: false,
             include_usage: false,
             include_proposals: false,
+            stream_proposals: false,
             run: RunRequest::default(),
         };
         let mut model = None;
@@ -181,6 +185,10 @@ impl ChatRequest {
                             serde_json::from_value(value).map_err(|e| format!("`moa`: {e}"))?;
                         request.include_proposals = extension.include_proposals;
                         proposers_after_tool_result = extension.proposers_after_tool_result;
+                        request.stream_proposals = extension.stream_proposals;
+                        if extension.stream_proposals {
+                            request.run.stream_proposers = Some(true);
+                        }
                     }
                 },
                 Treatment::Aggregator if value.is_null() => {}
@@ -246,6 +254,33 @@ pub struct Extension {
     /// Run the proposers even when the last message is a tool result.
     #[serde(default)]
     pub proposers_after_tool_result: bool,
+    /// Stream every proposer's progress as extra chunks (see [`progress`]).
+    #[serde(default)]
+    pub stream_proposals: bool,
+}
+
+/// A proposer's progress as an extra chunk: `choices` empty (as in the usage chunk, so clients
+/// that read usage read past it) and the event in `moa`. A failure says only that it failed:
+/// what an upstream wrote never reaches clients.
+pub fn progress(env: &Envelope, event: &RunEvent) -> Option<bytes::Bytes> {
+    let body = match event {
+        RunEvent::ProposerFailed {
+            layer,
+            index,
+            model,
+            latency_ms,
+            ..
+        } => json!({"event": "proposer_failed", "layer": layer, "index": index,
+                    "model": model, "latency_ms": latency_ms}),
+        RunEvent::LayerStarted { .. }
+        | RunEvent::ProposerStarted { .. }
+        | RunEvent::ProposerDelta { .. }
+        | RunEvent::ProposerDone { .. }
+        | RunEvent::LayerDone { .. }
+        | RunEvent::AggregatorStarted { .. } => serde_json::to_value(event).ok()?,
+        _ => return None,
+    };
+    Some(chunk(env, json!([]), Some(("moa", body))))
 }
 
 /// OpenAI's `tools`: function tools only.
@@ -348,9 +383,22 @@ fn usage_json(usage: &Usage) -> Value {
 
 /// The extension's block: every proposer's answer and usage per model.
 pub fn proposals(trace: &Trace) -> Value {
+    // A failed call says how it failed in the client's terms, never what an upstream wrote.
+    let mut layers = json!(trace.layers);
+    for (layer, trace_layer) in trace.layers.iter().enumerate() {
+        for (index, call) in trace_layer.calls.iter().enumerate() {
+            if call.error.is_some() {
+                let summary = call
+                    .failure
+                    .as_ref()
+                    .map_or_else(|| call.error.clone().unwrap_or_default(), |f| f.summary());
+                layers[layer]["calls"][index]["error"] = json!(summary);
+            }
+        }
+    }
     json!({
         "preset": trace.preset,
-        "layers": trace.layers,
+        "layers": layers,
         "usage_by_model": trace.usage_by_model,
         "cost_by_model": trace.cost_by_model,
         "cost": trace.cost,

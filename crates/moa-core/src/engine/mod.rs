@@ -172,6 +172,8 @@ pub struct RunRequest {
     /// The format the answer must have. Every agent is told it in text; the aggregator's answer
     /// is checked, repaired once if it fails, and only then sent on (in one piece).
     pub response_format: Option<crate::format::ResponseFormat>,
+    /// Stream the proposers' answers as they come ([`RunOptions::stream_proposers`] if `None`).
+    pub stream_proposers: Option<bool>,
 }
 
 impl RunRequest {

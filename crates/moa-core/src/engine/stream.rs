@@ -105,6 +105,7 @@ async fn drive(
         ),
         None => (messages, aggregator_messages),
     };
+    let stream_proposers = request.stream_proposers.unwrap_or(options.stream_proposers);
     let proposer_layers = match request.skip_proposers {
         true => &[][..],
         false => &plan.layers[..],
@@ -128,7 +129,7 @@ async fn drive(
             let ctx = &ctx;
             async move {
                 let slot = Slot::Proposer { layer, index };
-                let mut trace = call(ctx, agent, request, slot, options.stream_proposers).await;
+                let mut trace = call(ctx, agent, request, slot, stream_proposers).await;
                 // The reference strips every proposer answer before using it as a reference.
                 if let Some(answer) = trace.answer.as_mut() {
                     let stripped = answer.trim();

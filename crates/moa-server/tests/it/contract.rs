@@ -432,3 +432,82 @@ async fn an_answer_still_wrong_after_the_repair_is_an_error_when_strict() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn a_model_describes_its_layers() {
+    let s = start(ServerConfig::default()).await;
+    let get = |path: &str| s.http.get(format!("{}{path}", s.base)).send();
+    let one: Value = get("/v1/models/mini").await.unwrap().json().await.unwrap();
+    assert_eq!(
+        one,
+        json!({"id": "mini", "object": "model", "created": 0, "owned_by": "moa",
+               "moa": {"layers": [["up:p1", "up:p2"]], "aggregator": "up:agg", "prompt_style": "reference"}})
+    );
+    let list: Value = get("/v1/models").await.unwrap().json().await.unwrap();
+    assert_eq!(list["data"][0], one);
+    let missing = get("/v1/models/gpt-9").await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.json::<Value>().await.unwrap()["error"]["code"],
+        "model_not_found"
+    );
+}
+
+#[tokio::test]
+async fn proposals_stream_live_as_extra_chunks_when_asked() {
+    let s = start(ServerConfig::default()).await;
+    s.fake.push(
+        "p2",
+        moa_testkit::Reply::error(500, "server_error", "secret upstream detail"),
+    );
+    let body = request(
+        json!({"stream": true, "moa": {"stream_proposals": true, "min_proposals_unused": null}}),
+    );
+    // Unknown extension fields are refused like any other.
+    assert_eq!(s.post(&body).await.status(), 400);
+
+    let body = request(json!({"stream": true, "moa": {"stream_proposals": true}}));
+    let text = s.post(&body).await.text().await.unwrap();
+    assert!(!text.contains("secret upstream detail"), "{text}");
+    let progress: Vec<Value> = super::events(&text)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter(|c| c["choices"] == json!([]) && c.get("moa").is_some())
+        .map(|c| c["moa"].clone())
+        .collect();
+    let kinds: Vec<&str> = progress
+        .iter()
+        .map(|p| p["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds[0], "layer_started");
+    assert!(kinds.contains(&"proposer_delta"), "{kinds:?}");
+    let done = progress
+        .iter()
+        .find(|p| p["event"] == "proposer_done")
+        .unwrap();
+    assert_eq!(done["answer"], "p1 thinks so");
+    let failed = progress
+        .iter()
+        .find(|p| p["event"] == "proposer_failed")
+        .unwrap();
+    assert_eq!(failed["model"], "up:p2");
+    assert!(failed.get("error").is_none());
+    assert_eq!(*kinds.last().unwrap(), "aggregator_started");
+    // The answer still streams as usual.
+    assert!(text.contains("\"content\":\"The "));
+
+    // The whole response's proposals say how a proposer failed, not what its upstream wrote.
+    s.fake.push(
+        "p2",
+        moa_testkit::Reply::error(500, "server_error", "secret upstream detail"),
+    );
+    let whole = s
+        .post(&request(json!({"moa": {"include_proposals": true}})))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!whole.contains("secret upstream detail"), "{whole}");
+    assert!(whole.contains("HTTP 500"), "{whole}");
+}
