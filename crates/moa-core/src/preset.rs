@@ -101,8 +101,10 @@ pub enum PresetError {
     BadModel { spec: String },
     #[error("preset `{preset}`: layer {layer} has no proposers")]
     EmptyLayer { preset: String, layer: usize },
-    #[error("--layers must be at least 1 (1 means the aggregator answers alone)")]
+    #[error("the layer count must be at least 1 (1 means the aggregator answers alone)")]
     NoLayers,
+    #[error("give at least one proposer (provider:model)")]
+    NoProposers,
 }
 
 impl Preset {
@@ -168,6 +170,81 @@ impl Preset {
         let count = self.layers.len().max(1);
         self.layers = vec![proposers; count];
         self
+    }
+}
+
+/// What a front end changes about a preset for one run: the CLI's flags, a server request's
+/// `moa` object. Applied in one place ([`PresetChanges::apply`]) so every front end reshapes a
+/// preset the same way.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PresetChanges {
+    /// `provider:model` names for every proposer layer (keeping the first proposer's settings).
+    pub proposers: Option<Vec<String>>,
+    /// The aggregator's `provider:model` (keeping its settings).
+    pub aggregator: Option<String>,
+    /// MoA layers, proposer layers + 1 (the reference's rounds + 1).
+    pub layers: Option<usize>,
+    pub proposer_temperature: Option<f64>,
+    pub proposer_max_tokens: Option<u32>,
+    pub aggregator_temperature: Option<f64>,
+    pub aggregator_max_tokens: Option<u32>,
+    pub prompt_style: Option<crate::prompt::PromptStyle>,
+}
+
+impl PresetChanges {
+    /// Whether anything changes.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// `preset` with these changes: models first, then the layer count, then sampling.
+    pub fn apply(&self, mut preset: Preset) -> Result<Preset, PresetError> {
+        let replace = |model: &str, like: Option<&AgentSpec>| -> Result<AgentSpec, PresetError> {
+            ModelRef::parse(model)?;
+            Ok(match like {
+                Some(like) => AgentSpec {
+                    model: model.to_string(),
+                    ..like.clone()
+                },
+                None => AgentSpec::new(model),
+            })
+        };
+        if let Some(models) = &self.proposers {
+            if models.is_empty() {
+                return Err(PresetError::NoProposers);
+            }
+            let like = preset.layers.first().and_then(|l| l.first()).cloned();
+            let agents = models
+                .iter()
+                .map(|m| replace(m, like.as_ref()))
+                .collect::<Result<Vec<_>, _>>()?;
+            preset = preset.with_proposers(agents);
+        }
+        if let Some(model) = &self.aggregator {
+            preset.aggregator = replace(model, Some(&preset.aggregator))?;
+        }
+        if let Some(layers) = self.layers {
+            preset = preset.with_layer_count(layers)?;
+        }
+        for agent in preset.layers.iter_mut().flatten() {
+            if let Some(t) = self.proposer_temperature {
+                agent.temperature = Some(t);
+            }
+            if let Some(m) = self.proposer_max_tokens {
+                agent.max_tokens = Some(m);
+            }
+        }
+        if let Some(t) = self.aggregator_temperature {
+            preset.aggregator.temperature = Some(t);
+        }
+        if let Some(m) = self.aggregator_max_tokens {
+            preset.aggregator.max_tokens = Some(m);
+        }
+        if let Some(style) = self.prompt_style {
+            preset.prompt_style = style;
+        }
+        preset.validate()?;
+        Ok(preset)
     }
 }
 

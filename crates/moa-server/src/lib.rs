@@ -37,6 +37,17 @@ pub trait Engines: Send + Sync + 'static {
     fn names(&self) -> Vec<String>;
     /// The engine for `preset`; `None` if it is not served.
     fn engine(&self, preset: &str) -> Option<Moa>;
+
+    /// An engine for `changed`, a request's changes to served preset `name`. By default the
+    /// changed preset may use the providers `name` already uses; a server with a provider
+    /// registry can offer more.
+    fn bind(&self, name: &str, changed: &moa_core::Preset) -> Result<Moa, String> {
+        let base = self
+            .engine(name)
+            .ok_or_else(|| format!("the model `{name}` does not exist here"))?;
+        let plan = base.plan().rebind(changed)?;
+        Ok(Moa::new(plan, base.options().clone()))
+    }
 }
 
 /// Fixed engines by preset name: for tests and simple embeddings.
@@ -237,7 +248,7 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Result<Re
     if request.run.messages.is_empty() {
         return Err(ApiError::bad_request("`messages` is empty"));
     }
-    let Some(moa) = state.engines.engine(&request.model) else {
+    let Some(mut moa) = state.engines.engine(&request.model) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -248,6 +259,31 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Result<Re
             ),
         ));
     };
+    // The request's changes to the preset, checked like the config's.
+    let changed = !request.changes.is_empty();
+    if changed {
+        let preset = request
+            .changes
+            .apply(moa.plan().preset())
+            .map_err(|e| ApiError::bad_request(format!("`moa`: {e}")))?;
+        moa = state
+            .engines
+            .bind(&request.model, &preset)
+            .map_err(|e| ApiError::bad_request(format!("`moa`: {e}")))?;
+    }
+    if request.min_proposals.is_some() || request.timeout.is_some() {
+        let mut options = moa.options().clone();
+        if let Some(n) = request.min_proposals {
+            options.min_proposals = n;
+        }
+        if let Some(timeout) = request.timeout {
+            options.timeout = timeout;
+        }
+        moa = Moa::new(moa.plan().clone(), options);
+    }
+    // The response's `moa` block says which plan ran when the request changed it or asked.
+    let plan_json = (changed || request.include_proposals)
+        .then(|| model_json(&request.model, &moa)["moa"].clone());
     let permit = state.runs.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -267,7 +303,7 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Result<Re
     );
     let timeout = state.config.request_timeout;
     if request.stream {
-        return Ok(stream(moa, request, env, permit, timeout));
+        return Ok(stream(moa, request, env, permit, timeout, plan_json));
     }
     let include_proposals = request.include_proposals;
     let trace = tokio::time::timeout(timeout, moa.run_request_to_end(request.run))
@@ -282,7 +318,11 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Result<Re
         })?
         .map_err(|e| ApiError::from_run(&e))?;
     drop(permit);
-    Ok(Json(wire::completion(&env, &trace, include_proposals)).into_response())
+    let mut body = wire::completion(&env, &trace, include_proposals);
+    if let Some(plan) = plan_json {
+        body["moa"]["plan"] = plan;
+    }
+    Ok(Json(body).into_response())
 }
 
 /// Streams the run as chat.completion.chunk events. Dropping the body (the client went away)
@@ -293,6 +333,7 @@ fn stream(
     env: Envelope,
     permit: OwnedSemaphorePermit,
     timeout: Duration,
+    plan_json: Option<serde_json::Value>,
 ) -> Response {
     let include_usage = request.include_usage;
     let include_proposals = request.include_proposals;
@@ -303,86 +344,95 @@ fn stream(
     let state = (run, Some(env), permit, Box::pin(deadline), false);
     let frames = futures::stream::unfold(
         state,
-        move |(mut run, env, permit, mut deadline, started)| async move {
-            let env = env?;
-            if !started {
-                let first = wire::opening(&env, choices);
-                return Some((
-                    Ok::<_, std::convert::Infallible>(first),
-                    (run, Some(env), permit, deadline, true),
-                ));
-            }
-            loop {
-                let event = tokio::select! {
-                    event = run.next() => event,
-                    _ = &mut deadline => {
-                        let error = ApiError::new(StatusCode::GATEWAY_TIMEOUT, "upstream_error", "timeout", "the MoA run took longer than the server allows");
-                        let frame = Bytes::from(format!("data: {}\n\ndata: [DONE]\n\n", error.body()));
-                        return Some((Ok(frame), (run, None, permit, deadline, true)));
-                    }
-                };
-                match event {
-                    Some(Ok(RunEvent::AggregatorDelta { choice, text })) => {
-                        let frame = wire::delta(&env, choice, &text);
-                        return Some((Ok(frame), (run, Some(env), permit, deadline, true)));
-                    }
-                    Some(Ok(RunEvent::AggregatorToolCall {
-                        choice,
-                        index,
-                        id,
-                        name,
-                        arguments,
-                    })) => {
-                        let frame = wire::tool_call_delta(
-                            &env,
-                            choice,
-                            index,
-                            id.as_deref(),
-                            name.as_deref(),
-                            &arguments,
-                        );
-                        return Some((Ok(frame), (run, Some(env), permit, deadline, true)));
-                    }
-                    Some(Ok(RunEvent::Done(trace))) => {
-                        let mut frames = wire::finish(&env, &trace);
-                        if include_proposals || !trace.warnings.is_empty() {
-                            let mut moa = match include_proposals {
-                                true => wire::proposals(&trace),
-                                false => json!({}),
-                            };
-                            if !trace.warnings.is_empty() {
-                                moa["warnings"] = json!(trace.warnings);
-                            }
-                            frames.extend_from_slice(&wire::chunk(
-                                &env,
-                                json!([]),
-                                Some(("moa", moa)),
-                            ));
+        move |(mut run, env, permit, mut deadline, started)| {
+            let plan_json = plan_json.clone();
+            async move {
+                let env = env?;
+                if !started {
+                    let first = wire::opening(&env, choices);
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(first),
+                        (run, Some(env), permit, deadline, true),
+                    ));
+                }
+                loop {
+                    let event = tokio::select! {
+                        event = run.next() => event,
+                        _ = &mut deadline => {
+                            let error = ApiError::new(StatusCode::GATEWAY_TIMEOUT, "upstream_error", "timeout", "the MoA run took longer than the server allows");
+                            let frame = Bytes::from(format!("data: {}\n\ndata: [DONE]\n\n", error.body()));
+                            return Some((Ok(frame), (run, None, permit, deadline, true)));
                         }
-                        if include_usage {
-                            frames.extend_from_slice(&wire::usage_chunk(&env, &trace.usage));
-                        }
-                        frames.extend_from_slice(b"data: [DONE]\n\n");
-                        return Some((
-                            Ok(Bytes::from(frames)),
-                            (run, None, permit, deadline, true),
-                        ));
-                    }
-                    Some(Ok(event)) => {
-                        if let Some(frame) = stream_proposals
-                            .then(|| wire::progress(&env, &event))
-                            .flatten()
-                        {
+                    };
+                    match event {
+                        Some(Ok(RunEvent::AggregatorDelta { choice, text })) => {
+                            let frame = wire::delta(&env, choice, &text);
                             return Some((Ok(frame), (run, Some(env), permit, deadline, true)));
                         }
-                        continue;
+                        Some(Ok(RunEvent::AggregatorToolCall {
+                            choice,
+                            index,
+                            id,
+                            name,
+                            arguments,
+                        })) => {
+                            let frame = wire::tool_call_delta(
+                                &env,
+                                choice,
+                                index,
+                                id.as_deref(),
+                                name.as_deref(),
+                                &arguments,
+                            );
+                            return Some((Ok(frame), (run, Some(env), permit, deadline, true)));
+                        }
+                        Some(Ok(RunEvent::Done(trace))) => {
+                            let mut frames = wire::finish(&env, &trace);
+                            if include_proposals
+                                || plan_json.is_some()
+                                || !trace.warnings.is_empty()
+                            {
+                                let mut moa = match include_proposals {
+                                    true => wire::proposals(&trace),
+                                    false => json!({}),
+                                };
+                                if let Some(plan) = &plan_json {
+                                    moa["plan"] = plan.clone();
+                                }
+                                if !trace.warnings.is_empty() {
+                                    moa["warnings"] = json!(trace.warnings);
+                                }
+                                frames.extend_from_slice(&wire::chunk(
+                                    &env,
+                                    json!([]),
+                                    Some(("moa", moa)),
+                                ));
+                            }
+                            if include_usage {
+                                frames.extend_from_slice(&wire::usage_chunk(&env, &trace.usage));
+                            }
+                            frames.extend_from_slice(b"data: [DONE]\n\n");
+                            return Some((
+                                Ok(Bytes::from(frames)),
+                                (run, None, permit, deadline, true),
+                            ));
+                        }
+                        Some(Ok(event)) => {
+                            if let Some(frame) = stream_proposals
+                                .then(|| wire::progress(&env, &event))
+                                .flatten()
+                            {
+                                return Some((Ok(frame), (run, Some(env), permit, deadline, true)));
+                            }
+                            continue;
+                        }
+                        Some(Err(error)) => {
+                            let body = ApiError::from_run(&error).body();
+                            let frame = Bytes::from(format!("data: {body}\n\ndata: [DONE]\n\n"));
+                            return Some((Ok(frame), (run, None, permit, deadline, true)));
+                        }
+                        None => return None,
                     }
-                    Some(Err(error)) => {
-                        let body = ApiError::from_run(&error).body();
-                        let frame = Bytes::from(format!("data: {body}\n\ndata: [DONE]\n\n"));
-                        return Some((Ok(frame), (run, None, permit, deadline, true)));
-                    }
-                    None => return None,
                 }
             }
         },

@@ -1,8 +1,8 @@
 //! The chat-completions request as clients send it, and the response and chunk shapes they expect.
 
 use moa_core::{
-    CallTrace, Message, ResponseFormat, Role, RunEvent, RunRequest, ToolChoice, ToolDef, Tools,
-    Trace, Usage,
+    CallTrace, Message, PresetChanges, PromptStyle, ResponseFormat, Role, RunEvent, RunRequest,
+    ToolChoice, ToolDef, Tools, Trace, Usage,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -17,6 +17,11 @@ pub struct ChatRequest {
     pub include_proposals: bool,
     /// Send the proposers' progress as extra chunks (`{"moa": {"stream_proposals": true}}`).
     pub stream_proposals: bool,
+    /// Changes to the preset for this request (`moa.proposers`, `moa.layers`, ...).
+    pub changes: PresetChanges,
+    /// `moa.min_proposals`, `moa.timeout` (seconds; 0 for none).
+    pub min_proposals: Option<usize>,
+    pub timeout: Option<Option<std::time::Duration>>,
     /// The run: messages, the client's sampling fields for the aggregator, tools.
     pub run: RunRequest,
 }
@@ -125,6 +130,9 @@ impl ChatRequest {
             include_usage: false,
             include_proposals: false,
             stream_proposals: false,
+            changes: PresetChanges::default(),
+            min_proposals: None,
+            timeout: None,
             run: RunRequest::default(),
         };
         let mut model = None;
@@ -186,6 +194,37 @@ impl ChatRequest {
                         request.include_proposals = extension.include_proposals;
                         proposers_after_tool_result = extension.proposers_after_tool_result;
                         request.stream_proposals = extension.stream_proposals;
+                        request.min_proposals = extension.min_proposals;
+                        request.timeout = match extension.timeout {
+                            None => None,
+                            Some(t) if t.is_finite() && t >= 0.0 => Some((t > 0.0).then(|| {
+                                std::time::Duration::try_from_secs_f64(t)
+                                    .unwrap_or(std::time::Duration::MAX)
+                            })),
+                            Some(_) => {
+                                return Err("`moa.timeout` must be seconds, 0 for none".into())
+                            }
+                        };
+                        let prompt_style = match &extension.prompt_style {
+                            None => None,
+                            Some(name) => Some(PromptStyle::from_name(name).ok_or_else(|| {
+                                let names: Vec<&str> =
+                                    PromptStyle::ALL.iter().map(|(n, _)| *n).collect();
+                                format!(
+                                    "`moa.prompt_style` `{name}` is not one of {}",
+                                    names.join(", ")
+                                )
+                            })?),
+                        };
+                        request.changes = PresetChanges {
+                            proposers: extension.proposers,
+                            aggregator: extension.aggregator,
+                            layers: extension.layers,
+                            proposer_temperature: extension.proposer_temperature,
+                            proposer_max_tokens: extension.proposer_max_tokens,
+                            prompt_style,
+                            ..PresetChanges::default()
+                        };
                         if extension.stream_proposals {
                             request.run.stream_proposers = Some(true);
                         }
@@ -257,6 +296,25 @@ pub struct Extension {
     /// Stream every proposer's progress as extra chunks (see [`progress`]).
     #[serde(default)]
     pub stream_proposals: bool,
+    /// This request's proposers (`provider:model`, every proposer layer).
+    #[serde(default)]
+    pub proposers: Option<Vec<String>>,
+    #[serde(default)]
+    pub aggregator: Option<String>,
+    /// MoA layers (proposer layers + 1).
+    #[serde(default)]
+    pub layers: Option<usize>,
+    #[serde(default)]
+    pub proposer_temperature: Option<f64>,
+    #[serde(default)]
+    pub proposer_max_tokens: Option<u32>,
+    #[serde(default)]
+    pub min_proposals: Option<usize>,
+    /// Seconds per model call; 0 for none.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    #[serde(default)]
+    pub prompt_style: Option<String>,
 }
 
 /// A proposer's progress as an extra chunk: `choices` empty (as in the usage chunk, so clients

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use moa_server::{router, serve_with, Connections, FixedEngines, ServerConfig};
+use moa_core::{Moa, Preset};
+use moa_providers::Registry;
+use moa_server::{router, serve_with, Connections, Engines, ServerConfig};
 
 use crate::cli::ServeArgs;
 use crate::config::{Config, Flags, Settings};
@@ -29,6 +31,38 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+/// The presets served, bound once, and the registry that binds a request's changed preset
+/// (any configured provider whose key is set).
+struct PresetEngines {
+    registry: Registry,
+    presets: BTreeMap<String, Moa>,
+}
+
+impl Engines for PresetEngines {
+    fn names(&self) -> Vec<String> {
+        self.presets.keys().cloned().collect()
+    }
+
+    fn engine(&self, name: &str) -> Option<Moa> {
+        self.presets.get(name).cloned()
+    }
+
+    fn bind(&self, name: &str, changed: &Preset) -> Result<Moa, String> {
+        let base = self
+            .presets
+            .get(name)
+            .ok_or_else(|| format!("the model `{name}` does not exist here"))?;
+        let missing = self.registry.missing_keys(changed);
+        if let Some((provider, _)) = missing.first() {
+            return Err(format!(
+                "provider `{provider}` has no API key on this server; choose another"
+            ));
+        }
+        let plan = self.registry.bind(changed).map_err(|e| e.to_string())?;
+        Ok(Moa::new(plan, base.options().clone()))
+    }
 }
 
 /// The key clients must send: --api-key, --api-key-file or MOA_SERVER_API_KEY. An empty one
@@ -127,8 +161,9 @@ pub async fn run(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<
             ""
         }
     );
-    // Bound once; a request's sampling fields travel in its RunRequest.
-    let engines = FixedEngines(presets);
+    // Bound once; a request's sampling fields travel in its RunRequest, and a request that
+    // changes a preset's models is bound against the registry.
+    let engines = PresetEngines { registry, presets };
     let connections = Connections {
         max: args.max_connections,
         header_timeout,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use moa_core::{AgentSpec, ModelRef, Preset, PromptStyle, RunOptions};
+use moa_core::{ModelRef, Preset, PresetChanges, PromptStyle, RunOptions};
 
 use super::{Config, ConfigError};
 use crate::env;
@@ -125,52 +125,35 @@ impl Settings {
     }
 }
 
-/// The agent `model` with the settings of `like` (so a replaced proposer keeps its layer's
-/// temperature and max_tokens).
-fn replacement(model: &str, like: Option<&AgentSpec>, flag: &str) -> anyhow::Result<AgentSpec> {
-    ModelRef::parse(model).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
-    Ok(match like {
-        Some(like) => AgentSpec {
-            model: model.to_string(),
-            ..like.clone()
-        },
-        None => AgentSpec::new(model),
-    })
-}
-
-/// Applies the command line's changes to `preset`: models first, then the layer count, then
-/// temperature and max_tokens for every agent.
-pub fn apply_flags(mut preset: Preset, flags: &Flags) -> anyhow::Result<Preset> {
-    if let Some(models) = &flags.proposers {
-        let like = preset.layers.first().and_then(|l| l.first()).cloned();
-        let agents = models
-            .iter()
-            .map(|m| replacement(m, like.as_ref(), "--proposers"))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        if agents.is_empty() {
-            anyhow::bail!("--proposers: give at least one provider:model");
-        }
-        preset = preset.with_proposers(agents);
-    }
-    if let Some(model) = &flags.aggregator {
-        preset.aggregator = replacement(model, Some(&preset.aggregator), "--aggregator")?;
-    }
-    if let Some(layers) = flags.layers {
-        preset = preset.with_layer_count(layers)?;
-    }
-    for agent in preset.agents_mut() {
-        if let Some(t) = flags.temperature {
-            agent.temperature = Some(t);
-        }
-        if let Some(m) = flags.max_tokens {
-            agent.max_tokens = Some(m);
+/// Applies the command line's changes to `preset` (through [`PresetChanges`], as the server
+/// does): models first, then the layer count, then temperature and max_tokens for every agent.
+pub fn apply_flags(preset: Preset, flags: &Flags) -> anyhow::Result<Preset> {
+    // Model names are checked here first so that errors name the flag.
+    let named = [
+        ("--proposers", flags.proposers.clone().unwrap_or_default()),
+        ("--aggregator", flags.aggregator.iter().cloned().collect()),
+    ];
+    for (flag, models) in named {
+        for model in &models {
+            ModelRef::parse(model).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
         }
     }
-    if let Some(style) = flags.prompt_style {
-        preset.prompt_style = style;
+    if flags.proposers.as_ref().is_some_and(Vec::is_empty) {
+        anyhow::bail!("--proposers: give at least one provider:model");
     }
-    preset.validate()?;
-    Ok(preset)
+    let changes = PresetChanges {
+        proposers: flags.proposers.clone(),
+        aggregator: flags.aggregator.clone(),
+        layers: flags.layers,
+        proposer_temperature: flags.temperature,
+        proposer_max_tokens: flags.max_tokens,
+        aggregator_temperature: flags.temperature,
+        aggregator_max_tokens: flags.max_tokens,
+        prompt_style: flags.prompt_style,
+    };
+    changes
+        .apply(preset)
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("the layer count", "--layers")))
 }
 
 #[cfg(test)]

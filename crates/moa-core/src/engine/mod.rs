@@ -127,6 +127,60 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// The preset this plan was bound from (its description aside).
+    pub fn preset(&self) -> Preset {
+        Preset {
+            name: self.preset.clone(),
+            description: String::new(),
+            layers: self
+                .layers
+                .iter()
+                .map(|layer| layer.iter().map(|a| a.spec.clone()).collect())
+                .collect(),
+            aggregator: self.aggregator.spec.clone(),
+            prompt_style: self.prompt_style,
+        }
+    }
+
+    /// Binds `preset` to the providers this plan already uses, by provider name: a changed
+    /// preset for one request, say. A provider the plan does not use is an error naming it.
+    pub fn rebind(&self, preset: &Preset) -> Result<Plan, String> {
+        let known: Vec<(String, Arc<dyn Provider>)> = self
+            .layers
+            .iter()
+            .flatten()
+            .chain(std::iter::once(&self.aggregator))
+            .filter_map(|a| Some((a.spec.model_ref().ok()?.provider, a.provider.clone())))
+            .collect();
+        Plan::bind(preset, |model| {
+            known
+                .iter()
+                .find(|(name, _)| *name == model.provider)
+                .map(|(_, provider)| provider.clone())
+                .ok_or_else(|| {
+                    let mut names: Vec<&str> = known.iter().map(|(n, _)| n.as_str()).collect();
+                    names.dedup();
+                    BindError(format!(
+                        "provider `{}` is not available here (this preset uses {})",
+                        model.provider,
+                        names.join(", ")
+                    ))
+                })
+        })
+        .map_err(|e| e.0)
+    }
+}
+
+/// A binding failure's message.
+struct BindError(String);
+
+impl From<PresetError> for BindError {
+    fn from(e: PresetError) -> Self {
+        Self(e.to_string())
+    }
+}
+
 /// What one request changes about a call of its run, over the preset's settings.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CallOverrides {

@@ -511,3 +511,58 @@ async fn proposals_stream_live_as_extra_chunks_when_asked() {
     assert!(!whole.contains("secret upstream detail"), "{whole}");
     assert!(whole.contains("HTTP 500"), "{whole}");
 }
+
+#[tokio::test]
+async fn a_request_may_change_the_preset_for_itself() {
+    let s = start(ServerConfig::default()).await;
+    let body = request(json!({"moa": {
+        "proposers": ["up:p3", "up:p4", "up:p5"], "layers": 3, "proposer_max_tokens": 20,
+        "proposer_temperature": 0.1, "prompt_style": "tagged", "min_proposals": 3
+    }}));
+    let json: Value = s.post(&body).await.json().await.unwrap();
+    assert_eq!(
+        json["choices"][0]["message"]["content"], "The final answer.",
+        "{json}"
+    );
+    assert_eq!(
+        json["moa"]["plan"],
+        json!({"layers": [["up:p3", "up:p4", "up:p5"], ["up:p3", "up:p4", "up:p5"]],
+               "aggregator": "up:agg", "prompt_style": "tagged"})
+    );
+    let models: Vec<String> = s.fake.requests().iter().map(|r| r.model.clone()).collect();
+    assert_eq!(
+        models.iter().filter(|m| *m == "p3").count(),
+        2,
+        "two proposer layers"
+    );
+    assert!(!models.contains(&"p1".to_string()));
+    let p3 = &s.fake.requests_for("p3")[0].json;
+    assert_eq!(p3["max_tokens"], 20);
+    assert_eq!(p3["temperature"], 0.1);
+    let agg = &s.fake.requests_for("agg")[0].json;
+    assert!(agg["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("<response id=\"1\" model=\"up:p3\">"));
+
+    for (moa, expected) in [
+        (
+            json!({"proposers": ["openai:gpt-4o"]}),
+            "provider `openai` is not available here",
+        ),
+        (
+            json!({"aggregator": "nocolon"}),
+            "`nocolon` is not a model reference",
+        ),
+        (json!({"layers": 0}), "the layer count must be at least 1"),
+        (
+            json!({"prompt_style": "fancy"}),
+            "`moa.prompt_style` `fancy` is not one of",
+        ),
+        (json!({"timeout": -1}), "`moa.timeout`"),
+    ] {
+        let (status, message) = status_and_message(&s, &request(json!({"moa": moa}))).await;
+        assert_eq!(status, 400, "{message}");
+        assert!(message.contains(expected), "{message}");
+    }
+}
