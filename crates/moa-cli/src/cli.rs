@@ -146,6 +146,13 @@ pub struct AskArgs {
     /// A system message to put before the prompt.
     #[arg(long, value_name = "TEXT")]
     pub system: Option<String>,
+    /// The answer's format: `json` asks for one JSON object, checked and repaired once.
+    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
+    pub response_format: Option<String>,
+    /// A JSON Schema file the answer must validate against (checked, repaired once, an error
+    /// if it still does not).
+    #[arg(long, value_name = "FILE", conflicts_with = "response_format")]
+    pub response_schema: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

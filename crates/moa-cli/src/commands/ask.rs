@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Read};
 use std::path::Path;
 
 use anyhow::Context;
-use moa_core::Message;
+use moa_core::{Message, ResponseFormat, RunRequest};
 
 use super::turn::{self, PlainView, TurnEnd};
 use crate::cli::AskArgs;
@@ -28,22 +28,44 @@ fn read_prompt(arg: &str) -> anyhow::Result<String> {
     Ok(prompt)
 }
 
+/// The format `--response-format` or `--response-schema` asks for.
+fn response_format(args: &AskArgs) -> anyhow::Result<Option<ResponseFormat>> {
+    if let Some(path) = &args.response_schema {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the schema file {}", path.display()))?;
+        let schema: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("the schema file {} is not JSON", path.display()))?;
+        let name = path
+            .file_stem()
+            .map_or("answer".into(), |s| s.to_string_lossy().into_owned());
+        let format = ResponseFormat::json_schema(name, schema, true)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        return Ok(Some(format));
+    }
+    Ok(match args.response_format.as_deref() {
+        Some("json") => Some(ResponseFormat::JsonObject),
+        _ => None,
+    })
+}
+
 /// Runs `moa ask`.
 pub async fn run(config_path: Option<&Path>, args: AskArgs) -> anyhow::Result<()> {
     let resolved = super::resolve(config_path, &args.run.flags())?;
     let prompt = read_prompt(&args.prompt)?;
     let mut messages = Vec::new();
-    if let Some(system) = args.system {
+    if let Some(system) = args.system.clone() {
         messages.push(Message::system(system));
     }
     messages.push(Message::user(prompt));
+    let mut request = RunRequest::new(messages);
+    request.response_format = response_format(&args)?;
 
     let mut view = PlainView::new(
         args.show_proposals,
         !args.json,
         resolved.preset.layer_count(),
     );
-    let end = turn::run(&resolved.moa, messages, &mut view, true).await?;
+    let end = turn::run(&resolved.moa, request, &mut view, true).await?;
     if view.open_line {
         println!();
     }

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use futures::StreamExt;
-use moa_core::{Message, Moa, MoaError, RunEvent, Trace};
+use moa_core::{Moa, MoaError, RunEvent, RunRequest, Trace};
 
 use crate::render;
 
@@ -20,10 +20,10 @@ pub trait View {
     fn event(&mut self, event: &RunEvent) -> std::io::Result<()>;
 }
 
-/// Runs `messages` through `moa`, showing its events; with `cancellable`, Ctrl-C ends it early.
+/// Runs `request` through `moa`, showing its events; with `cancellable`, Ctrl-C ends it early.
 pub async fn run(
     moa: &Moa,
-    messages: Vec<Message>,
+    request: RunRequest,
     view: &mut dyn View,
     cancellable: bool,
 ) -> anyhow::Result<TurnEnd> {
@@ -36,7 +36,7 @@ pub async fn run(
     });
     // Poll once so the Ctrl-C handler is installed before any request is sent.
     let _ = futures::poll!(&mut interrupt);
-    let mut stream = moa.run(messages);
+    let mut stream = moa.run_request(request);
     loop {
         let event = tokio::select! {
             event = stream.next() => event,

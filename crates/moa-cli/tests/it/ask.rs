@@ -331,3 +331,98 @@ async fn ctrl_c_exits_130_and_closes_the_upstream_connection() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "moa: interrupted\n");
     assert_eq!(fake.wait_ending(4).await, moa_testkit::Ending::ClientGone);
 }
+
+/// The aggregator (the call given `response_format`) answers `first`, and `repaired` when asked
+/// to repair; proposers answer in text.
+fn structured(fake: &FakeOpenAi, first: &'static str, repaired: &'static str) {
+    fake.respond_with(move |r| {
+        let last = r
+            .messages()
+            .last()
+            .map(|(_, c)| c.clone())
+            .unwrap_or_default();
+        match r.json.get("response_format").is_some() {
+            true if last.starts_with("Your answer cannot be used") => Reply::text(repaired),
+            true => Reply::text(first),
+            false => Reply::text("Paris, population about two million"),
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ask_can_require_json_and_repairs_it_once() {
+    let fake = FakeOpenAi::start().await;
+    structured(
+        &fake,
+        "```json\n{\"city\": \"Paris\"}\n```",
+        r#"{"city": "Paris"}"#,
+    );
+    let sandbox = Sandbox::new(&fake, "");
+    let out = moa(
+        sandbox.path(),
+        &[
+            "ask",
+            "--response-format",
+            "json",
+            "Capital of France, as JSON?",
+        ],
+        &[KEY],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "{\"city\": \"Paris\"}\n");
+    let agg = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.json.get("response_format").is_some())
+        .unwrap();
+    assert_eq!(
+        agg.json["response_format"],
+        serde_json::json!({"type": "json_object"})
+    );
+
+    // A schema the answer never meets, even after the repair: an error, exit 1.
+    let schema = sandbox.path().join("city.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "required": ["city", "population"]}"#,
+    )
+    .unwrap();
+    let out = moa(
+        sandbox.path(),
+        &[
+            "ask",
+            "--json",
+            "--response-schema",
+            schema.to_str().unwrap(),
+            "Paris?",
+        ],
+        &[KEY],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("\"population\" is a required property"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("after one repair"), "{}", out.stderr);
+
+    let bad = sandbox.path().join("bad.json");
+    std::fs::write(&bad, "{not json").unwrap();
+    let out = moa(
+        sandbox.path(),
+        &["ask", "--response-schema", bad.to_str().unwrap(), "Paris?"],
+        &[KEY],
+        None,
+    )
+    .await;
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("bad.json is not JSON"),
+        "{}",
+        out.stderr
+    );
+}

@@ -7,6 +7,7 @@ mod session;
 mod slash;
 mod tty;
 
+use moa_core::RunRequest;
 use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 
@@ -92,7 +93,14 @@ pub async fn run(config_path: Option<&Path>, args: ChatArgs) -> anyhow::Result<(
             Step::Ask => {}
         }
         let mut view = PlainView::new(args.show_proposals, true, session.preset.layer_count());
-        match turn::run(&session.moa, session.messages_for(&input), &mut view, false).await? {
+        match turn::run(
+            &session.moa,
+            RunRequest::new(session.messages_for(&input)),
+            &mut view,
+            false,
+        )
+        .await?
+        {
             TurnEnd::Done(trace) => {
                 if !trace.answer.ends_with('\n') {
                     println!();

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use moa_core::RunEvent;
+use moa_core::{RunEvent, RunRequest};
 use rustyline::error::ReadlineError;
 use rustyline::DefaultEditor;
 
@@ -183,7 +183,13 @@ pub async fn run(session: &mut Session, show_proposals: bool) -> anyhow::Result<
             drawn: 0,
             answering: false,
         };
-        let end = turn::run(&session.moa, session.messages_for(&input), &mut view, true).await?;
+        let end = turn::run(
+            &session.moa,
+            RunRequest::new(session.messages_for(&input)),
+            &mut view,
+            true,
+        )
+        .await?;
         match end {
             TurnEnd::Done(trace) => {
                 println!("\n");
