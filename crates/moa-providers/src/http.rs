@@ -721,7 +721,7 @@ pub(crate) fn refuse_tools(
             provider: provider.to_string(),
             message: format!(
                 "{provider} cannot be given tools through moa yet (tool use is built for \
-                 OpenAI-compatible models); choose an OpenAI-compatible aggregator"
+                 OpenAI-compatible and Anthropic models); choose an OpenAI-compatible aggregator"
             ),
         }),
         None => Ok(()),

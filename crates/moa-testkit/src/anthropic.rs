@@ -11,6 +11,7 @@ fn stop_reason(reply: &Reply) -> Option<&str> {
     reply.finish_reason.as_deref().map(|r| match r {
         "stop" => "end_turn",
         "length" => "max_tokens",
+        "tool_calls" => "tool_use",
         other => other,
     })
 }
@@ -25,6 +26,12 @@ pub(crate) fn message(reply: &Reply, ctx: &Ctx, text: &str) -> Value {
         "stop_reason": stop_reason(reply),
         "stop_sequence": null,
     });
+    for (id, name, args) in &reply.tool_calls {
+        let input: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
+        if let Some(content) = body["content"].as_array_mut() {
+            content.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
+        }
+    }
     if let Some(usage) = reply.usage_for(ctx.prompt_bytes, text) {
         body["usage"] =
             json!({"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens});
@@ -70,6 +77,26 @@ pub(crate) fn frames(reply: &Reply, ctx: &Ctx, text: &str, complete: bool) -> Ve
         "content_block_stop",
         json!({"type": "content_block_stop", "index": 0}),
     ));
+    // Tool calls as the API streams them: one block each, its input in JSON pieces.
+    for (i, (id, name, args)) in reply.tool_calls.iter().enumerate() {
+        let index = i + 1;
+        frames.push(event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index,
+                   "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}),
+        ));
+        for piece in reply.pieces(args) {
+            frames.push(event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": index,
+                       "delta": {"type": "input_json_delta", "partial_json": piece}}),
+            ));
+        }
+        frames.push(event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": index}),
+        ));
+    }
     let mut delta = json!({
         "type": "message_delta",
         "delta": {"stop_reason": stop_reason(reply), "stop_sequence": null},

@@ -125,7 +125,6 @@ impl Inner {
     }
 
     async fn complete(self: Arc<Self>, request: ChatRequest) -> Result<Completion, ProviderError> {
-        crate::http::refuse_tools(&request, &self.config.name)?;
         let body = wire::request_body(&request, false);
         self.transport
             .complete(
@@ -161,12 +160,21 @@ impl Inner {
             (u.input().is_some() || output.is_some())
                 .then(|| wire::usage(u.input().unwrap_or(0), output.unwrap_or(0)))
         });
+        let tool_calls = message
+            .content
+            .iter()
+            .filter(|b| b.kind == "tool_use")
+            .map(|b| moa_core::ToolCall {
+                id: b.id.clone().unwrap_or_default(),
+                name: b.name.clone().unwrap_or_default(),
+                arguments: b.input.as_ref().map_or("{}".into(), |i| i.to_string()),
+            })
+            .collect();
         Ok(Completion {
             text,
             finish_reason: message.stop_reason.as_deref().map(wire::finish_reason),
             usage,
-
-            tool_calls: Vec::new(),
+            tool_calls,
             logprobs: None, // the API offers none
         })
     }
@@ -178,9 +186,6 @@ impl Provider for Anthropic {
     }
 
     fn stream(&self, request: ChatRequest) -> BoxChunkStream {
-        if let Err(error) = crate::http::refuse_tools(&request, self.name()) {
-            return Box::pin(futures::stream::iter([Err(error)]));
-        }
         let body = wire::request_body(&request, true);
         open_stream::<_, stream::Decoder, _, _>(self.inner.clone(), move |inner: Arc<Inner>| {
             let body = body.clone();

@@ -13,6 +13,8 @@ pub(super) struct Decoder {
     sse: SseDecoder,
     input_tokens: Option<u64>,
     output_tokens: Option<u64>,
+    /// Content block index → tool call index, for the blocks that are `tool_use`.
+    tool_blocks: Vec<(usize, usize)>,
 }
 
 impl Decoder {
@@ -35,11 +37,30 @@ impl Decoder {
                     self.output_tokens = usage.output_tokens.or(self.output_tokens);
                 }
             }
-            "content_block_delta" => {
-                if let Some(delta) = parsed.delta.filter(|d| d.kind == "text_delta") {
-                    out.delta(delta.text.unwrap_or_default());
+            "content_block_start" => {
+                let block = parsed.content_block.filter(|b| b.kind == "tool_use");
+                if let (Some(block), Some(index)) = (block, parsed.index) {
+                    let call = self.tool_blocks.len();
+                    self.tool_blocks.push((index, call));
+                    out.tool_call(call, block.id, block.name, String::new());
                 }
             }
+            "content_block_delta" => match parsed.delta {
+                Some(delta) if delta.kind == "text_delta" => {
+                    out.delta(delta.text.unwrap_or_default())
+                }
+                Some(delta) if delta.kind == "input_json_delta" => {
+                    let call = self
+                        .tool_blocks
+                        .iter()
+                        .find(|(block, _)| Some(*block) == parsed.index)
+                        .map(|(_, call)| *call);
+                    if let Some(call) = call {
+                        out.tool_call(call, None, None, delta.partial_json.unwrap_or_default());
+                    }
+                }
+                _ => {}
+            },
             "message_delta" => {
                 if let Some(reason) = parsed.delta.and_then(|d| d.stop_reason) {
                     out.finish_reason = Some(wire::finish_reason(&reason));

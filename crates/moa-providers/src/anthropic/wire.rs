@@ -1,6 +1,6 @@
 //! Anthropic's Messages API: the request body, the whole response and the streamed events.
 
-use moa_core::{ChatRequest, Part, Role, Usage};
+use moa_core::{ChatRequest, Part, Role, ToolChoice, Tools, Usage};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -20,8 +20,25 @@ struct Message<'a> {
 }
 
 /// A message's content: its text, or content blocks when it holds images (base64 from a data
-/// URL, otherwise by URL).
+/// URL, otherwise by URL) or tool calls (`tool_use` blocks after the text).
 fn content(message: &moa_core::Message) -> Value {
+    if !message.tool_calls.is_empty() {
+        let mut blocks = Vec::new();
+        if !message.content.is_empty() {
+            blocks.push(json!({"type": "text", "text": message.content}));
+        }
+        for call in &message.tool_calls {
+            // Arguments the model wrote that are not a JSON object go as a string field.
+            let input = serde_json::from_str::<Value>(&call.arguments)
+                .ok()
+                .filter(Value::is_object)
+                .unwrap_or_else(|| json!({"arguments": call.arguments}));
+            blocks.push(
+                json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input}),
+            );
+        }
+        return Value::Array(blocks);
+    }
     if message.parts.is_empty() {
         return Value::String(message.content.clone());
     }
@@ -49,6 +66,10 @@ struct Body<'a> {
     messages: Vec<Message<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     stream: bool,
     #[serde(flatten)]
@@ -59,15 +80,28 @@ struct Body<'a> {
 /// (joined by a blank line when there are several), the rest keep their order.
 pub fn request_body(request: &ChatRequest, stream: bool) -> Vec<u8> {
     let mut system: Vec<&str> = Vec::new();
-    let mut messages = Vec::new();
+    let mut messages: Vec<Message> = Vec::new();
     for message in &request.messages {
         match &message.role {
             Role::System | Role::Developer => system.push(message.content.as_str()),
-            // Tool results reach Anthropic as text from the user (the engine writes them so).
-            Role::Tool => messages.push(Message {
-                role: "user",
-                content: content(message),
-            }),
+            // A tool's result is a `tool_result` block from the user; results of one turn
+            // share one user message, as the API requires.
+            Role::Tool => {
+                let block = json!({"type": "tool_result",
+                    "tool_use_id": message.tool_call_id.as_deref().unwrap_or_default(),
+                    "content": message.content});
+                match messages.last_mut() {
+                    Some(last) if last.role == "user" && last.content.is_array() => {
+                        if let Value::Array(blocks) = &mut last.content {
+                            blocks.push(block);
+                        }
+                    }
+                    _ => messages.push(Message {
+                        role: "user",
+                        content: Value::Array(vec![block]),
+                    }),
+                }
+            }
             role => messages.push(Message {
                 role: role.as_str(),
                 content: content(message),
@@ -79,17 +113,50 @@ pub fn request_body(request: &ChatRequest, stream: bool) -> Vec<u8> {
         Some(n) => u32::try_from(n).unwrap_or(u32::MAX),
         None => request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
     };
+    let (tools, tool_choice) = match &request.tools {
+        Some(tools) => tools_json(tools),
+        None => (None, None),
+    };
     let body = Body {
         model: &request.model,
         max_tokens,
         system: (!system.is_empty()).then(|| system.join("\n\n")),
         messages,
         temperature: request.temperature,
+        tools,
+        tool_choice,
         stream,
         extra,
     };
     // Serializing plain data with string keys cannot fail.
     serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// OpenAI's tools and tool choice in Anthropic's words: `input_schema`, and `auto` / `any` /
+/// `tool` / `none` with `disable_parallel_tool_use` for `parallel_tool_calls: false`.
+fn tools_json(tools: &Tools) -> (Option<Vec<Value>>, Option<Value>) {
+    let defs = tools
+        .defs
+        .iter()
+        .map(|t| {
+            let mut tool = json!({"name": t.name, "input_schema": t.parameters});
+            if let Some(description) = &t.description {
+                tool["description"] = json!(description);
+            }
+            tool
+        })
+        .collect();
+    let mut choice = match &tools.choice {
+        None | Some(ToolChoice::Auto) => json!({"type": "auto"}),
+        Some(ToolChoice::None) => json!({"type": "none"}),
+        Some(ToolChoice::Required) => json!({"type": "any"}),
+        Some(ToolChoice::Function(name)) => json!({"type": "tool", "name": name}),
+    };
+    if tools.parallel == Some(false) && choice["type"] != "none" {
+        choice["disable_parallel_tool_use"] = json!(true);
+    }
+    let choice = (tools.choice.is_some() || tools.parallel.is_some()).then_some(choice);
+    (Some(defs), choice)
 }
 
 /// Anthropic's stop reasons in OpenAI's words, which the rest of moa uses.
@@ -145,6 +212,13 @@ pub struct ContentBlock {
     pub kind: String,
     #[serde(default)]
     pub text: Option<String>,
+    /// A `tool_use` block's call.
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub input: Option<Value>,
 }
 
 /// A whole (non-streamed) response.
@@ -164,6 +238,9 @@ pub struct Delta {
     pub kind: String,
     #[serde(default)]
     pub text: Option<String>,
+    /// An `input_json_delta`'s piece of a tool call's arguments.
+    #[serde(default)]
+    pub partial_json: Option<String>,
     #[serde(default)]
     pub stop_reason: Option<String>,
 }
@@ -181,6 +258,11 @@ pub struct WireEvent {
     pub usage: Option<WireUsage>,
     #[serde(default)]
     pub error: Option<Value>,
+    /// `content_block_start`/`_delta`: which block, and (at its start) the block itself.
+    #[serde(default)]
+    pub index: Option<usize>,
+    #[serde(default)]
+    pub content_block: Option<ContentBlock>,
 }
 
 #[cfg(test)]

@@ -151,3 +151,94 @@ async fn an_error_event_that_is_not_transient_fails_the_stream() {
     assert!(err.to_string().contains("prompt is too long"), "{err}");
     assert_eq!(fake.requests().len(), 1);
 }
+
+/// An agent loop's second turn, with tools: the history in Anthropic's blocks, the tools in its
+/// words, and the model's tool call back in OpenAI's terms, whole and streamed.
+#[tokio::test]
+async fn tool_use_goes_both_ways() {
+    let fake = FakeServer::anthropic().await;
+    let history: Vec<Message> = serde_json::from_str(
+        r#"[{"role":"user","content":"Weather in Oslo and Bergen?"},
+            {"role":"assistant","content":"Checking.","tool_calls":[
+              {"id":"toolu_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Oslo\"}"}},
+              {"id":"toolu_2","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Bergen\"}"}}]},
+            {"role":"tool","tool_call_id":"toolu_1","content":"-3C"},
+            {"role":"tool","tool_call_id":"toolu_2","content":"4C"}]"#,
+    )
+    .unwrap();
+    let mut r = ChatRequest::new("claude-3-haiku-20240307", history);
+    r.tools = Some(moa_core::Tools {
+        defs: vec![moa_core::ToolDef {
+            name: "get_weather".into(),
+            description: Some("The weather now.".into()),
+            parameters: serde_json::json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+            strict: None,
+        }],
+        choice: Some(moa_core::ToolChoice::Required),
+        parallel: Some(false),
+    });
+    for stream in [false, true] {
+        fake.push(
+            "claude-3-haiku-20240307",
+            Reply::tool_calls(&[("toolu_3", "get_weather", r#"{"city":"Tromsø"}"#)])
+                .with_chunk_chars(4),
+        );
+        let (text, calls, reason) = if stream {
+            let (text, chunks, err) = collect_stream(&client(&fake, 0), r.clone()).await;
+            assert!(err.is_none(), "{err:?}");
+            let mut completion = moa_core::Completion::default();
+            for chunk in chunks {
+                match chunk {
+                    Chunk::ToolCall {
+                        index,
+                        id,
+                        name,
+                        arguments,
+                    } => completion.push_tool_call(index, id, name, &arguments),
+                    Chunk::Finished { finish_reason, .. } => {
+                        completion.finish_reason = finish_reason
+                    }
+                    Chunk::Delta(_) => {}
+                }
+            }
+            (text, completion.tool_calls, completion.finish_reason)
+        } else {
+            let c = client(&fake, 0).complete(r.clone()).await.unwrap();
+            (c.text, c.tool_calls, c.finish_reason)
+        };
+        assert_eq!(text, "", "stream: {stream}");
+        assert_eq!(reason.as_deref(), Some("tool_calls"));
+        assert_eq!(
+            calls,
+            vec![moa_core::ToolCall {
+                id: "toolu_3".into(),
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Tromsø"}"#.into()
+            }],
+            "stream: {stream}"
+        );
+    }
+    let sent = &fake.requests()[0].json;
+    assert_eq!(
+        sent["messages"],
+        serde_json::json!([
+            {"role": "user", "content": "Weather in Oslo and Bergen?"},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}},
+                {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {"city": "Bergen"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "-3C"},
+                {"type": "tool_result", "tool_use_id": "toolu_2", "content": "4C"}]}
+        ])
+    );
+    assert_eq!(
+        sent["tools"],
+        serde_json::json!([{"name": "get_weather", "description": "The weather now.",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}])
+    );
+    assert_eq!(
+        sent["tool_choice"],
+        serde_json::json!({"type": "any", "disable_parallel_tool_use": true})
+    );
+}
