@@ -710,24 +710,6 @@ impl<D: Decode + Unpin> Stream for ChunkStream<D> {
     }
 }
 
-/// Refuses a request that offers tools to a dialect whose tool use moa does not speak yet, so
-/// that tools are never dropped without a word.
-pub(crate) fn refuse_tools(
-    request: &moa_core::ChatRequest,
-    provider: &str,
-) -> Result<(), ProviderError> {
-    match &request.tools {
-        Some(_) => Err(ProviderError::InvalidRequest {
-            provider: provider.to_string(),
-            message: format!(
-                "{provider} cannot be given tools through moa yet (tool use is built for \
-                 OpenAI-compatible and Anthropic models); choose an OpenAI-compatible aggregator"
-            ),
-        }),
-        None => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

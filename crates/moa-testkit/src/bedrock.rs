@@ -11,6 +11,7 @@ fn stop_reason(reply: &Reply) -> Option<&str> {
     reply.finish_reason.as_deref().map(|r| match r {
         "stop" => "end_turn",
         "length" => "max_tokens",
+        "tool_calls" => "tool_use",
         other => other,
     })
 }
@@ -27,6 +28,12 @@ pub(crate) fn converse(reply: &Reply, ctx: &Ctx, text: &str) -> Value {
         "stopReason": stop_reason(reply),
         "metrics": {"latencyMs": 1},
     });
+    for (id, name, args) in &reply.tool_calls {
+        let input: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
+        if let Some(content) = body["output"]["message"]["content"].as_array_mut() {
+            content.push(json!({"toolUse": {"toolUseId": id, "name": name, "input": input}}));
+        }
+    }
     if let Some(usage) = usage_json(reply, ctx, text) {
         body["usage"] = usage;
     }
@@ -115,6 +122,20 @@ pub(crate) fn frames(reply: &Reply, ctx: &Ctx, text: &str, complete: bool) -> Ve
             .to_string()
             .as_bytes(),
     ));
+    // Tool calls as ConverseStream sends them: a block each, its input in JSON pieces.
+    for (i, (id, name, args)) in reply.tool_calls.iter().enumerate() {
+        let index = i + 1;
+        let start = json!({"contentBlockIndex": index,
+                           "start": {"toolUse": {"toolUseId": id, "name": name}}, "p": p});
+        frames.push(event("contentBlockStart", start.to_string().as_bytes()));
+        for piece in reply.pieces(args) {
+            let delta = json!({"contentBlockIndex": index,
+                               "delta": {"toolUse": {"input": piece}}, "p": p});
+            frames.push(event("contentBlockDelta", delta.to_string().as_bytes()));
+        }
+        let stop = json!({"contentBlockIndex": index, "p": p});
+        frames.push(event("contentBlockStop", stop.to_string().as_bytes()));
+    }
     frames.push(event(
         "messageStop",
         json!({"stopReason": stop_reason(reply), "p": p})

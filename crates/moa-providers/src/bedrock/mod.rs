@@ -185,7 +185,6 @@ impl Inner {
     }
 
     async fn complete(self: Arc<Self>, request: ChatRequest) -> Result<Completion, ProviderError> {
-        crate::http::refuse_tools(&request, &self.config.name)?;
         let body = wire::request_body(&request).map_err(|m| self.invalid(m))?;
         self.transport
             .complete(
@@ -200,17 +199,30 @@ impl Inner {
             self.transport
                 .malformed(format!("unexpected response: {e}"), bytes)
         })?;
-        let text = response
+        let blocks = response
             .output
             .message
-            .map(|m| m.content.into_iter().filter_map(|b| b.text).collect())
+            .map(|m| m.content)
             .unwrap_or_default();
+        let mut text = String::new();
+        let mut tool_calls = Vec::new();
+        for block in blocks {
+            if let Some(piece) = block.text {
+                text.push_str(&piece);
+            }
+            if let Some(tool) = block.tool_use {
+                tool_calls.push(moa_core::ToolCall {
+                    id: tool.id.unwrap_or_default(),
+                    name: tool.name.unwrap_or_default(),
+                    arguments: tool.input.map_or("{}".into(), |i| i.to_string()),
+                });
+            }
+        }
         Ok(Completion {
             text,
             finish_reason: response.stop_reason.as_deref().map(wire::finish_reason),
             usage: response.usage.map(Into::into),
-
-            tool_calls: Vec::new(),
+            tool_calls,
             logprobs: None, // the API offers none
         })
     }
@@ -222,9 +234,6 @@ impl Provider for Bedrock {
     }
 
     fn stream(&self, request: ChatRequest) -> BoxChunkStream {
-        if let Err(error) = crate::http::refuse_tools(&request, self.name()) {
-            return Box::pin(futures::stream::iter([Err(error)]));
-        }
         let body = match wire::request_body(&request) {
             Ok(body) => body,
             Err(message) => {

@@ -2,6 +2,7 @@
 //! stop reason, `metadata`'s usage; exception messages (`throttlingException`, ...) as failures.
 
 use moa_core::ProviderError;
+use serde_json::Value;
 
 use super::eventstream::{self, Message};
 use super::wire::{self, StreamPayload};
@@ -10,6 +11,8 @@ use crate::http::{Decode, Events};
 #[derive(Default)]
 pub(super) struct Decoder {
     frames: eventstream::Decoder,
+    /// Content block index → tool call index, for the blocks that are tool calls.
+    tool_blocks: Vec<(usize, usize)>,
 }
 
 /// Exceptions another attempt may not meet.
@@ -21,7 +24,7 @@ const TRANSIENT: [&str; 4] = [
 ];
 
 impl Decoder {
-    fn handle(message: Message, out: &mut Events) {
+    fn handle(&mut self, message: Message, out: &mut Events) {
         if out.ended() {
             return;
         }
@@ -51,9 +54,28 @@ impl Decoder {
                 out.upstream(format!("{code}: {text}"));
             }
             _ => match message.header(":event-type") {
+                Some("contentBlockStart") => {
+                    let start = payload.start.and_then(|s| s.tool_use);
+                    if let (Some(tool), Some(index)) = (start, payload.index) {
+                        let call = self.tool_blocks.len();
+                        self.tool_blocks.push((index, call));
+                        out.tool_call(call, tool.id, tool.name, String::new());
+                    }
+                }
                 Some("contentBlockDelta") => {
-                    if let Some(text) = payload.delta.and_then(|d| d.text) {
+                    let Some(delta) = payload.delta else { return };
+                    if let Some(text) = delta.text {
                         out.delta(text);
+                    }
+                    // A tool call's input arrives as pieces of a JSON text.
+                    let piece = delta.tool_use.and_then(|t| t.input);
+                    let call = self
+                        .tool_blocks
+                        .iter()
+                        .find(|(block, _)| Some(*block) == payload.index)
+                        .map(|(_, call)| *call);
+                    if let (Some(Value::String(piece)), Some(call)) = (piece, call) {
+                        out.tool_call(call, None, None, piece);
                     }
                 }
                 Some("messageStop") => {
@@ -78,7 +100,7 @@ impl Decode for Decoder {
         match self.frames.feed(bytes) {
             Ok(messages) => {
                 for message in messages {
-                    Self::handle(message, out);
+                    self.handle(message, out);
                 }
             }
             Err(e) => out.malformed(e.to_string(), ""),

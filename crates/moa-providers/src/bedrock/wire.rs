@@ -1,6 +1,6 @@
 //! Bedrock's Converse API: the request body and the response and stream event shapes.
 
-use moa_core::{ChatRequest, Part, Role, Usage};
+use moa_core::{ChatRequest, Part, Role, ToolChoice, Tools, Usage};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -15,8 +15,30 @@ struct Message<'a> {
     content: Vec<Value>,
 }
 
-/// A message's content blocks: its text, and its images as bytes (Converse takes no URLs).
+/// A message's content blocks: its text, its images as bytes (Converse takes no URLs), its
+/// tool calls as `toolUse`, a tool's result as `toolResult`.
 fn blocks(message: &moa_core::Message) -> Result<Vec<Value>, String> {
+    if message.role == Role::Tool {
+        let id = message.tool_call_id.as_deref().unwrap_or_default();
+        return Ok(vec![json!({"toolResult": {"toolUseId": id,
+                                              "content": [{"text": message.content}]}})]);
+    }
+    if !message.tool_calls.is_empty() {
+        let mut blocks = Vec::new();
+        if !message.content.is_empty() {
+            blocks.push(json!({"text": message.content}));
+        }
+        for call in &message.tool_calls {
+            let input = serde_json::from_str::<Value>(&call.arguments)
+                .ok()
+                .filter(Value::is_object)
+                .unwrap_or_else(|| json!({"arguments": call.arguments}));
+            blocks.push(
+                json!({"toolUse": {"toolUseId": call.id, "name": call.name, "input": input}}),
+            );
+        }
+        return Ok(blocks);
+    }
     if message.parts.is_empty() {
         return Ok(vec![json!({"text": message.content})]);
     }
@@ -55,6 +77,37 @@ struct Body<'a> {
         skip_serializing_if = "Map::is_empty"
     )]
     additional: Map<String, Value>,
+    #[serde(rename = "toolConfig", skip_serializing_if = "Option::is_none")]
+    tool_config: Option<Value>,
+}
+
+/// OpenAI's tools in Converse's words: `toolSpec` with `inputSchema.json`, and `toolChoice`
+/// `auto` / `any` / `tool`. Converse has no `none`: it is refused rather than ignored.
+fn tool_config(tools: &Tools) -> Result<Value, String> {
+    let specs: Vec<Value> = tools
+        .defs
+        .iter()
+        .map(|t| {
+            let mut spec = json!({"name": t.name, "inputSchema": {"json": t.parameters}});
+            if let Some(description) = &t.description {
+                spec["description"] = json!(description);
+            }
+            json!({"toolSpec": spec})
+        })
+        .collect();
+    let mut config = json!({"tools": specs});
+    match &tools.choice {
+        None => {}
+        Some(ToolChoice::Auto) => config["toolChoice"] = json!({"auto": {}}),
+        Some(ToolChoice::Required) => config["toolChoice"] = json!({"any": {}}),
+        Some(ToolChoice::Function(name)) => config["toolChoice"] = json!({"tool": {"name": name}}),
+        Some(ToolChoice::None) => {
+            return Err("Bedrock cannot be told not to use the tools it is given \
+                        (tool_choice \"none\"); leave the tools out instead"
+                .into())
+        }
+    }
+    Ok(config)
 }
 
 /// Serializes `request` as a Converse body. System messages go to `system`; consecutive
@@ -73,7 +126,7 @@ pub fn request_body(request: &ChatRequest) -> Result<Vec<u8>, String> {
                 });
                 continue;
             }
-            // Tool results reach Converse as text from the user (the engine writes them so).
+            // A tool's result is a `toolResult` block from the user.
             Role::Tool => "user",
             role => role.as_str(),
         };
@@ -115,11 +168,13 @@ pub fn request_body(request: &ChatRequest) -> Result<Vec<u8>, String> {
             }
         }
     }
+    let tool_config = request.tools.as_ref().map(tool_config).transpose()?;
     let body = Body {
         messages,
         system,
         inference_config,
         additional,
+        tool_config,
     };
     // Serializing plain data with string keys cannot fail.
     Ok(serde_json::to_vec(&body).unwrap_or_default())
@@ -161,6 +216,27 @@ impl From<WireUsage> for Usage {
 pub struct Block {
     #[serde(default)]
     pub text: Option<String>,
+    /// A tool call: whole in a response (`input` an object), in a stream's deltas a piece of
+    /// its input as a JSON text.
+    #[serde(rename = "toolUse", default)]
+    pub tool_use: Option<ToolUse>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct ToolUse {
+    #[serde(rename = "toolUseId", default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub input: Option<Value>,
+}
+
+/// `contentBlockStart`'s `start`: a tool call's id and name.
+#[derive(Deserialize, Default)]
+pub struct BlockStart {
+    #[serde(rename = "toolUse", default)]
+    pub tool_use: Option<ToolUse>,
 }
 
 #[derive(Deserialize, Default)]
@@ -190,6 +266,10 @@ pub struct ConverseResponse {
 pub struct StreamPayload {
     #[serde(default)]
     pub delta: Option<Block>,
+    #[serde(default)]
+    pub start: Option<BlockStart>,
+    #[serde(rename = "contentBlockIndex", default)]
+    pub index: Option<usize>,
     #[serde(rename = "stopReason", default)]
     pub stop_reason: Option<String>,
     #[serde(default)]

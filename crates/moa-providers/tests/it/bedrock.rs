@@ -251,3 +251,93 @@ async fn bytes_that_are_not_event_stream_frames_are_reported_not_believed() {
     assert!(matches!(err, ProviderError::Malformed { .. }), "{err:?}");
     assert!(err.to_string().contains("prelude CRC mismatch"), "{err}");
 }
+
+/// An agent loop's second turn, with tools: the history as toolUse / toolResult blocks, the
+/// tools as toolConfig, and the model's tool call back in OpenAI's terms, whole and streamed.
+#[tokio::test]
+async fn tool_use_goes_both_ways() {
+    let fake = FakeServer::bedrock().await;
+    let history: Vec<Message> = serde_json::from_str(
+        r#"[{"role":"user","content":"Weather in Oslo?"},
+            {"role":"assistant","content":null,"tool_calls":[
+              {"id":"t1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Oslo\"}"}}]},
+            {"role":"tool","tool_call_id":"t1","content":"-3C"}]"#,
+    )
+    .unwrap();
+    let mut r = ChatRequest::new(HAIKU, history);
+    let tools = moa_core::Tools {
+        defs: vec![moa_core::ToolDef {
+            name: "get_weather".into(),
+            description: None,
+            parameters: serde_json::json!({"type": "object"}),
+            strict: None,
+        }],
+        choice: Some(moa_core::ToolChoice::Function("get_weather".into())),
+        parallel: None,
+    };
+    r.tools = Some(tools.clone());
+    for stream in [false, true] {
+        fake.push(
+            HAIKU,
+            Reply::tool_calls(&[("t2", "get_weather", r#"{"city":"Bergen"}"#)]).with_chunk_chars(3),
+        );
+        let (text, calls, reason) = if stream {
+            let (text, chunks, err) = collect_stream(&sigv4(&fake, 0), r.clone()).await;
+            assert!(err.is_none(), "{err:?}");
+            let mut completion = moa_core::Completion::default();
+            for chunk in chunks {
+                match chunk {
+                    Chunk::ToolCall {
+                        index,
+                        id,
+                        name,
+                        arguments,
+                    } => completion.push_tool_call(index, id, name, &arguments),
+                    Chunk::Finished { finish_reason, .. } => {
+                        completion.finish_reason = finish_reason
+                    }
+                    Chunk::Delta(_) => {}
+                }
+            }
+            (text, completion.tool_calls, completion.finish_reason)
+        } else {
+            let c = sigv4(&fake, 0).complete(r.clone()).await.unwrap();
+            (c.text, c.tool_calls, c.finish_reason)
+        };
+        assert_eq!(text, "", "stream: {stream}");
+        assert_eq!(reason.as_deref(), Some("tool_calls"));
+        assert_eq!(
+            calls,
+            vec![moa_core::ToolCall {
+                id: "t2".into(),
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Bergen"}"#.into()
+            }],
+            "stream: {stream}"
+        );
+    }
+    let sent = &fake.requests()[0].json;
+    assert_eq!(
+        sent["messages"],
+        serde_json::json!([
+            {"role": "user", "content": [{"text": "Weather in Oslo?"}]},
+            {"role": "assistant", "content": [
+                {"toolUse": {"toolUseId": "t1", "name": "get_weather", "input": {"city": "Oslo"}}}]},
+            {"role": "user", "content": [
+                {"toolResult": {"toolUseId": "t1", "content": [{"text": "-3C"}]}}]}
+        ])
+    );
+    assert_eq!(
+        sent["toolConfig"],
+        serde_json::json!({"tools": [{"toolSpec": {"name": "get_weather",
+            "inputSchema": {"json": {"type": "object"}}}}],
+            "toolChoice": {"tool": {"name": "get_weather"}}})
+    );
+    // Converse has no way to say "none": refused, not ignored.
+    r.tools = Some(moa_core::Tools {
+        choice: Some(moa_core::ToolChoice::None),
+        ..tools
+    });
+    let err = sigv4(&fake, 0).complete(r).await.unwrap_err();
+    assert!(err.to_string().contains("tool_choice \"none\""), "{err}");
+}
