@@ -566,3 +566,39 @@ async fn a_request_may_change_the_preset_for_itself() {
         assert!(message.contains(expected), "{message}");
     }
 }
+
+/// async-openai's types, as a second independent client: tool calls (whole and streamed) and
+/// several choices read as OpenAI's own shapes.
+#[tokio::test]
+async fn tool_calls_and_choices_deserialize_with_async_openais_types() {
+    use async_openai::types::chat::{
+        CreateChatCompletionResponse, CreateChatCompletionStreamResponse,
+    };
+    let s = start(ServerConfig::default()).await;
+    tool_loop(&s);
+    let body = request(json!({
+        "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+        "tools": weather_tool(), "n": 2
+    }));
+    let text = s.post(&body).await.text().await.unwrap();
+    let whole: CreateChatCompletionResponse = serde_json::from_str(&text).unwrap();
+    assert_eq!(whole.choices.len(), 2);
+    let calls = whole.choices[1].message.tool_calls.as_ref().unwrap();
+    assert_eq!(calls.len(), 1, "{text}");
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let text = s.post(&streamed).await.text().await.unwrap();
+    let events = super::events(&text);
+    let chunks: Vec<CreateChatCompletionStreamResponse> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("{err}: {e}")))
+        .collect();
+    let pieces = chunks
+        .iter()
+        .flat_map(|c| &c.choices)
+        .filter(|c| c.index == 1)
+        .filter_map(|c| c.delta.tool_calls.as_ref())
+        .count();
+    assert!(pieces > 1, "{text}");
+}
