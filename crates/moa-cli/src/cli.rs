@@ -153,6 +153,10 @@ pub struct AskArgs {
     /// if it still does not).
     #[arg(long, value_name = "FILE", conflicts_with = "response_format")]
     pub response_schema: Option<std::path::PathBuf>,
+    /// A JSON file of tools in OpenAI's `tools` shape the aggregator may call; its calls are
+    /// printed as JSON lines (and are in the `--json` trace).
+    #[arg(long, value_name = "FILE")]
+    pub tools: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -37,6 +37,30 @@ pub struct ToolDef {
     pub strict: Option<bool>,
 }
 
+impl ToolDef {
+    /// OpenAI's `tools` array (function tools only); `Err` says what is wrong, naming `tools`.
+    pub fn parse_openai(value: Value) -> Result<Vec<ToolDef>, String> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Tool {
+            #[serde(rename = "type")]
+            kind: String,
+            function: ToolDef,
+        }
+        let tools: Vec<Tool> =
+            serde_json::from_value(value).map_err(|e| format!("`tools`: {e}"))?;
+        tools
+            .into_iter()
+            .map(|t| match t.kind.as_str() {
+                "function" => Ok(t.function),
+                other => Err(format!(
+                    "`tools`: tools of type `{other}` are not supported (function is)"
+                )),
+            })
+            .collect()
+    }
+}
+
 fn empty_object() -> Value {
     Value::Object(Map::new())
 }

@@ -175,7 +175,7 @@ impl ChatRequest {
                             .unwrap_or(false)
                     }
                     "tools" if value.is_null() => {}
-                    "tools" => tools.defs = parse_tools(value)?,
+                    "tools" => tools.defs = ToolDef::parse_openai(value)?,
                     "tool_choice" if value.is_null() => {}
                     "tool_choice" => tools.choice = Some(parse_tool_choice(&value)?),
                     "parallel_tool_calls" => tools.parallel = value.as_bool(),
@@ -339,27 +339,6 @@ pub fn progress(env: &Envelope, event: &RunEvent) -> Option<bytes::Bytes> {
         _ => return None,
     };
     Some(chunk(env, json!([]), Some(("moa", body))))
-}
-
-/// OpenAI's `tools`: function tools only.
-fn parse_tools(value: Value) -> Result<Vec<ToolDef>, Refusal> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Tool {
-        #[serde(rename = "type")]
-        kind: String,
-        function: ToolDef,
-    }
-    let tools: Vec<Tool> = serde_json::from_value(value).map_err(|e| format!("`tools`: {e}"))?;
-    tools
-        .into_iter()
-        .map(|t| match t.kind.as_str() {
-            "function" => Ok(t.function),
-            other => Err(format!(
-                "`tools`: tools of type `{other}` are not supported (function is)"
-            )),
-        })
-        .collect()
 }
 
 /// OpenAI's `response_format`: text (nothing to check), json_object, or json_schema.

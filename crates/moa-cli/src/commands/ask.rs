@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Read};
 use std::path::Path;
 
 use anyhow::Context;
-use moa_core::{Message, ResponseFormat, RunRequest};
+use moa_core::{Message, ResponseFormat, RunRequest, ToolDef, Tools};
 
 use super::turn::{self, PlainView, TurnEnd};
 use crate::cli::AskArgs;
@@ -59,6 +59,18 @@ pub async fn run(config_path: Option<&Path>, args: AskArgs) -> anyhow::Result<()
     messages.push(Message::user(prompt));
     let mut request = RunRequest::new(messages);
     request.response_format = response_format(&args)?;
+    if let Some(path) = &args.tools {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the tools file {}", path.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("the tools file {} is not JSON", path.display()))?;
+        let defs =
+            ToolDef::parse_openai(value).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        request.tools = Some(Tools {
+            defs,
+            ..Tools::default()
+        });
+    }
 
     let mut view = PlainView::new(
         args.show_proposals,
@@ -71,7 +83,12 @@ pub async fn run(config_path: Option<&Path>, args: AskArgs) -> anyhow::Result<()
     }
     match end {
         TurnEnd::Done(trace) if args.json => println!("{}", serde_json::to_string_pretty(&trace)?),
-        TurnEnd::Done(_) => {}
+        TurnEnd::Done(trace) => {
+            // Tool calls the aggregator made, one JSON object a line, for scripts to act on.
+            for call in &trace.aggregator.tool_calls {
+                println!("{}", serde_json::to_string(call)?);
+            }
+        }
         TurnEnd::Failed(error) => {
             if args.json {
                 let body = serde_json::json!({ "error": error.to_string() });

@@ -426,3 +426,56 @@ async fn ask_can_require_json_and_repairs_it_once() {
         out.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ask_offers_tools_and_prints_the_calls_the_aggregator_makes() {
+    let fake = FakeOpenAi::start().await;
+    fake.respond_with(|r| match r.json.get("tools").is_some() {
+        true => Reply::tool_calls(&[("call_1", "get_weather", r#"{"city":"Oslo"}"#)]),
+        false => Reply::text("call get_weather for Oslo"),
+    });
+    let sandbox = Sandbox::new(&fake, "");
+    let tools = sandbox.path().join("tools.json");
+    std::fs::write(
+        &tools,
+        r#"[{"type": "function", "function": {"name": "get_weather", "description": "Weather now.",
+             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]"#,
+    )
+    .unwrap();
+    let out = moa(
+        sandbox.path(),
+        &[
+            "ask",
+            "--tools",
+            tools.to_str().unwrap(),
+            "Weather in Oslo?",
+        ],
+        &[KEY],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "{\"id\":\"call_1\",\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\":\\\"Oslo\\\"}\"}\n"
+    );
+    let proposer = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.json.get("tools").is_none())
+        .unwrap();
+    assert!(proposer.messages()[0]
+        .1
+        .starts_with("The assistant that answers this conversation can call these tools:\n- get_weather: Weather now."));
+
+    std::fs::write(&tools, r#"[{"type": "retrieval"}]"#).unwrap();
+    let out = moa(
+        sandbox.path(),
+        &["ask", "--tools", tools.to_str().unwrap(), "x"],
+        &[KEY],
+        None,
+    )
+    .await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("tools.json: `tools`"), "{}", out.stderr);
+}
