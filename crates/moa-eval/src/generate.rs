@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use moa_core::{inject_references, Message, Moa, Plan, Reference, Usage};
+use moa_core::{CallOverrides, Message, Moa, Reference, RunRequest, Usage};
 use serde::{Deserialize, Serialize};
 
 use crate::runner::{Item, Record};
@@ -67,33 +67,26 @@ impl Generator {
         self
     }
 
-    /// The engine for one task: the task's temperature and the cap applied to every agent, and
-    /// the proposer layers dropped when the task brings its own references.
-    fn engine(&self, task: &Task) -> Moa {
-        let mut plan: Plan = self.moa.plan().clone();
-        if !task.references.is_empty() {
-            plan.layers.clear();
+    /// One turn's run: the task's temperature and the cap for every agent, and the task's own
+    /// references (if it brings any) in place of the proposers'.
+    fn request(&self, task: &Task, history: &[Message], references: &[Reference]) -> RunRequest {
+        let overrides = CallOverrides {
+            temperature: task.temperature,
+            max_tokens: self.max_tokens,
+            ..CallOverrides::default()
+        };
+        RunRequest {
+            messages: history.to_vec(),
+            aggregator: overrides.clone(),
+            proposers: overrides,
+            references: (!references.is_empty()).then(|| references.to_vec()),
+            ..RunRequest::default()
         }
-        let agents = plan
-            .layers
-            .iter_mut()
-            .flatten()
-            .chain(std::iter::once(&mut plan.aggregator));
-        for agent in agents {
-            if let Some(t) = task.temperature {
-                agent.spec.temperature = Some(t);
-            }
-            if let Some(n) = self.max_tokens {
-                agent.spec.max_tokens = Some(n);
-            }
-        }
-        Moa::new(plan, self.moa.options().clone())
     }
 
     /// Answers every turn of `task`; the first failure ends it.
     pub async fn answer(&self, task: Task) -> Answer {
         let started = Instant::now();
-        let engine = self.engine(&task);
         let mut answer = Answer {
             key: task.key.clone(),
             hash: task.hash(),
@@ -118,8 +111,8 @@ impl Generator {
             .collect();
         for turn in &task.turns {
             history.push(Message::user(turn.clone()));
-            let messages = inject_references(&history, &references, engine.plan().prompt_style);
-            match engine.run_to_end(messages).await {
+            let request = self.request(&task, &history, &references);
+            match self.moa.run_request_to_end(request).await {
                 Ok(trace) => {
                     answer.usage.add(&trace.usage);
                     answer.cost = answer.cost.zip(trace.cost).map(|(a, b)| a + b);

@@ -211,8 +211,13 @@ impl CallOverrides {
 pub struct RunRequest {
     pub messages: Vec<Message>,
     /// Changes to the aggregator's call: the client's sampling fields, which shape the answer
-    /// it sees. Proposers keep the preset's settings.
+    /// it sees. Proposers keep the preset's settings unless `proposers` changes them.
     pub aggregator: CallOverrides,
+    /// Changes to every proposer's call (an eval's per-question temperature, say).
+    pub proposers: CallOverrides,
+    /// References given by the caller (an eval's published proposer outputs): the proposers
+    /// are skipped and the aggregator reads these, injected as the run's own would be.
+    pub references: Option<Vec<crate::prompt::Reference>>,
     /// Tools the aggregator may call. It then sees the conversation's tool calls and results
     /// as they are; proposers see them as text, with the tools described in their system
     /// message ([`crate::prompt::tools_text`]), and answer in text.

@@ -106,11 +106,12 @@ async fn drive(
         None => (messages, aggregator_messages),
     };
     let stream_proposers = request.stream_proposers.unwrap_or(options.stream_proposers);
-    let proposer_layers = match request.skip_proposers {
+    let proposer_layers = match request.skip_proposers || request.references.is_some() {
         true => &[][..],
         false => &plan.layers[..],
     };
-    let mut references: Vec<Reference> = Vec::new();
+    let mut references: Vec<Reference> = request.references.clone().unwrap_or_default();
+    let proposer_overrides = &request.proposers;
     let mut layers = Vec::with_capacity(plan.layers.len());
     for (i, agents) in proposer_layers.iter().enumerate() {
         let layer = i + 1;
@@ -120,7 +121,8 @@ async fn drive(
             proposers: agents.len(),
         });
         let calls = agents.iter().enumerate().map(|(index, agent)| {
-            let request = agent.request(&messages, &references, style);
+            let mut request = agent.request(&messages, &references, style);
+            proposer_overrides.apply(&mut request);
             ctx.emit(RunEvent::ProposerStarted {
                 layer,
                 index,

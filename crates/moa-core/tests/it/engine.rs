@@ -535,3 +535,38 @@ async fn a_requests_overrides_reach_the_aggregator_and_tool_history_reads_as_tex
     assert_eq!(agg.json["max_tokens"], 64);
     assert_eq!(agg.json["stop"], serde_json::json!(["END"]));
 }
+
+#[tokio::test]
+async fn given_references_replace_the_proposers() {
+    let p = ScriptedProvider::new("t");
+    p.respond_with(|r| Reply::text(format!("{} answers", r.model)));
+    let moa = moa(
+        &p,
+        &preset(vec![vec!["t:a", "t:b"]], "t:agg"),
+        RunOptions::default(),
+    );
+    let mut request = moa_core::RunRequest::new(vec![Message::user("Q?")]);
+    request.references = Some(vec![
+        moa_core::Reference {
+            model: "published-1".into(),
+            text: "first".into(),
+        },
+        moa_core::Reference {
+            model: "published-2".into(),
+            text: "second".into(),
+        },
+    ]);
+    request.proposers.temperature = Some(0.9);
+    let trace = moa.run_request_to_end(request).await.unwrap();
+    assert!(trace.layers.is_empty());
+    let requests = p.requests();
+    assert_eq!(requests.len(), 1, "only the aggregator was called");
+    assert_eq!(
+        requests[0].messages()[0].1,
+        format!("{AGGREGATOR_SYSTEM_PROMPT}\n1. first\n2. second")
+    );
+    assert!(
+        requests[0].json.get("temperature").is_none(),
+        "proposer changes stay with proposers"
+    );
+}
