@@ -55,6 +55,17 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
+impl ToolCall {
+    /// The arguments as a JSON object, for dialects that send a call's input as one (Anthropic,
+    /// Bedrock); arguments the model wrote that are not an object go as `{"arguments": text}`.
+    pub fn input_object(&self) -> Value {
+        serde_json::from_str::<Value>(&self.arguments)
+            .ok()
+            .filter(Value::is_object)
+            .unwrap_or_else(|| serde_json::json!({ "arguments": self.arguments }))
+    }
+}
+
 /// One message of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {

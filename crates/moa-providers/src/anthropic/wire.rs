@@ -28,11 +28,7 @@ fn content(message: &moa_core::Message) -> Value {
             blocks.push(json!({"type": "text", "text": message.content}));
         }
         for call in &message.tool_calls {
-            // Arguments the model wrote that are not a JSON object go as a string field.
-            let input = serde_json::from_str::<Value>(&call.arguments)
-                .ok()
-                .filter(Value::is_object)
-                .unwrap_or_else(|| json!({"arguments": call.arguments}));
+            let input = call.input_object();
             blocks.push(
                 json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input}),
             );

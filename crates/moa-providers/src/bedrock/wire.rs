@@ -29,10 +29,7 @@ fn blocks(message: &moa_core::Message) -> Result<Vec<Value>, String> {
             blocks.push(json!({"text": message.content}));
         }
         for call in &message.tool_calls {
-            let input = serde_json::from_str::<Value>(&call.arguments)
-                .ok()
-                .filter(Value::is_object)
-                .unwrap_or_else(|| json!({"arguments": call.arguments}));
+            let input = call.input_object();
             blocks.push(
                 json!({"toolUse": {"toolUseId": call.id, "name": call.name, "input": input}}),
             );

@@ -281,29 +281,15 @@ async fn tool_use_goes_both_ways() {
             HAIKU,
             Reply::tool_calls(&[("t2", "get_weather", r#"{"city":"Bergen"}"#)]).with_chunk_chars(3),
         );
-        let (text, calls, reason) = if stream {
-            let (text, chunks, err) = collect_stream(&sigv4(&fake, 0), r.clone()).await;
-            assert!(err.is_none(), "{err:?}");
-            let mut completion = moa_core::Completion::default();
-            for chunk in chunks {
-                match chunk {
-                    Chunk::ToolCall {
-                        index,
-                        id,
-                        name,
-                        arguments,
-                    } => completion.push_tool_call(index, id, name, &arguments),
-                    Chunk::Finished { finish_reason, .. } => {
-                        completion.finish_reason = finish_reason
-                    }
-                    Chunk::Delta(_) => {}
-                }
-            }
-            (text, completion.tool_calls, completion.finish_reason)
-        } else {
-            let c = sigv4(&fake, 0).complete(r.clone()).await.unwrap();
-            (c.text, c.tool_calls, c.finish_reason)
+        // Streamed, the chunks are gathered as the engine gathers them.
+        let provider = sigv4(&fake, 0);
+        let c = match stream {
+            true => moa_core::provider::collect("p".into(), provider.stream(r.clone()))
+                .await
+                .unwrap(),
+            false => provider.complete(r.clone()).await.unwrap(),
         };
+        let (text, calls, reason) = (c.text, c.tool_calls, c.finish_reason);
         assert_eq!(text, "", "stream: {stream}");
         assert_eq!(reason.as_deref(), Some("tool_calls"));
         assert_eq!(
