@@ -125,6 +125,7 @@ impl Inner {
     }
 
     async fn complete(self: Arc<Self>, request: ChatRequest) -> Result<Completion, ProviderError> {
+        wire::check(&request, &self.config.name)?;
         let body = wire::request_body(&request, false);
         self.transport
             .complete(
@@ -186,6 +187,9 @@ impl Provider for Anthropic {
     }
 
     fn stream(&self, request: ChatRequest) -> BoxChunkStream {
+        if let Err(error) = wire::check(&request, self.name()) {
+            return Box::pin(futures::stream::iter([Err(error)]));
+        }
         let body = wire::request_body(&request, true);
         open_stream::<_, stream::Decoder, _, _>(self.inner.clone(), move |inner: Arc<Inner>| {
             let body = body.clone();

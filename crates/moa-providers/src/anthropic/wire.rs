@@ -105,6 +105,14 @@ pub fn request_body(request: &ChatRequest, stream: bool) -> Vec<u8> {
         }
     }
     let mut extra = crate::http::extra_fields(request, &RESERVED_FIELDS);
+    // OpenAI's `stop` (a string or a list) is Anthropic's `stop_sequences` (a list).
+    if let Some(stop) = extra.remove("stop") {
+        let list = match stop {
+            Value::String(s) => json!([s]),
+            other => other,
+        };
+        extra.insert("stop_sequences".into(), list);
+    }
     let max_tokens = match extra.remove("max_tokens").and_then(|v| v.as_u64()) {
         Some(n) => u32::try_from(n).unwrap_or(u32::MAX),
         None => request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
@@ -153,6 +161,33 @@ fn tools_json(tools: &Tools) -> (Option<Vec<Value>>, Option<Value>) {
     }
     let choice = (tools.choice.is_some() || tools.parallel.is_some()).then_some(choice);
     (Some(defs), choice)
+}
+
+/// OpenAI sampling fields the Messages API does not take. Sent, they would fail the call with
+/// an upstream 400 that a client only sees as a 502; refused first, they name themselves.
+pub const UNSUPPORTED_FIELDS: [&str; 6] = [
+    "logit_bias",
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "reasoning_effort",
+    "verbosity",
+];
+
+/// Refuses a request that sets a field the Messages API does not take.
+pub fn check(request: &ChatRequest, provider: &str) -> Result<(), moa_core::ProviderError> {
+    match UNSUPPORTED_FIELDS
+        .iter()
+        .find(|f| request.extra.contains_key(**f))
+    {
+        Some(field) => Err(moa_core::ProviderError::InvalidRequest {
+            provider: provider.to_string(),
+            message: format!(
+                "`{field}` is not supported by Anthropic's Messages API; leave it out for this model"
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Anthropic's stop reasons in OpenAI's words, which the rest of moa uses.
@@ -327,5 +362,18 @@ mod tests {
                 {"type": "image", "source": {"type": "url", "url": "https://example.com/b.jpg"}}
             ]}])
         );
+    }
+
+    #[test]
+    fn openai_stop_becomes_stop_sequences_and_unsupported_fields_are_refused() {
+        let mut r = ChatRequest::new("claude", vec![M::user("hi")]);
+        r.extra.insert("stop".into(), json!("END"));
+        let body: Value = serde_json::from_slice(&request_body(&r, false)).unwrap();
+        assert_eq!(body["stop_sequences"], json!(["END"]));
+        assert!(body.get("stop").is_none());
+        assert!(check(&r, "anthropic").is_ok());
+        r.extra.insert("logit_bias".into(), json!({"1": 5}));
+        let err = check(&r, "anthropic").unwrap_err().to_string();
+        assert!(err.contains("`logit_bias` is not supported"), "{err}");
     }
 }
