@@ -602,3 +602,125 @@ async fn tool_calls_and_choices_deserialize_with_async_openais_types() {
         .count();
     assert!(pieces > 1, "{text}");
 }
+
+/// The same two-step tool loop through the server with an Anthropic aggregator: the client
+/// speaks OpenAI, the aggregator Anthropic's blocks.
+#[tokio::test]
+async fn a_tool_loop_through_an_anthropic_aggregator() {
+    use moa_providers::{Dialect, Endpoint, Registry, RetryPolicy};
+    let proposers = moa_testkit::FakeOpenAi::start().await;
+    proposers.respond_with(|r| moa_testkit::Reply::text(format!("{}: call get_weather", r.model)));
+    let claude = moa_testkit::FakeServer::anthropic().await;
+    claude.respond_with(|r| {
+        let last = r.json["messages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        match last["content"][0]["type"].as_str() {
+            Some("tool_result") => moa_testkit::Reply::text("It is -3C in Oslo."),
+            _ => {
+                moa_testkit::Reply::tool_calls(&[("toolu_1", "get_weather", r#"{"city":"Oslo"}"#)])
+            }
+        }
+    });
+    let mut registry = Registry::new(std::sync::Arc::new(|var: &str| {
+        (var == "FAKE_ANTHROPIC_KEY").then(|| "sk-ant".to_string())
+    }));
+    let mut up = Endpoint::custom("up", &proposers.base_url());
+    up.retry = RetryPolicy::none();
+    registry.insert_endpoint(up);
+    let mut ant = Endpoint::custom("ant", &claude.base_url());
+    ant.dialect = Dialect::Anthropic;
+    ant.api_key_env = Some("FAKE_ANTHROPIC_KEY".into());
+    ant.retry = RetryPolicy::none();
+    registry.insert_endpoint(ant);
+    let preset = moa_core::Preset {
+        name: "mixed".into(),
+        description: String::new(),
+        layers: vec![vec![
+            moa_core::AgentSpec::new("up:p1"),
+            moa_core::AgentSpec::new("up:p2"),
+        ]],
+        aggregator: moa_core::AgentSpec::new("ant:claude-3-haiku"),
+        prompt_style: moa_core::PromptStyle::Reference,
+    };
+    let moa = moa_core::Moa::new(
+        registry.bind(&preset).unwrap(),
+        moa_core::RunOptions::default(),
+    );
+    let app = moa_server::router(
+        moa_server::FixedEngines(std::collections::BTreeMap::from([(
+            "mixed".to_string(),
+            moa,
+        )])),
+        ServerConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/v1/chat/completions",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(moa_server::serve(
+        listener,
+        app,
+        std::future::pending(),
+        std::time::Duration::from_secs(1),
+    ));
+    let http = reqwest::Client::new();
+
+    let mut messages = json!([{"role": "user", "content": "Weather in Oslo?"}]);
+    let first: Value = http
+        .post(&url)
+        .json(&json!({"model": "mixed", "messages": messages, "tools": weather_tool(), "stream": false}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let message = &first["choices"][0]["message"];
+    assert_eq!(
+        first["choices"][0]["finish_reason"], "tool_calls",
+        "{first}"
+    );
+    assert_eq!(
+        message["tool_calls"][0]["function"]["arguments"],
+        r#"{"city":"Oslo"}"#
+    );
+    let sent = &claude.requests()[0].json;
+    assert_eq!(sent["tools"][0]["name"], "get_weather");
+    assert!(sent["system"]
+        .as_str()
+        .unwrap()
+        .contains("1. p1: call get_weather"));
+
+    messages.as_array_mut().unwrap().push(message.clone());
+    messages
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"role": "tool", "tool_call_id": "toolu_1", "content": "-3C, snow"}));
+    let second: Value = http
+        .post(&url)
+        .json(&json!({"model": "mixed", "messages": messages, "tools": weather_tool()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        second["choices"][0]["message"]["content"], "It is -3C in Oslo.",
+        "{second}"
+    );
+    let sent = &claude.requests()[1].json;
+    assert_eq!(
+        sent["messages"][1]["content"][0],
+        json!({"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}})
+    );
+    assert_eq!(
+        sent["messages"][2]["content"][0],
+        json!({"type": "tool_result", "tool_use_id": "toolu_1", "content": "-3C, snow"})
+    );
+}
