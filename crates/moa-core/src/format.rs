@@ -1,7 +1,26 @@
 //! Structured output: the answer formats a request may ask for (OpenAI's `response_format`),
 //! what agents are told about them, and the check of the aggregator's answer.
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
+
+/// A schema compiled once, when the format is made, and shared by every check of the run.
+#[derive(Clone)]
+pub struct Compiled(Arc<jsonschema::Validator>);
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Compiled")
+    }
+}
+
+/// The schema it was compiled from is what is compared.
+impl PartialEq for Compiled {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
 
 /// The format the final answer must have.
 #[derive(Clone, Debug, PartialEq)]
@@ -14,18 +33,20 @@ pub enum ResponseFormat {
         name: String,
         schema: Value,
         strict: bool,
+        validator: Compiled,
     },
 }
 
 impl ResponseFormat {
     /// A `json_schema` format; `Err` says why the schema cannot be used.
     pub fn json_schema(name: String, schema: Value, strict: bool) -> Result<Self, String> {
-        jsonschema::validator_for(&schema)
+        let validator = jsonschema::validator_for(&schema)
             .map_err(|e| format!("the JSON Schema is invalid: {e}"))?;
         Ok(Self::JsonSchema {
             name,
             schema,
             strict,
+            validator: Compiled(Arc::new(validator)),
         })
     }
 
@@ -42,6 +63,7 @@ impl ResponseFormat {
                 name,
                 schema,
                 strict,
+                ..
             } => json!({"type": "json_schema",
                         "json_schema": {"name": name, "schema": schema, "strict": strict}}),
         }
@@ -70,10 +92,9 @@ impl ResponseFormat {
                 Err("the answer is JSON but not an object".into())
             }
             Self::JsonObject => Ok(()),
-            Self::JsonSchema { schema, .. } => {
-                let validator = jsonschema::validator_for(schema)
-                    .map_err(|e| format!("the JSON Schema is invalid: {e}"))?;
+            Self::JsonSchema { validator, .. } => {
                 let errors: Vec<String> = validator
+                    .0
                     .iter_errors(&value)
                     .take(5)
                     .map(|e| format!("at `{}`: {e}", e.instance_path()))

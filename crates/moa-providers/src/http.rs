@@ -519,12 +519,20 @@ impl Events {
         if self.ended || text.is_empty() {
             return;
         }
-        self.text_bytes += text.len();
+        if self.count(text.len()) {
+            self.pending.push_back(Ok(Chunk::Delta(text)));
+        }
+    }
+
+    /// Counts `bytes` more of answer; false (and the stream failed) past the limit.
+    fn count(&mut self, bytes: usize) -> bool {
+        self.text_bytes += bytes;
         if self.text_bytes > self.max_text_bytes {
             let limit = self.max_text_bytes;
-            return self.too_large(format!("the answer is longer than {limit} bytes"));
+            self.too_large(format!("the answer is longer than {limit} bytes"));
+            return false;
         }
-        self.pending.push_back(Ok(Chunk::Delta(text)));
+        true
     }
 
     /// A piece of a tool call; its bytes count toward the answer's limit.
@@ -538,11 +546,10 @@ impl Events {
         if self.ended {
             return;
         }
+        // A call counts even with empty arguments, so a call alone is not an empty answer.
         let size = arguments.len() + name.as_ref().map_or(0, String::len) + 1;
-        self.text_bytes += size;
-        if self.text_bytes > self.max_text_bytes {
-            let limit = self.max_text_bytes;
-            return self.too_large(format!("the answer is longer than {limit} bytes"));
+        if !self.count(size) {
+            return;
         }
         self.pending.push_back(Ok(Chunk::ToolCall {
             index,
