@@ -9,26 +9,16 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use moa_core::{Message, Moa, Plan, PresetError, Provider, RunEvent, RunOptions};
-use moa_local::catalog::{self, Status};
 use moa_local::model::Model;
 use moa_local::LocalProvider;
 
-fn models_dir() -> std::path::PathBuf {
-    std::env::var_os("MOA_MODELS_DIR").map_or_else(catalog::default_models_dir, Into::into)
-}
+mod common;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let full = std::env::args().any(|a| a == "--bench");
-    let dir = models_dir();
-    let known = catalog::known("smollm2").ok_or("smollm2 is not in the catalogue")?;
-    if catalog::status(&dir, known) != Status::Ready {
-        if !full {
-            eprintln!("smollm2 is not downloaded; skipping the smoke run");
-            return Ok(());
-        }
-        moa_local::fetch::pull(&dir, known, true)?;
-    }
-    let path = catalog::path_in(&dir, known);
+    let Some(path) = common::smollm2(full)? else {
+        return Ok(());
+    };
     let started = Instant::now();
     let model = Model::load(&path)?;
     let load = started.elapsed();
@@ -88,7 +78,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let provider: Arc<dyn Provider> = Arc::new(LocalProvider::new(&dir));
+    // The model's own folder holds it under its catalogue name.
+    let dir = path.parent().ok_or("the model path has no folder")?;
+    let provider: Arc<dyn Provider> = Arc::new(LocalProvider::new(dir));
     let preset = moa_core::preset::builtin("local").ok_or("no local preset")?;
     let plan = Plan::bind(&preset, |_| Ok::<_, PresetError>(provider.clone()))?;
     let moa = Moa::new(plan, RunOptions::default());

@@ -8,12 +8,9 @@
 use std::time::{Duration, Instant};
 
 use moa_core::Message;
-use moa_local::catalog::{self, Status};
 use moa_local::model::Model;
 
-fn models_dir() -> std::path::PathBuf {
-    std::env::var_os("MOA_MODELS_DIR").map_or_else(catalog::default_models_dir, Into::into)
-}
+mod common;
 
 /// The best of `repeats` timings of `f`, and its result.
 fn best<T>(repeats: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
@@ -30,16 +27,10 @@ fn best<T>(repeats: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let full = std::env::args().any(|a| a == "--bench");
-    let dir = models_dir();
-    let known = catalog::known("smollm2").ok_or("smollm2 is not in the catalogue")?;
-    if catalog::status(&dir, known) != Status::Ready {
-        if !full {
-            eprintln!("smollm2 is not downloaded; skipping the smoke run");
-            return Ok(());
-        }
-        moa_local::fetch::pull(&dir, known, true)?;
-    }
-    let model = Model::load(&catalog::path_in(&dir, known))?;
+    let Some(path) = common::smollm2(full)? else {
+        return Ok(());
+    };
+    let model = Model::load(&path)?;
     let tokenizer = &model.tokenizer;
     let repeats = if full { 5 } else { 1 };
     let scale = if full { 1 } else { 16 };

@@ -21,14 +21,8 @@ use moa_testkit::{FakeOpenAi, Reply};
 
 const MIB: u64 = 1 << 20;
 
-fn runtime(name: &'static str, workers: usize) -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("runtime: {e}"))
-}
+mod common;
+use common::runtime;
 
 fn arg(args: &[String], name: &str, default: f64) -> f64 {
     args.iter()

@@ -18,14 +18,8 @@ use moa_testkit::{FakeOpenAi, Reply};
 
 const UPSTREAM_LATENCY: Duration = Duration::from_millis(200);
 
-fn runtime(name: &'static str, workers: usize) -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("runtime: {e}"))
-}
+mod common;
+use common::runtime;
 
 /// Whether an SSE text holds a chunk with non-empty content (the opening chunk's is empty).
 fn has_content(text: &str) -> bool {
