@@ -84,6 +84,26 @@ pub struct Tools {
 }
 
 impl ChatRequest {
+    /// Refuses a request that sets one of `fields`, which `api` does not take: sent, such a
+    /// field would be dropped silently or fail upstream with a 400 a client only sees as a 502;
+    /// refused first, it names itself.
+    pub fn refuse_fields(
+        &self,
+        fields: &[&str],
+        provider: &str,
+        api: &str,
+    ) -> Result<(), crate::ProviderError> {
+        match fields.iter().find(|f| self.extra.contains_key(**f)) {
+            Some(field) => Err(crate::ProviderError::InvalidRequest {
+                provider: provider.to_string(),
+                message: format!(
+                    "`{field}` is not supported by {api}; leave it out for this model"
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// A request for `model` with `messages` and provider defaults for everything else.
     pub fn new(model: impl Into<String>, messages: Vec<Message>) -> Self {
         Self {
@@ -128,6 +148,9 @@ pub enum Chunk {
         name: Option<String>,
         arguments: String,
     },
+    /// Log probabilities of the tokens just sent (OpenAI's `choices[].logprobs.content` of a
+    /// chunk), when the request asked for them.
+    Logprobs(Vec<TokenLogprob>),
     /// The end of the answer: sent once, last.
     Finished {
         finish_reason: Option<String>,
@@ -150,6 +173,29 @@ pub struct Completion {
 }
 
 impl Completion {
+    /// Adds one chunk of a stream to the answer; true for the stream's end.
+    pub fn push(&mut self, chunk: Chunk) -> bool {
+        match chunk {
+            Chunk::Delta(text) => self.text.push_str(&text),
+            Chunk::ToolCall {
+                index,
+                id,
+                name,
+                arguments,
+            } => self.push_tool_call(index, id, name, &arguments),
+            Chunk::Logprobs(tokens) => self.logprobs.get_or_insert_with(Vec::new).extend(tokens),
+            Chunk::Finished {
+                finish_reason,
+                usage,
+            } => {
+                self.finish_reason = finish_reason;
+                self.usage = usage;
+                return true;
+            }
+        }
+        false
+    }
+
     /// Adds a piece of tool call `index` (see [`Chunk::ToolCall`]).
     pub fn push_tool_call(
         &mut self,

@@ -65,6 +65,11 @@ pub enum RunEvent {
         name: Option<String>,
         arguments: String,
     },
+    /// Log probabilities of the final answer's last tokens, when the request asked for them.
+    AggregatorLogprobs {
+        choice: usize,
+        tokens: Vec<crate::completion::TokenLogprob>,
+    },
     /// The run finished; the whole trace.
     Done(Box<Trace>),
 }
@@ -96,6 +101,9 @@ pub struct CallTrace {
     pub tool_calls: Vec<crate::message::ToolCall>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finish_reason: Option<String>,
+    /// Per token of the answer, its log probability, when asked for and given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<crate::completion::TokenLogprob>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
     /// The provider reported no usage, so `usage` is moa's estimate (four characters a token).

@@ -43,23 +43,7 @@ pub async fn collect(
     let mut completion = Completion::default();
     let mut finished = false;
     while let Some(chunk) = stream.next().await {
-        match chunk? {
-            Chunk::Delta(text) => completion.text.push_str(&text),
-            Chunk::ToolCall {
-                index,
-                id,
-                name,
-                arguments,
-            } => completion.push_tool_call(index, id, name, &arguments),
-            Chunk::Finished {
-                finish_reason,
-                usage,
-            } => {
-                finished = true;
-                completion.finish_reason = finish_reason;
-                completion.usage = usage;
-            }
-        }
+        finished |= completion.push(chunk?);
     }
     if !finished {
         return Err(unfinished(provider));

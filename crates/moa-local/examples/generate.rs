@@ -39,8 +39,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(chunk) = answer.blocking_recv() {
         match chunk? {
             Chunk::Delta(t) => print!("{t}"),
-            // The local model is given no tools.
-            Chunk::ToolCall { .. } => {}
+            // The local model is given no tools and returns no log probabilities.
+            Chunk::ToolCall { .. } | Chunk::Logprobs(_) => {}
             Chunk::Finished {
                 usage,
                 finish_reason,

@@ -157,6 +157,7 @@ impl LocalProvider {
         request: ChatRequest,
         out: tokio::sync::mpsc::UnboundedSender<Result<Chunk, ProviderError>>,
     ) -> Result<(), ProviderError> {
+        request::check(&request)?;
         let (path, model) = self.loaded(&request.model)?;
         let prompt = request::prompt_tokens(&model, &request, &|| out.is_closed())?;
         let job = batch::Job {

@@ -31,6 +31,33 @@ pub fn sampling(request: &ChatRequest) -> Sampling {
     }
 }
 
+/// Extra request fields the local model honours; any other is refused by name.
+pub const SUPPORTED_FIELDS: [&str; 2] = ["top_p", "seed"];
+
+/// Refuses what the local model cannot do rather than dropping it: tools, and any sampling
+/// field but temperature, max_tokens, top_p and seed (`stop`, penalties, `logit_bias`,
+/// `logprobs`, ...).
+pub fn check(request: &ChatRequest) -> Result<(), ProviderError> {
+    let refuse = |what: String| ProviderError::InvalidRequest {
+        provider: "local".into(),
+        message: format!(
+            "local model {} does not support {what}; leave it out, or choose a hosted model",
+            request.model
+        ),
+    };
+    if request.tools.as_ref().is_some_and(|t| !t.defs.is_empty()) {
+        return Err(refuse("tools".into()));
+    }
+    match request
+        .extra
+        .keys()
+        .find(|k| !SUPPORTED_FIELDS.contains(&k.as_str()))
+    {
+        Some(field) => Err(refuse(format!("`{field}`"))),
+        None => Ok(()),
+    }
+}
+
 /// Bytes of rendered prompt a model with `context` tokens is given at most: far more than its
 /// context can hold (tokens average about four bytes), so only prompts that could never fit
 /// are refused before they are tokenized.
@@ -107,4 +134,45 @@ pub fn prompt_tokens(
 pub fn limit(request: &ChatRequest, prompt_len: usize, context: usize) -> usize {
     let asked = request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS) as usize;
     asked.min(context.saturating_sub(prompt_len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moa_core::{Message, ToolDef, Tools};
+
+    fn refusal(request: &ChatRequest) -> String {
+        check(request).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn what_the_local_model_cannot_do_is_refused_by_name() {
+        let mut request = ChatRequest::new("smollm2", vec![Message::user("hi")]);
+        request.temperature = Some(0.2);
+        request.max_tokens = Some(8);
+        request.extra.insert("top_p".into(), 0.9.into());
+        request.extra.insert("seed".into(), 7.into());
+        assert!(check(&request).is_ok(), "what it honours passes");
+        for field in ["stop", "logprobs", "frequency_penalty", "logit_bias"] {
+            let mut asked = request.clone();
+            asked.extra.insert(field.into(), true.into());
+            let shown = refusal(&asked);
+            assert!(
+                shown.contains(&format!("smollm2 does not support `{field}`")),
+                "{shown}"
+            );
+        }
+        let mut tools = request.clone();
+        tools.tools = Some(Tools {
+            defs: vec![ToolDef {
+                name: "f".into(),
+                description: None,
+                parameters: serde_json::json!({}),
+                strict: None,
+            }],
+            choice: None,
+            parallel: None,
+        });
+        assert!(refusal(&tools).contains("does not support tools"));
+    }
 }

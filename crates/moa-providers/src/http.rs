@@ -535,6 +535,27 @@ impl Events {
         true
     }
 
+    /// Log probabilities of the last tokens; their token bytes count toward the answer's limit
+    /// (each carries its alternatives, so a hostile stream could otherwise grow them unbounded).
+    pub fn logprobs(&mut self, tokens: Vec<moa_core::TokenLogprob>) {
+        if self.ended || tokens.is_empty() {
+            return;
+        }
+        let size = tokens
+            .iter()
+            .map(|t| {
+                16 + t.token.len()
+                    + t.top_logprobs
+                        .iter()
+                        .map(|a| 16 + a.token.len())
+                        .sum::<usize>()
+            })
+            .sum();
+        if self.count(size) {
+            self.pending.push_back(Ok(Chunk::Logprobs(tokens)));
+        }
+    }
+
     /// A piece of a tool call; its bytes count toward the answer's limit.
     pub fn tool_call(
         &mut self,

@@ -386,6 +386,10 @@ fn stream(
                             );
                             return Some((Ok(frame), (run, Some(env), permit, deadline, true)));
                         }
+                        Some(Ok(RunEvent::AggregatorLogprobs { choice, tokens })) => {
+                            let frame = wire::logprobs_delta(&env, choice, &tokens);
+                            return Some((Ok(frame), (run, Some(env), permit, deadline, true)));
+                        }
                         Some(Ok(RunEvent::Done(trace))) => {
                             let mut frames = wire::finish(&env, &trace);
                             if include_proposals

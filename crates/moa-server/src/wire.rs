@@ -2,7 +2,7 @@
 
 use moa_core::{
     CallTrace, Message, PresetChanges, PromptStyle, ResponseFormat, Role, RunEvent, RunRequest,
-    ToolChoice, ToolDef, Tools, Trace, Usage,
+    TokenLogprob, ToolChoice, ToolDef, Tools, Trace, Usage,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -76,14 +76,8 @@ pub const FIELDS: &[(&str, Treatment)] = &[
         "function_call",
         Treatment::NeutralOnly("`function_call` is OpenAI's deprecated form; send `tool_choice`"),
     ),
-    (
-        "logprobs",
-        Treatment::NeutralOnly("moa does not return log probabilities; send false"),
-    ),
-    (
-        "top_logprobs",
-        Treatment::NeutralOnly("moa does not return log probabilities; send 0"),
-    ),
+    ("logprobs", Treatment::Aggregator),
+    ("top_logprobs", Treatment::Aggregator),
     (
         "modalities",
         Treatment::NeutralOnly("moa answers in text; send [\"text\"]"),
@@ -230,7 +224,9 @@ impl ChatRequest {
                         }
                     }
                 },
-                Treatment::Aggregator if value.is_null() => {}
+                // `logprobs: false` asks for nothing: not sent, so models without log
+                // probabilities take it.
+                Treatment::Aggregator if neutral(&field, &value) => {}
                 Treatment::Aggregator => match field.as_str() {
                     "temperature" => {
                         request.run.aggregator.temperature =
@@ -512,7 +508,7 @@ pub fn completion(env: &Envelope, trace: &Trace, with_proposals: bool) -> Value 
             .map(|(index, call)| json!({
                 "index": index,
                 "message": message(call),
-                "logprobs": null,
+                "logprobs": call.logprobs.as_deref().map(logprobs_json),
                 "finish_reason": finish_reason(call),
             }))
             .collect::<Vec<_>>(),
@@ -525,6 +521,35 @@ pub fn completion(env: &Envelope, trace: &Trace, with_proposals: bool) -> Value 
         body["moa"]["warnings"] = json!(trace.warnings);
     }
     body
+}
+
+/// A choice's `logprobs` as OpenAI writes them: per token, its text, log probability, UTF-8
+/// bytes, and the alternatives likewise.
+pub fn logprobs_json(tokens: &[TokenLogprob]) -> Value {
+    let entry = |token: &str, logprob: f64| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
+    let content: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            let mut e = entry(&t.token, t.logprob);
+            e["top_logprobs"] = t
+                .top_logprobs
+                .iter()
+                .map(|a| entry(&a.token, a.logprob))
+                .collect();
+            e
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
+}
+
+/// A chunk with the log probabilities of choice `choice`'s last tokens (its text came in the
+/// chunk before; clients join `logprobs.content` across chunks).
+pub fn logprobs_delta(env: &Envelope, choice: usize, tokens: &[TokenLogprob]) -> bytes::Bytes {
+    chunk(
+        env,
+        json!([{"index": choice, "delta": {}, "logprobs": logprobs_json(tokens), "finish_reason": null}]),
+        None,
+    )
 }
 
 /// One `chat.completion.chunk` as an SSE frame.

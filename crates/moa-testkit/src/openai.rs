@@ -34,21 +34,37 @@ pub(crate) fn completion(reply: &Reply, ctx: &Ctx, text: &str) -> Value {
     if let Some(usage) = reply.usage_for(ctx.prompt_bytes, text) {
         body["usage"] = json!(usage);
     }
-    if let Some(top) = &reply.top_logprobs {
-        let top: Vec<Value> = top
-            .iter()
-            .map(|(token, logprob)| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()}))
-            .collect();
-        let first = top
-            .first()
-            .cloned()
-            .unwrap_or(json!({"token": text, "logprob": 0.0}));
-        body["choices"][0]["logprobs"] = json!({"content": [{
-            "token": first["token"], "logprob": first["logprob"], "bytes": first["bytes"],
-            "top_logprobs": top,
-        }], "refusal": null});
+    if ctx.logprobs {
+        body["choices"][0]["logprobs"] = logprobs(reply, &reply.pieces(text), 0);
     }
     body
+}
+
+/// `choices[].logprobs` for `pieces` of the answer, the first of them piece number `first`, as
+/// llama.cpp's server (llama-cpp-python 0.3.36, run beside these tests) writes them: one entry
+/// per token (here: per piece), each with its alternatives, `bytes` null. Piece `i` has log
+/// probability `-0.25 (i + 1)` and itself as its only alternative, except that the answer's
+/// first token is [`Reply::top_logprobs`]' first when the reply has them.
+pub(crate) fn logprobs(reply: &Reply, pieces: &[&str], first: usize) -> Value {
+    let entry =
+        |token: &str, logprob: f64| json!({"token": token, "logprob": logprob, "bytes": null});
+    let content: Vec<Value> = pieces
+        .iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            let position = first + i;
+            let top: Vec<Value> = match (&reply.top_logprobs, position) {
+                (Some(top), 0) if !top.is_empty() => {
+                    top.iter().map(|(t, l)| entry(t, *l)).collect()
+                }
+                _ => vec![entry(piece, -0.25 * (position + 1) as f64)],
+            };
+            let mut e = top[0].clone();
+            e["top_logprobs"] = json!(top);
+            e
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
 }
 
 fn chunk(ctx: &Ctx, choices: Value) -> Bytes {
@@ -77,8 +93,12 @@ pub(crate) fn frames(reply: &Reply, ctx: &Ctx, text: &str, complete: bool) -> Ve
         false => json!({"role": "assistant", "content": ""}),
     };
     let mut frames = vec![chunk(ctx, choice(opening, None))];
-    for piece in reply.pieces(text) {
-        frames.push(chunk(ctx, choice(json!({"content": piece}), None)));
+    for (i, piece) in reply.pieces(text).into_iter().enumerate() {
+        let mut choices = choice(json!({"content": piece}), None);
+        if ctx.logprobs {
+            choices[0]["logprobs"] = logprobs(reply, &[piece], i);
+        }
+        frames.push(chunk(ctx, choices));
     }
     for (index, (id, name, args)) in reply.tool_calls.iter().enumerate() {
         let first = json!({"index": index, "id": id, "type": "function",

@@ -63,8 +63,8 @@ pub struct Reply {
     pub llamacpp: bool,
     /// Tool calls `(id, name, arguments)` the answer makes (OpenAI dialect), after its text.
     pub tool_calls: Vec<(String, String, String)>,
-    /// The first token's top alternatives `(token, logprob)`, sent as OpenAI's
-    /// `choices[0].logprobs` in whole (non-streamed) answers.
+    /// The first token's top alternatives `(token, logprob)`; the first is the generated token.
+    /// Sent only to requests that ask for log probabilities (see `openai::logprobs`).
     pub top_logprobs: Option<Vec<(String, f64)>>,
 }
 

@@ -208,6 +208,8 @@ async fn chat(
         // Anthropic and Bedrock always report usage.
         _ => true,
     };
+    // As OpenAI and llama.cpp: log probabilities only when asked for.
+    let logprobs = dialect == Dialect::OpenAi && recorded.json["logprobs"].as_bool() == Some(true);
     let prompt_bytes: usize = recorded.messages().iter().map(|(_, c)| c.len()).sum();
     let model = recorded.model.clone();
     let (seq, reply) = script.record(recorded);
@@ -223,6 +225,7 @@ async fn chat(
         model,
         include_usage,
         prompt_bytes,
+        logprobs,
     };
     let mut response = match (&reply.kind, stream) {
         (
@@ -301,6 +304,8 @@ pub(crate) struct Ctx {
     pub model: String,
     pub include_usage: bool,
     pub prompt_bytes: usize,
+    /// The request asked for log probabilities (`"logprobs": true`).
+    pub logprobs: bool,
 }
 
 fn json_response(status: u16, body: String) -> Response {

@@ -69,55 +69,15 @@ pub(super) async fn call(
         let mut completion = Completion::default();
         let mut finished = false;
         while let Some(chunk) = chunks.next().await {
-            match chunk? {
-                Chunk::Delta(text) => {
-                    if text.is_empty() {
-                        continue;
-                    }
-                    first_token.get_or_insert_with(Instant::now);
-                    completion.text.push_str(&text);
-                    match slot {
-                        Slot::Proposer { layer, index } => {
-                            ctx.emit(RunEvent::ProposerDelta { layer, index, text })
-                        }
-                        Slot::Aggregator {
-                            choice,
-                            quiet: false,
-                        } => ctx.emit(RunEvent::AggregatorDelta { choice, text }),
-                        Slot::Aggregator { quiet: true, .. } => {}
-                    }
-                }
-                Chunk::ToolCall {
-                    index,
-                    id,
-                    name,
-                    arguments,
-                } => {
-                    first_token.get_or_insert_with(Instant::now);
-                    completion.push_tool_call(index, id.clone(), name.clone(), &arguments);
-                    if let Slot::Aggregator {
-                        choice,
-                        quiet: false,
-                    } = slot
-                    {
-                        ctx.emit(RunEvent::AggregatorToolCall {
-                            choice,
-                            index,
-                            id,
-                            name,
-                            arguments,
-                        });
-                    }
-                }
-                Chunk::Finished {
-                    finish_reason,
-                    usage,
-                } => {
-                    finished = true;
-                    completion.finish_reason = finish_reason;
-                    completion.usage = usage;
-                }
+            let chunk = chunk?;
+            let (answer, event) = event_of(&chunk, slot);
+            if answer {
+                first_token.get_or_insert_with(Instant::now);
             }
+            if let Some(event) = event {
+                ctx.emit(event);
+            }
+            finished |= completion.push(chunk);
         }
         if !finished {
             // A stream that stops without its end is not a complete answer, whatever it held.
@@ -145,6 +105,7 @@ pub(super) async fn call(
         failure: None,
         tool_calls: Vec::new(),
         finish_reason: None,
+        logprobs: None,
         usage: None,
         usage_estimated: false,
         started_ms: ctx.since_start(started),
@@ -163,6 +124,7 @@ pub(super) async fn call(
             trace.answer = Some(completion.text);
             trace.tool_calls = completion.tool_calls;
             trace.finish_reason = completion.finish_reason;
+            trace.logprobs = completion.logprobs;
             trace
         }
         Err(error) => {
@@ -171,6 +133,59 @@ pub(super) async fn call(
             trace.failure = Some(error);
             trace
         }
+    }
+}
+
+/// What a chunk of `slot`'s stream is: whether it is answer (text or a tool call; it starts the
+/// first-token clock), and the event the run's listeners get for it. A quiet aggregator's
+/// chunks are told to nobody; only a loud aggregator's log probabilities are.
+fn event_of(chunk: &Chunk, slot: Slot) -> (bool, Option<RunEvent>) {
+    let loud = match slot {
+        Slot::Aggregator {
+            choice,
+            quiet: false,
+        } => Some(choice),
+        _ => None,
+    };
+    match chunk {
+        Chunk::Delta(text) if text.is_empty() => (false, None),
+        Chunk::Delta(text) => {
+            let event = match slot {
+                Slot::Proposer { layer, index } => Some(RunEvent::ProposerDelta {
+                    layer,
+                    index,
+                    text: text.clone(),
+                }),
+                Slot::Aggregator { .. } => loud.map(|choice| RunEvent::AggregatorDelta {
+                    choice,
+                    text: text.clone(),
+                }),
+            };
+            (true, event)
+        }
+        Chunk::ToolCall {
+            index,
+            id,
+            name,
+            arguments,
+        } => {
+            let event = loud.map(|choice| RunEvent::AggregatorToolCall {
+                choice,
+                index: *index,
+                id: id.clone(),
+                name: name.clone(),
+                arguments: arguments.clone(),
+            });
+            (true, event)
+        }
+        Chunk::Logprobs(tokens) => {
+            let event = loud.map(|choice| RunEvent::AggregatorLogprobs {
+                choice,
+                tokens: tokens.clone(),
+            });
+            (false, event)
+        }
+        Chunk::Finished { .. } => (false, None),
     }
 }
 

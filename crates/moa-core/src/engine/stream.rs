@@ -288,13 +288,26 @@ async fn drive(
             }
             outcome.answer = repaired.answer.clone();
             outcome.finish_reason = repaired.finish_reason.clone();
+            outcome.logprobs = repaired.logprobs.clone();
             repairs.push(repaired);
         }
-        // Checked answers go out in one piece.
+        // Checked answers go out in one piece: text, log probabilities, tool calls.
         for (choice, outcome) in outcomes.iter().enumerate() {
             let text = outcome.answer.clone().unwrap_or_default();
             if !text.is_empty() {
                 ctx.emit(RunEvent::AggregatorDelta { choice, text });
+            }
+            if let Some(tokens) = outcome.logprobs.clone() {
+                ctx.emit(RunEvent::AggregatorLogprobs { choice, tokens });
+            }
+            for (index, call) in outcome.tool_calls.iter().enumerate() {
+                ctx.emit(RunEvent::AggregatorToolCall {
+                    choice,
+                    index,
+                    id: Some(call.id.clone()),
+                    name: Some(call.name.clone()),
+                    arguments: call.arguments.clone(),
+                });
             }
         }
     }

@@ -350,6 +350,7 @@ async fn events_come_in_order_and_trace_matches_them() {
             RunEvent::AggregatorStarted { .. } => "agg",
             RunEvent::AggregatorDelta { .. } => "agg-delta",
             RunEvent::AggregatorToolCall { .. } => "agg-tool",
+            RunEvent::AggregatorLogprobs { .. } => "agg-logprobs",
             RunEvent::Done(_) => "end",
         })
         .collect();

@@ -47,16 +47,42 @@ async fn start() -> String {
 }
 
 async fn ask(base: &str, content: &str) -> (u16, Value) {
+    ask_with(base, content, json!({})).await
+}
+
+/// A request for `content` with `fields` added to its body.
+async fn ask_with(base: &str, content: &str, fields: Value) -> (u16, Value) {
+    let mut body = json!({"model": "tiny", "messages": [{"role": "user", "content": content}],
+                          "max_tokens": 8});
+    for (k, v) in fields.as_object().unwrap() {
+        body[k] = v.clone();
+    }
     let response = reqwest::Client::new()
         .post(format!("{base}/v1/chat/completions"))
-        .json(
-            &json!({"model": "tiny", "messages": [{"role": "user", "content": content}],
-                      "max_tokens": 8}),
-        )
+        .json(&body)
         .send()
         .await
         .unwrap();
     (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_the_local_model_cannot_do_is_a_400_naming_it() {
+    let base = start().await;
+    let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+    for (fields, named) in [
+        (json!({"tools": tools}), "does not support tools"),
+        (json!({"stop": ["\n"]}), "does not support `stop`"),
+        (json!({"logprobs": true}), "does not support `logprobs`"),
+    ] {
+        let (status, body) = ask_with(&base, "hello", fields.clone()).await;
+        assert_eq!(status, 400, "{fields}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(named), "{fields}: {message}");
+    }
+    // What it honours runs.
+    let (status, body) = ask_with(&base, "hello", json!({"seed": 3, "top_p": 0.5})).await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -163,31 +163,22 @@ fn tools_json(tools: &Tools) -> (Option<Vec<Value>>, Option<Value>) {
     (Some(defs), choice)
 }
 
-/// OpenAI sampling fields the Messages API does not take. Sent, they would fail the call with
-/// an upstream 400 that a client only sees as a 502; refused first, they name themselves.
-pub const UNSUPPORTED_FIELDS: [&str; 6] = [
+/// OpenAI sampling fields the Messages API does not take: refused by name (see
+/// [`ChatRequest::refuse_fields`]).
+pub const UNSUPPORTED_FIELDS: [&str; 8] = [
     "logit_bias",
     "frequency_penalty",
     "presence_penalty",
     "seed",
+    "logprobs",
+    "top_logprobs",
     "reasoning_effort",
     "verbosity",
 ];
 
 /// Refuses a request that sets a field the Messages API does not take.
 pub fn check(request: &ChatRequest, provider: &str) -> Result<(), moa_core::ProviderError> {
-    match UNSUPPORTED_FIELDS
-        .iter()
-        .find(|f| request.extra.contains_key(**f))
-    {
-        Some(field) => Err(moa_core::ProviderError::InvalidRequest {
-            provider: provider.to_string(),
-            message: format!(
-                "`{field}` is not supported by Anthropic's Messages API; leave it out for this model"
-            ),
-        }),
-        None => Ok(()),
-    }
+    request.refuse_fields(&UNSUPPORTED_FIELDS, provider, "Anthropic's Messages API")
 }
 
 /// Anthropic's stop reasons in OpenAI's words, which the rest of moa uses.

@@ -185,6 +185,7 @@ impl Inner {
     }
 
     async fn complete(self: Arc<Self>, request: ChatRequest) -> Result<Completion, ProviderError> {
+        request.refuse_fields(&wire::UNSUPPORTED_FIELDS, &self.config.name, wire::API)?;
         let body = wire::request_body(&request).map_err(|m| self.invalid(m))?;
         self.transport
             .complete(
@@ -234,12 +235,12 @@ impl Provider for Bedrock {
     }
 
     fn stream(&self, request: ChatRequest) -> BoxChunkStream {
-        let body = match wire::request_body(&request) {
+        let checked = request
+            .refuse_fields(&wire::UNSUPPORTED_FIELDS, self.name(), wire::API)
+            .and_then(|()| wire::request_body(&request).map_err(|m| self.inner.invalid(m)));
+        let body = match checked {
             Ok(body) => body,
-            Err(message) => {
-                let error = self.inner.invalid(message);
-                return Box::pin(futures::stream::iter([Err(error)]));
-            }
+            Err(error) => return Box::pin(futures::stream::iter([Err(error)])),
         };
         let model = request.model;
         open_stream::<_, stream::Decoder, _, _>(self.inner.clone(), move |inner: Arc<Inner>| {

@@ -107,6 +107,23 @@ fn tool_config(tools: &Tools) -> Result<Value, String> {
     Ok(config)
 }
 
+/// OpenAI fields Converse has no place for. Any other extra field goes to
+/// `additionalModelRequestFields` for the model to take (top_k, say); these are refused by name
+/// instead (see [`ChatRequest::refuse_fields`]), since no Bedrock model reads OpenAI's spelling.
+pub const UNSUPPORTED_FIELDS: [&str; 8] = [
+    "logit_bias",
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "logprobs",
+    "top_logprobs",
+    "reasoning_effort",
+    "verbosity",
+];
+
+/// The API's name in refusals.
+pub const API: &str = "Bedrock's Converse API";
+
 /// Serializes `request` as a Converse body. System messages go to `system`; consecutive
 /// messages of one role are merged into one message of several text blocks, since Converse
 /// wants the roles to alternate. temperature, max_tokens, top_p and stop go to

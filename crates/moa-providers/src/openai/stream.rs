@@ -43,6 +43,9 @@ impl Decoder {
             if let Some(text) = delta.content {
                 out.delta(text);
             }
+            if let Some(tokens) = choice.logprobs.and_then(|l| l.content) {
+                out.logprobs(tokens);
+            }
             for (position, call) in delta.tool_calls.unwrap_or_default().into_iter().enumerate() {
                 let function = call.function.unwrap_or_default();
                 out.tool_call(

@@ -159,6 +159,38 @@ async fn frames_split_anywhere_decode_the_same() {
 }
 
 #[tokio::test]
+async fn openai_fields_converse_cannot_take_are_refused_before_sending() {
+    let fake = FakeServer::bedrock().await;
+    let bedrock = sigv4(&fake, 0);
+    for field in ["seed", "logprobs", "logit_bias"] {
+        let mut asked = request();
+        asked.extra.insert(field.into(), serde_json::json!(1));
+        let (_, _, err) = collect_stream(&bedrock, asked.clone()).await;
+        let shown = err.expect("refused").to_string();
+        assert!(
+            shown.contains(&format!("`{field}` is not supported by Bedrock")),
+            "{shown}"
+        );
+        let err = bedrock.complete(asked).await.unwrap_err();
+        assert!(
+            matches!(err, ProviderError::InvalidRequest { .. }),
+            "{err:?}"
+        );
+    }
+    assert!(fake.requests().is_empty(), "nothing reached AWS");
+    // Fields Converse has no place for but a model may take still go through.
+    fake.push(HAIKU, Reply::text("ok"));
+    let mut top_k = request();
+    top_k.extra.insert("top_k".into(), serde_json::json!(40));
+    let (text, _, err) = collect_stream(&bedrock, top_k).await;
+    assert_eq!((text.as_str(), err.is_none()), ("ok", true));
+    assert_eq!(
+        fake.requests()[0].json["additionalModelRequestFields"]["top_k"],
+        40
+    );
+}
+
+#[tokio::test]
 async fn converse_returns_whole_answers_and_bearer_keys_replace_signing() {
     let fake = FakeServer::bedrock().await;
     fake.push(HAIKU, Reply::text("All at once.").with_usage(9, 3));

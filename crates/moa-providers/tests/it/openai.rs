@@ -107,6 +107,31 @@ async fn complete_sends_no_stream_fields_and_reads_the_whole_answer() {
 }
 
 #[tokio::test]
+async fn streamed_logprobs_arrive_with_their_text() {
+    let fake = FakeOpenAi::start().await;
+    fake.push("m", Reply::text("Hello there.").with_chunk_chars(6));
+    let mut asked = request("m");
+    asked.extra.insert("logprobs".into(), true.into());
+    let (text, chunks, err) = collect_stream(&client(&fake, 0), asked).await;
+    assert!(err.is_none(), "{err:?}");
+    // Each piece of text is followed by its tokens' log probabilities.
+    let pieces: Vec<(String, f64)> = chunks
+        .iter()
+        .filter_map(|c| match c {
+            Chunk::Logprobs(tokens) => Some(tokens.iter().map(|t| (t.token.clone(), t.logprob))),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(
+        pieces,
+        [("Hello ".to_string(), -0.25), ("there.".to_string(), -0.5)]
+    );
+    assert_eq!(text, "Hello there.");
+    assert!(matches!(chunks[1], Chunk::Logprobs(_)), "{chunks:?}");
+}
+
+#[tokio::test]
 async fn first_token_logprobs_are_read_when_asked_for() {
     let fake = FakeOpenAi::start().await;
     fake.push(

@@ -91,6 +91,7 @@ async fn sampling_fields_reach_the_aggregator_alone() {
     assert_eq!(agg["presence_penalty"], 0.1);
     assert_eq!(agg["logit_bias"], json!({"50256": -100}));
     for ignored in [
+        "logprobs",
         "user",
         "metadata",
         "store",
@@ -117,6 +118,59 @@ async fn sampling_fields_reach_the_aggregator_alone() {
 }
 
 #[tokio::test]
+async fn the_aggregators_log_probabilities_come_back_whole_and_streamed() {
+    let s = start(ServerConfig::default()).await;
+    let asked = json!({"logprobs": true, "top_logprobs": 2});
+    let whole: Value = s.post(&request(asked.clone())).await.json().await.unwrap();
+    let content = whole["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap();
+    let tokens: String = content
+        .iter()
+        .map(|t| t["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(tokens, "The final answer.");
+    // The fake's second token ("fina", log probability -0.5), in OpenAI's shape with bytes.
+    let fina = json!({"token": "fina", "logprob": -0.5, "bytes": [102, 105, 110, 97]});
+    let mut second = fina.clone();
+    second["top_logprobs"] = json!([fina]);
+    assert_eq!(content[1], second);
+    let agg = s.fake.requests_for("agg").remove(0).json;
+    assert_eq!(
+        (&agg["logprobs"], &agg["top_logprobs"]),
+        (&json!(true), &json!(2))
+    );
+    let p1 = s.fake.requests_for("p1").remove(0).json;
+    assert!(p1.get("logprobs").is_none(), "proposers are not asked");
+
+    let mut streamed = request(asked);
+    streamed["stream"] = json!(true);
+    let text = s.post(&streamed).await.text().await.unwrap();
+    let mut tokens = String::new();
+    let mut answer = String::new();
+    for event in super::events(&text).iter().filter(|e| *e != "[DONE]") {
+        let chunk: Value = serde_json::from_str(event).unwrap();
+        for choice in chunk["choices"].as_array().unwrap() {
+            answer.push_str(choice["delta"]["content"].as_str().unwrap_or_default());
+            for token in choice["logprobs"]["content"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                tokens.push_str(token["token"].as_str().unwrap());
+            }
+        }
+    }
+    assert_eq!(
+        (answer.as_str(), tokens.as_str()),
+        ("The final answer.", "The final answer.")
+    );
+
+    let plain: Value = s.post(&request(json!({}))).await.json().await.unwrap();
+    assert_eq!(plain["choices"][0]["logprobs"], Value::Null);
+}
+
+#[tokio::test]
 async fn what_moa_cannot_honour_is_refused_by_name() {
     let s = start(ServerConfig::default()).await;
     let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
@@ -129,7 +183,7 @@ async fn what_moa_cannot_honour_is_refused_by_name() {
             json!({"response_format": {"type": "yaml"}}),
             "`response_format`",
         ),
-        (json!({"logprobs": true}), "`logprobs`"),
+        (json!({"audio": {"voice": "alloy"}}), "`audio`"),
         (json!({"modalities": ["text", "audio"]}), "`modalities`"),
         (json!({"temperatur": 0.5}), "unknown field `temperatur`"),
         (json!({"max_tokens": 0}), "`max_tokens` must be a positive"),
@@ -603,39 +657,45 @@ async fn tool_calls_and_choices_deserialize_with_async_openais_types() {
     assert!(pieces > 1, "{text}");
 }
 
-/// The same two-step tool loop through the server with an Anthropic aggregator: the client
-/// speaks OpenAI, the aggregator Anthropic's blocks.
-#[tokio::test]
-async fn a_tool_loop_through_an_anthropic_aggregator() {
+/// The same two-step tool loop through the server with an Anthropic or a Bedrock aggregator:
+/// the client speaks OpenAI, the aggregator its own dialect's blocks. Returns what the
+/// aggregator's fake received, in order.
+async fn tool_loop_through(dialect: moa_providers::Dialect) -> Vec<Value> {
     use moa_providers::{Dialect, Endpoint, Registry, RetryPolicy};
     let proposers = moa_testkit::FakeOpenAi::start().await;
     proposers.respond_with(|r| moa_testkit::Reply::text(format!("{}: call get_weather", r.model)));
-    let claude = moa_testkit::FakeServer::anthropic().await;
-    claude.respond_with(|r| {
+    let upstream = match dialect {
+        Dialect::Bedrock => moa_testkit::FakeServer::bedrock().await,
+        _ => moa_testkit::FakeServer::anthropic().await,
+    };
+    upstream.respond_with(|r| {
         let last = r.json["messages"]
             .as_array()
             .unwrap()
             .last()
             .unwrap()
             .clone();
-        match last["content"][0]["type"].as_str() {
-            Some("tool_result") => moa_testkit::Reply::text("It is -3C in Oslo."),
-            _ => {
+        // The tool's result: Anthropic's `tool_result` block or Bedrock's `toolResult`.
+        let block = &last["content"][0];
+        match block["type"] == "tool_result" || block.get("toolResult").is_some() {
+            true => moa_testkit::Reply::text("It is -3C in Oslo."),
+            false => {
                 moa_testkit::Reply::tool_calls(&[("toolu_1", "get_weather", r#"{"city":"Oslo"}"#)])
             }
         }
     });
     let mut registry = Registry::new(std::sync::Arc::new(|var: &str| {
-        (var == "FAKE_ANTHROPIC_KEY").then(|| "sk-ant".to_string())
+        (var == "FAKE_KEY").then(|| "sk-fake".to_string())
     }));
     let mut up = Endpoint::custom("up", &proposers.base_url());
     up.retry = RetryPolicy::none();
     registry.insert_endpoint(up);
-    let mut ant = Endpoint::custom("ant", &claude.base_url());
-    ant.dialect = Dialect::Anthropic;
-    ant.api_key_env = Some("FAKE_ANTHROPIC_KEY".into());
-    ant.retry = RetryPolicy::none();
-    registry.insert_endpoint(ant);
+    let mut vendor = Endpoint::custom("vendor", &upstream.base_url());
+    vendor.dialect = dialect;
+    vendor.region = Some("us-east-1".into());
+    vendor.api_key_env = Some("FAKE_KEY".into());
+    vendor.retry = RetryPolicy::none();
+    registry.insert_endpoint(vendor);
     let preset = moa_core::Preset {
         name: "mixed".into(),
         description: String::new(),
@@ -643,7 +703,7 @@ async fn a_tool_loop_through_an_anthropic_aggregator() {
             moa_core::AgentSpec::new("up:p1"),
             moa_core::AgentSpec::new("up:p2"),
         ]],
-        aggregator: moa_core::AgentSpec::new("ant:claude-3-haiku"),
+        aggregator: moa_core::AgentSpec::new("vendor:claude-3-haiku"),
         prompt_style: moa_core::PromptStyle::Reference,
     };
     let moa = moa_core::Moa::new(
@@ -689,13 +749,6 @@ async fn a_tool_loop_through_an_anthropic_aggregator() {
         message["tool_calls"][0]["function"]["arguments"],
         r#"{"city":"Oslo"}"#
     );
-    let sent = &claude.requests()[0].json;
-    assert_eq!(sent["tools"][0]["name"], "get_weather");
-    assert!(sent["system"]
-        .as_str()
-        .unwrap()
-        .contains("1. p1: call get_weather"));
-
     messages.as_array_mut().unwrap().push(message.clone());
     messages
         .as_array_mut()
@@ -714,13 +767,43 @@ async fn a_tool_loop_through_an_anthropic_aggregator() {
         second["choices"][0]["message"]["content"], "It is -3C in Oslo.",
         "{second}"
     );
-    let sent = &claude.requests()[1].json;
+    upstream.requests().into_iter().map(|r| r.json).collect()
+}
+
+#[tokio::test]
+async fn a_tool_loop_through_an_anthropic_aggregator() {
+    let sent = tool_loop_through(moa_providers::Dialect::Anthropic).await;
+    assert_eq!(sent[0]["tools"][0]["name"], "get_weather");
+    assert!(sent[0]["system"]
+        .as_str()
+        .unwrap()
+        .contains("1. p1: call get_weather"));
     assert_eq!(
-        sent["messages"][1]["content"][0],
+        sent[1]["messages"][1]["content"][0],
         json!({"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}})
     );
     assert_eq!(
-        sent["messages"][2]["content"][0],
+        sent[1]["messages"][2]["content"][0],
         json!({"type": "tool_result", "tool_use_id": "toolu_1", "content": "-3C, snow"})
+    );
+}
+
+#[tokio::test]
+async fn a_tool_loop_through_a_bedrock_aggregator() {
+    let sent = tool_loop_through(moa_providers::Dialect::Bedrock).await;
+    let spec = &sent[0]["toolConfig"]["tools"][0]["toolSpec"];
+    assert_eq!(spec["name"], "get_weather");
+    assert_eq!(spec["inputSchema"]["json"]["required"], json!(["city"]));
+    assert!(sent[0]["system"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("1. p1: call get_weather"));
+    assert_eq!(
+        sent[1]["messages"][1]["content"][0],
+        json!({"toolUse": {"toolUseId": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}}})
+    );
+    assert_eq!(
+        sent[1]["messages"][2]["content"][0],
+        json!({"toolResult": {"toolUseId": "toolu_1", "content": [{"text": "-3C, snow"}]}})
     );
 }

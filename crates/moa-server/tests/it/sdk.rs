@@ -89,6 +89,11 @@ async fn the_official_openai_sdk_works_against_moa_serve() {
     assert_eq!(seen["structured"], json!({"city": "Oslo", "celsius": -3}));
     assert_eq!(seen["json_object"], json!({"city": "Oslo", "celsius": -3}));
     assert_eq!(seen["models"], json!(["mini"]));
+    assert_eq!(
+        seen["logprobs"],
+        json!({"whole": "The final answer.", "first_top": [["The ", -0.25]],
+               "stream": "The final answer.", "stream_text": "The final answer."})
+    );
 
     // What the SDK sent reached the aggregator, and only the aggregator.
     let agg = &s.fake.requests_for("agg")[0].json;

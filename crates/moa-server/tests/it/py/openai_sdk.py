@@ -133,5 +133,17 @@ as_object = client.chat.completions.create(
 )
 seen["json_object"] = json.loads(as_object.choices[0].message.content)
 
+# The aggregator's log probabilities, whole and through the SDK's own stream accumulator.
+asked = dict(model="mini", messages=[{"role": "user", "content": "Why?"}], logprobs=True, top_logprobs=2)
+whole = client.chat.completions.create(**asked).choices[0].logprobs.content
+with client.chat.completions.stream(**asked) as stream:
+    final = stream.get_final_completion().choices[0]
+seen["logprobs"] = {
+    "whole": "".join(t.token for t in whole),
+    "first_top": [[t.token, t.logprob] for t in whole[0].top_logprobs],
+    "stream": "".join(t.token for t in final.logprobs.content),
+    "stream_text": final.message.content,
+}
+
 seen["models"] = [m.id for m in client.models.list()]
 json.dump(seen, sys.stdout)
