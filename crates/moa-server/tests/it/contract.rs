@@ -4,6 +4,8 @@
 
 use serde_json::{json, Value};
 
+use moa_testkit::Reply;
+
 use super::{start, ServerConfig, Setup};
 
 fn request(extra: Value) -> Value {
@@ -223,13 +225,11 @@ fn tool_loop(s: &Setup) {
             last_role.as_str(),
         ) {
             ("agg", true, Some("user")) => {
-                moa_testkit::Reply::tool_calls(&[("call_7", "get_weather", r#"{"city":"Oslo"}"#)])
+                Reply::tool_calls(&[("call_7", "get_weather", r#"{"city":"Oslo"}"#)])
                     .with_chunk_chars(5)
             }
-            ("agg", _, _) => moa_testkit::Reply::text("It is -3C and snowing in Oslo."),
-            (model, _, _) => {
-                moa_testkit::Reply::text(format!("{model}: call get_weather for Oslo"))
-            }
+            ("agg", _, _) => Reply::text("It is -3C and snowing in Oslo."),
+            (model, _, _) => Reply::text(format!("{model}: call get_weather for Oslo")),
         }
     });
 }
@@ -338,7 +338,7 @@ async fn n_choices_share_one_set_of_proposals() {
     let s = start(ServerConfig::default()).await;
     s.fake.respond_with(|r| {
         let seed = r.json.get("seed").cloned().unwrap_or_default();
-        moa_testkit::Reply::text(format!("{} with seed {seed}", r.model)).with_usage(10, 3)
+        Reply::text(format!("{} with seed {seed}", r.model)).with_usage(10, 3)
     });
     let body = request(json!({"n": 2, "seed": 42}));
     let json: Value = s.post(&body).await.json().await.unwrap();
@@ -383,11 +383,9 @@ fn format_fake(s: &Setup, repaired: &'static str) {
             .as_str()
             .unwrap_or_default();
         match r.model.as_str() {
-            "agg" if last.starts_with("Your answer cannot be used") => {
-                moa_testkit::Reply::text(repaired)
-            }
-            "agg" => moa_testkit::Reply::text("Here you go: {\"name\": \"Ada\"}"),
-            model => moa_testkit::Reply::text(format!("{model}: name Ada, age 36")),
+            "agg" if last.starts_with("Your answer cannot be used") => Reply::text(repaired),
+            "agg" => Reply::text("Here you go: {\"name\": \"Ada\"}"),
+            model => Reply::text(format!("{model}: name Ada, age 36")),
         }
     });
 }
@@ -444,6 +442,41 @@ async fn json_answers_are_checked_and_repaired_once() {
         })
         .collect();
     assert_eq!(content, r#"{"name": "Ada", "age": 36}"#);
+}
+
+#[tokio::test]
+async fn a_checked_streamed_answer_that_calls_a_tool_sends_the_call() {
+    let s = start(ServerConfig::default()).await;
+    s.fake.respond_with(|r| match r.model.as_str() {
+        "agg" => Reply::tool_calls(&[("call_3", "get_weather", r#"{"city":"Oslo"}"#)]),
+        model => Reply::text(format!("{model} thinks so")),
+    });
+    let body = request(
+        json!({"response_format": {"type": "json_object"}, "stream": true,
+                              "tools": weather_tool()}),
+    );
+    let text = s.post(&body).await.text().await.unwrap();
+    let mut arguments = String::new();
+    let mut finish = None;
+    for event in super::events(&text).iter().filter(|e| *e != "[DONE]") {
+        let chunk: Value = serde_json::from_str(event).unwrap();
+        for choice in chunk["choices"].as_array().unwrap() {
+            for call in choice["delta"]["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                assert_eq!(call["index"], 0);
+                arguments.push_str(call["function"]["arguments"].as_str().unwrap_or_default());
+            }
+            finish = choice["finish_reason"]
+                .as_str()
+                .map(str::to_string)
+                .or(finish);
+        }
+    }
+    assert_eq!(arguments, r#"{"city":"Oslo"}"#, "{text}");
+    assert_eq!(finish.as_deref(), Some("tool_calls"));
 }
 
 #[tokio::test]
@@ -512,7 +545,7 @@ async fn proposals_stream_live_as_extra_chunks_when_asked() {
     let s = start(ServerConfig::default()).await;
     s.fake.push(
         "p2",
-        moa_testkit::Reply::error(500, "server_error", "secret upstream detail"),
+        Reply::error(500, "server_error", "secret upstream detail"),
     );
     let body = request(
         json!({"stream": true, "moa": {"stream_proposals": true, "min_proposals_unused": null}}),
@@ -554,7 +587,7 @@ async fn proposals_stream_live_as_extra_chunks_when_asked() {
     // The whole response's proposals say how a proposer failed, not what its upstream wrote.
     s.fake.push(
         "p2",
-        moa_testkit::Reply::error(500, "server_error", "secret upstream detail"),
+        Reply::error(500, "server_error", "secret upstream detail"),
     );
     let whole = s
         .post(&request(json!({"moa": {"include_proposals": true}})))
@@ -663,7 +696,7 @@ async fn tool_calls_and_choices_deserialize_with_async_openais_types() {
 async fn tool_loop_through(dialect: moa_providers::Dialect) -> Vec<Value> {
     use moa_providers::{Dialect, Endpoint, Registry, RetryPolicy};
     let proposers = moa_testkit::FakeOpenAi::start().await;
-    proposers.respond_with(|r| moa_testkit::Reply::text(format!("{}: call get_weather", r.model)));
+    proposers.respond_with(|r| Reply::text(format!("{}: call get_weather", r.model)));
     let upstream = match dialect {
         Dialect::Bedrock => moa_testkit::FakeServer::bedrock().await,
         _ => moa_testkit::FakeServer::anthropic().await,
@@ -678,10 +711,8 @@ async fn tool_loop_through(dialect: moa_providers::Dialect) -> Vec<Value> {
         // The tool's result: Anthropic's `tool_result` block or Bedrock's `toolResult`.
         let block = &last["content"][0];
         match block["type"] == "tool_result" || block.get("toolResult").is_some() {
-            true => moa_testkit::Reply::text("It is -3C in Oslo."),
-            false => {
-                moa_testkit::Reply::tool_calls(&[("toolu_1", "get_weather", r#"{"city":"Oslo"}"#)])
-            }
+            true => Reply::text("It is -3C in Oslo."),
+            false => Reply::tool_calls(&[("toolu_1", "get_weather", r#"{"city":"Oslo"}"#)]),
         }
     });
     let mut registry = Registry::new(std::sync::Arc::new(|var: &str| {
