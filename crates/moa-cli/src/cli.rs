@@ -250,6 +250,10 @@ pub struct ServeArgs {
     /// connection is kept.
     #[arg(long, default_value_t = 30.0, value_name = "SECS", value_parser = non_negative)]
     pub header_timeout: f64,
+    /// Refuse requests that change their preset (`moa.proposers`, `moa.layers`, ...; 403):
+    /// clients then run only these presets, with their models and at their cost.
+    #[arg(long)]
+    pub fixed_presets: bool,
     /// Serve only these presets (comma-separated); default: every preset whose keys are set.
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub presets: Vec<String>,

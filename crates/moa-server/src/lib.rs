@@ -78,6 +78,9 @@ pub struct ServerConfig {
     pub body_timeout: Duration,
     /// The `Host` names and browser origins served.
     pub hosts: Hosts,
+    /// Refuse requests that change their preset (`moa.proposers`, `moa.layers`, ...): clients
+    /// then run only the operator's presets, at their cost.
+    pub fixed_presets: bool,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +92,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(900),
             body_timeout: Duration::from_secs(30),
             hosts: Hosts::default(),
+            fixed_presets: false,
         }
     }
 }
@@ -102,6 +106,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("request_timeout", &self.request_timeout)
             .field("body_timeout", &self.body_timeout)
             .field("hosts", &self.hosts)
+            .field("fixed_presets", &self.fixed_presets)
             .finish()
     }
 }
@@ -261,6 +266,16 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Result<Re
     };
     // The request's changes to the preset, checked like the config's.
     let changed = !request.changes.is_empty();
+    if changed && state.config.fixed_presets {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "preset_changes_not_allowed",
+            "this server runs its presets as they are (moa serve --fixed-presets): leave out \
+             `moa.proposers`, `aggregator`, `layers`, `proposer_temperature`, \
+             `proposer_max_tokens` and `prompt_style`, or choose another preset",
+        ));
+    }
     if changed {
         let preset = request
             .changes

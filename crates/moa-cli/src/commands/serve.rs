@@ -144,6 +144,7 @@ pub async fn run(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<
             allowed_origins: args.allowed_origins.clone(),
             bound: Some(address),
         },
+        fixed_presets: args.fixed_presets,
         ..ServerConfig::default()
     };
     let names: Vec<&String> = presets.keys().collect();

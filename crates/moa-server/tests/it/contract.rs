@@ -654,6 +654,28 @@ async fn a_request_may_change_the_preset_for_itself() {
     }
 }
 
+#[tokio::test]
+async fn an_operator_can_fix_the_presets() {
+    let s = start(ServerConfig {
+        fixed_presets: true,
+        ..ServerConfig::default()
+    })
+    .await;
+    for moa in [
+        json!({"proposers": ["up:p3"]}),
+        json!({"aggregator": "up:p3"}),
+        json!({"layers": 3}),
+    ] {
+        let (status, message) = status_and_message(&s, &request(json!({"moa": moa}))).await;
+        assert_eq!(status, 403, "{message}");
+        assert!(message.contains("--fixed-presets"), "{message}");
+    }
+    assert!(s.fake.requests().is_empty(), "nothing ran");
+    // What does not change the preset still works.
+    let body = request(json!({"moa": {"include_proposals": true, "min_proposals": 1}}));
+    assert_eq!(s.post(&body).await.status(), 200);
+}
+
 /// async-openai's types, as a second independent client: tool calls (whole and streamed) and
 /// several choices read as OpenAI's own shapes.
 #[tokio::test]
