@@ -112,6 +112,38 @@ pub struct RunArgs {
     /// How references are written for the next layer: reference (exactly as the original MoA) or tagged.
     #[arg(long, value_parser = prompt_style)]
     pub prompt_style: Option<PromptStyle>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// How a run trades completeness for latency (see the README's "Fast and cheap runs").
+#[derive(Clone, Debug, Default, Args)]
+pub struct PolicyArgs {
+    /// A proposer layer completes once N proposers have answered (and --grace has passed);
+    /// the rest are cancelled [default: all].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(usize))]
+    pub quorum: Option<usize>,
+    /// Seconds late proposers may still finish once the quorum is in [default: 0].
+    #[arg(long, value_name = "SECS", value_parser = non_negative, requires = "quorum")]
+    pub grace: Option<f64>,
+    /// When every answer of a layer is the same (white space and case aside), answer with it
+    /// and skip the aggregator.
+    #[arg(long)]
+    pub early_exit: bool,
+    /// When the aggregator fails, answer with the first proposal of the last layer instead.
+    #[arg(long)]
+    pub fallback: bool,
+}
+
+impl PolicyArgs {
+    pub fn flags(&self) -> crate::config::PolicyFlags {
+        crate::config::PolicyFlags {
+            quorum: self.quorum,
+            grace: self.grace,
+            early_exit: self.early_exit,
+            fallback: self.fallback,
+        }
+    }
 }
 
 impl RunArgs {
@@ -127,6 +159,7 @@ impl RunArgs {
             min_proposals: self.min_proposals,
             timeout: self.timeout,
             prompt_style: self.prompt_style,
+            policy: self.policy.flags(),
         }
     }
 }
@@ -199,6 +232,8 @@ pub struct ChatArgs {
     /// Seconds one model call may take, retries included; 0 for no limit [default: 600].
     #[arg(long, value_name = "SECS", value_parser = non_negative)]
     pub timeout: Option<f64>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 impl ChatArgs {
@@ -214,6 +249,7 @@ impl ChatArgs {
             min_proposals: self.min_proposals,
             timeout: self.timeout,
             prompt_style: None,
+            policy: self.policy.flags(),
         }
     }
 }
@@ -307,6 +343,9 @@ pub struct BenchArgs {
     /// Seconds one model call may take, retries included (0: no limit).
     #[arg(long, value_name = "SECS", value_parser = non_negative)]
     pub timeout: Option<f64>,
+    /// The run policy of every preset measured (single models have no layers to apply it to).
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -402,6 +441,8 @@ pub struct EvalGenerateArgs {
     /// Seconds one model call may take, retries included (0: no limit).
     #[arg(long, value_name = "SECS", value_parser = non_negative)]
     pub timeout: Option<f64>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 #[derive(Debug, Args)]

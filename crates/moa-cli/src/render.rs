@@ -48,9 +48,31 @@ pub fn proposal(out: &mut impl Write, event: &RunEvent, layers: usize) -> std::i
             "✗─ layer {layer}/{layers} · {model} · failed after {}: {error}\n",
             seconds(*latency_ms)
         ),
+        RunEvent::ProposerCancelled {
+            layer,
+            model,
+            latency_ms,
+            ..
+        } => writeln!(
+            out,
+            "✗─ layer {layer}/{layers} · {model} · cancelled after {}: the quorum was in\n",
+            seconds(*latency_ms)
+        ),
         RunEvent::AggregatorStarted { model } => {
             writeln!(out, "── aggregator · {model}")
         }
+        RunEvent::EarlyExit { layer } => writeln!(
+            out,
+            "── layer {layer} agreed: the answer is theirs, the aggregator was skipped"
+        ),
+        RunEvent::Fallback {
+            layer,
+            model,
+            error,
+        } => writeln!(
+            out,
+            "✗─ the aggregator failed ({error}); the answer is {model}'s proposal from layer {layer}"
+        ),
         _ => Ok(()),
     }
 }

@@ -42,11 +42,31 @@ pub enum RunEvent {
         error: String,
         latency_ms: u64,
     },
-    /// Every proposer of a layer has finished or failed.
+    /// A proposer still running when its layer completed (its quorum was in and the grace had
+    /// passed) was cancelled; it is left out of the references.
+    ProposerCancelled {
+        layer: usize,
+        index: usize,
+        model: String,
+        latency_ms: u64,
+    },
+    /// Every answer of `layer` agreed: the later layers and the aggregator are skipped, and the
+    /// agreed answer follows as the aggregator's text.
+    EarlyExit { layer: usize },
+    /// The aggregator failed after its retries; the answer that follows is `model`'s proposal
+    /// (from `layer`) instead. `error` says how the aggregator failed.
+    Fallback {
+        layer: usize,
+        model: String,
+        error: String,
+    },
+    /// Every proposer of a layer has finished, failed or been cancelled.
     LayerDone {
         layer: usize,
         succeeded: usize,
         failed: usize,
+        /// Proposers cancelled by the quorum.
+        cancelled: usize,
         elapsed_ms: u64,
     },
     /// The aggregator's request is about to be sent.
@@ -80,6 +100,10 @@ pub enum RunEvent {
 pub enum CallStatus {
     Ok,
     Failed,
+    /// Cancelled by the run's policy (a layer's quorum was in).
+    Cancelled,
+    /// Not called: a layer's answers agreed (early exit), so the aggregator was not needed.
+    Skipped,
 }
 
 /// One model call of a run.
@@ -117,6 +141,27 @@ pub struct CallTrace {
     pub latency_ms: u64,
 }
 
+impl CallTrace {
+    /// A call of `model` that has not produced anything (yet): fill in what happened.
+    pub fn new(model: String) -> Self {
+        Self {
+            model,
+            status: CallStatus::Ok,
+            answer: None,
+            error: None,
+            failure: None,
+            tool_calls: Vec::new(),
+            finish_reason: None,
+            logprobs: None,
+            usage: None,
+            usage_estimated: false,
+            started_ms: 0,
+            first_token_ms: None,
+            latency_ms: 0,
+        }
+    }
+}
+
 /// One proposer layer of a run.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LayerTrace {
@@ -142,6 +187,13 @@ pub struct Trace {
     /// check after a repair, when the format is not strict.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// What the run's policy gave up to finish sooner or at all: cancelled proposers, an
+    /// aggregator replaced by a proposal. Empty when the run did everything its plan says.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub degraded: Vec<Degraded>,
+    /// The proposer layer whose answers agreed, when the run exited early.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub early_exit: Option<usize>,
     /// The final answer, as streamed.
     pub answer: String,
     /// Token counts per `provider:model`, summed over every call the model made.
@@ -153,6 +205,30 @@ pub struct Trace {
     /// US dollars for the whole run; `None` if a model that reported usage has no price.
     pub cost: Option<f64>,
     pub elapsed_ms: u64,
+}
+
+/// One thing a run's policy gave up (see [`Trace::degraded`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Degraded {
+    /// The proposer layer, or `None` for the aggregator.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
+    /// `provider:model` of the call given up.
+    pub model: String,
+    pub kind: DegradedKind,
+    /// What happened, in words (may quote an upstream's error: for the user, not for clients
+    /// of a server).
+    pub reason: String,
+}
+
+/// What was given up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DegradedKind {
+    /// A proposer still running when its layer's quorum was in (and the grace had passed).
+    Cancelled,
+    /// The aggregator failed; a proposal answered instead.
+    Fallback,
 }
 
 impl Trace {

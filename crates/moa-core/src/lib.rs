@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod format;
 pub mod message;
+pub mod policy;
 pub mod preset;
 pub mod price;
 pub mod prompt;
@@ -24,9 +25,10 @@ pub use engine::{
     BoundAgent, CallOverrides, Moa, Plan, RunOptions, RunRequest, RunStream, EMPTY_ANSWER,
 };
 pub use error::{MoaError, ProposalFailure};
-pub use event::{CallStatus, CallTrace, LayerTrace, RunEvent, Trace};
+pub use event::{CallStatus, CallTrace, Degraded, DegradedKind, LayerTrace, RunEvent, Trace};
 pub use format::ResponseFormat;
 pub use message::{Message, Part, Role, ToolCall};
+pub use policy::RunPolicy;
 pub use preset::{AgentSpec, ModelRef, Preset, PresetChanges, PresetError};
 pub use price::{Price, PriceTable, PRICES_AS_OF};
 pub use prompt::{inject_references, text_view, PromptStyle, Reference, AGGREGATOR_SYSTEM_PROMPT};

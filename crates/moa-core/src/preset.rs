@@ -5,6 +5,7 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::policy::RunPolicy;
 use crate::prompt::PromptStyle;
 
 /// A model named as `provider:model`, e.g. `together:Qwen/Qwen2.5-72B-Instruct-Turbo`.
@@ -92,6 +93,9 @@ pub struct Preset {
     pub layers: Vec<Vec<AgentSpec>>,
     pub aggregator: AgentSpec,
     pub prompt_style: PromptStyle,
+    /// Quorum, grace, early exit, fallback; the reference's behaviour by default.
+    #[serde(skip_serializing_if = "RunPolicy::is_reference")]
+    pub policy: RunPolicy,
 }
 
 /// A preset or model name that cannot be used.
@@ -105,6 +109,10 @@ pub enum PresetError {
     NoLayers,
     #[error("give at least one proposer (provider:model)")]
     NoProposers,
+    #[error(
+        "the quorum must be at least 1: a layer completes once that many proposers have answered"
+    )]
+    ZeroQuorum,
 }
 
 impl Preset {
@@ -141,6 +149,9 @@ impl Preset {
         }
         for agent in self.agents() {
             agent.model_ref()?;
+        }
+        if self.policy.quorum == Some(0) {
+            return Err(PresetError::ZeroQuorum);
         }
         Ok(())
     }
@@ -189,6 +200,11 @@ pub struct PresetChanges {
     pub aggregator_temperature: Option<f64>,
     pub aggregator_max_tokens: Option<u32>,
     pub prompt_style: Option<crate::prompt::PromptStyle>,
+    /// The run policy's settings (see [`RunPolicy`]).
+    pub quorum: Option<usize>,
+    pub grace: Option<std::time::Duration>,
+    pub early_exit: Option<bool>,
+    pub fallback: Option<bool>,
 }
 
 impl PresetChanges {
@@ -243,6 +259,18 @@ impl PresetChanges {
         if let Some(style) = self.prompt_style {
             preset.prompt_style = style;
         }
+        if let Some(q) = self.quorum {
+            preset.policy.quorum = Some(q);
+        }
+        if let Some(g) = self.grace {
+            preset.policy.grace = g;
+        }
+        if let Some(e) = self.early_exit {
+            preset.policy.early_exit = e;
+        }
+        if let Some(f) = self.fallback {
+            preset.policy.fallback = f;
+        }
         preset.validate()?;
         Ok(preset)
     }
@@ -294,6 +322,7 @@ fn bedrock_haiku() -> Preset {
         layers: vec![proposers],
         aggregator,
         prompt_style: PromptStyle::Reference,
+        policy: Default::default(),
     }
 }
 
@@ -320,6 +349,7 @@ fn local_preset() -> Preset {
         layers: vec![vec![proposer(0.4, 1), proposer(0.6, 2), proposer(0.8, 3)]],
         aggregator,
         prompt_style: PromptStyle::Reference,
+        policy: Default::default(),
     }
 }
 
@@ -363,6 +393,7 @@ pub fn builtin_presets() -> Vec<Preset> {
             // moa.py streams the aggregator with no temperature or max_tokens (server defaults).
             aggregator: AgentSpec::new("together:Qwen/Qwen2.5-72B-Instruct-Turbo"),
             prompt_style: PromptStyle::Reference,
+            policy: Default::default(),
         },
         Preset {
             name: "together-3layer".into(),
@@ -370,6 +401,7 @@ pub fn builtin_presets() -> Vec<Preset> {
             layers: vec![three_layer_proposers.clone(), three_layer_proposers],
             aggregator: AgentSpec::new("together:deepseek-ai/DeepSeek-V3"),
             prompt_style: PromptStyle::Reference,
+            policy: Default::default(),
         },
         Preset {
             name: "moa-lite".into(),
@@ -379,6 +411,7 @@ pub fn builtin_presets() -> Vec<Preset> {
                 .with_temperature(0.7)
                 .with_max_tokens(2048),
             prompt_style: PromptStyle::Reference,
+            policy: Default::default(),
         },
         Preset {
             name: "moa".into(),
@@ -388,6 +421,7 @@ pub fn builtin_presets() -> Vec<Preset> {
                 .with_temperature(0.7)
                 .with_max_tokens(2048),
             prompt_style: PromptStyle::Reference,
+            policy: Default::default(),
         },
     ]
 }

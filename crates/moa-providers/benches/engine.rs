@@ -60,6 +60,7 @@ fn preset(provider: &str) -> Preset {
             .collect()],
         aggregator: AgentSpec::new(format!("{provider}:aggregator")),
         prompt_style: PromptStyle::Reference,
+        policy: Default::default(),
     }
 }
 

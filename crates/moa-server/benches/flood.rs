@@ -65,6 +65,7 @@ fn main() {
             layers: vec![vec![AgentSpec::new("up:p1"), AgentSpec::new("up:p2")]],
             aggregator: AgentSpec::new("up:agg"),
             prompt_style: PromptStyle::Reference,
+            policy: Default::default(),
         };
         let moa = Moa::new(
             registry.bind(&preset).unwrap_or_else(|e| panic!("{e}")),

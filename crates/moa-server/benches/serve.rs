@@ -64,6 +64,7 @@ fn main() {
             layers: vec![(0..4).map(|i| AgentSpec::new(format!("up:p{i}"))).collect()],
             aggregator: AgentSpec::new("up:agg"),
             prompt_style: PromptStyle::Reference,
+            policy: Default::default(),
         };
         let moa = Moa::new(
             registry.bind(&preset).unwrap_or_else(|e| panic!("{e}")),

@@ -212,9 +212,15 @@ fn model_json(id: &str, moa: &Moa) -> serde_json::Value {
         .iter()
         .map(|layer| layer.iter().map(|a| a.spec.model.as_str()).collect())
         .collect();
-    json!({"id": id, "object": "model", "created": 0, "owned_by": "moa",
-           "moa": {"layers": layers, "aggregator": plan.aggregator.spec.model,
-                   "prompt_style": plan.prompt_style.name()}})
+    let mut described = json!({"layers": layers, "aggregator": plan.aggregator.spec.model,
+                               "prompt_style": plan.prompt_style.name()});
+    // The run policy's settings, when they are not the reference's.
+    if let Ok(serde_json::Value::Object(policy)) = serde_json::to_value(&plan.policy) {
+        for (key, value) in policy {
+            described[key] = value;
+        }
+    }
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "moa", "moa": described})
 }
 
 /// `GET /v1/models/{id}`: one preset, or 404.
@@ -333,11 +339,8 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Result<Re
         })?
         .map_err(|e| ApiError::from_run(&e))?;
     drop(permit);
-    let mut body = wire::completion(&env, &trace, include_proposals);
-    if let Some(plan) = plan_json {
-        body["moa"]["plan"] = plan;
-    }
-    Ok(Json(body).into_response())
+    let moa = wire::moa_block(&trace, include_proposals, plan_json.as_ref());
+    Ok(Json(wire::completion(&env, &trace, moa)).into_response())
 }
 
 /// Streams the run as chat.completion.chunk events. Dropping the body (the client went away)
@@ -407,25 +410,11 @@ fn stream(
                         }
                         Some(Ok(RunEvent::Done(trace))) => {
                             let mut frames = wire::finish(&env, &trace);
-                            if include_proposals
-                                || plan_json.is_some()
-                                || !trace.warnings.is_empty()
+                            if let Some(moa) =
+                                wire::moa_block(&trace, include_proposals, plan_json.as_ref())
                             {
-                                let mut moa = match include_proposals {
-                                    true => wire::proposals(&trace),
-                                    false => json!({}),
-                                };
-                                if let Some(plan) = &plan_json {
-                                    moa["plan"] = plan.clone();
-                                }
-                                if !trace.warnings.is_empty() {
-                                    moa["warnings"] = json!(trace.warnings);
-                                }
-                                frames.extend_from_slice(&wire::chunk(
-                                    &env,
-                                    json!([]),
-                                    Some(("moa", moa)),
-                                ));
+                                let frame = wire::chunk(&env, json!([]), Some(("moa", moa)));
+                                frames.extend_from_slice(&frame);
                             }
                             if include_usage {
                                 frames.extend_from_slice(&wire::usage_chunk(&env, &trace.usage));

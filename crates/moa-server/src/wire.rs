@@ -217,6 +217,10 @@ impl ChatRequest {
                             proposer_temperature: extension.proposer_temperature,
                             proposer_max_tokens: extension.proposer_max_tokens,
                             prompt_style,
+                            quorum: extension.quorum,
+                            grace: extension.grace_ms.map(std::time::Duration::from_millis),
+                            early_exit: extension.early_exit,
+                            fallback: extension.fallback,
                             ..PresetChanges::default()
                         };
                         if extension.stream_proposals {
@@ -311,6 +315,16 @@ pub struct Extension {
     pub timeout: Option<f64>,
     #[serde(default)]
     pub prompt_style: Option<String>,
+    /// The run policy: a layer completes once this many proposers answered...
+    #[serde(default)]
+    pub quorum: Option<usize>,
+    /// ...and this many milliseconds have passed since.
+    #[serde(default)]
+    pub grace_ms: Option<u64>,
+    #[serde(default)]
+    pub early_exit: Option<bool>,
+    #[serde(default)]
+    pub fallback: Option<bool>,
 }
 
 /// A proposer's progress as an extra chunk: `choices` empty (as in the usage chunk, so clients
@@ -326,8 +340,13 @@ pub fn progress(env: &Envelope, event: &RunEvent) -> Option<bytes::Bytes> {
             ..
         } => json!({"event": "proposer_failed", "layer": layer, "index": index,
                     "model": model, "latency_ms": latency_ms}),
+        RunEvent::Fallback { layer, model, .. } => {
+            json!({"event": "fallback", "layer": layer, "model": model})
+        }
         RunEvent::LayerStarted { .. }
         | RunEvent::ProposerStarted { .. }
+        | RunEvent::ProposerCancelled { .. }
+        | RunEvent::EarlyExit { .. }
         | RunEvent::ProposerDelta { .. }
         | RunEvent::ProposerDone { .. }
         | RunEvent::LayerDone { .. }
@@ -496,8 +515,8 @@ pub fn finish_reason(call: &CallTrace) -> String {
     call.finish_reason.clone().unwrap_or_else(|| "stop".into())
 }
 
-/// A whole `chat.completion`.
-pub fn completion(env: &Envelope, trace: &Trace, with_proposals: bool) -> Value {
+/// A whole `chat.completion`; `moa` is its extension block, if any ([`moa_block`]).
+pub fn completion(env: &Envelope, trace: &Trace, moa: Option<Value>) -> Value {
     let mut body = json!({
         "id": env.id,
         "object": "chat.completion",
@@ -514,13 +533,39 @@ pub fn completion(env: &Envelope, trace: &Trace, with_proposals: bool) -> Value 
             .collect::<Vec<_>>(),
         "usage": usage_json(&trace.usage),
     });
-    if with_proposals {
-        body["moa"] = proposals(trace);
-    }
-    if !trace.warnings.is_empty() {
-        body["moa"]["warnings"] = json!(trace.warnings);
+    if let Some(moa) = moa {
+        body["moa"] = moa;
     }
     body
+}
+
+/// The response's `moa` block: every proposal when asked for, the plan that ran when the
+/// request changed it or asked, and always what the client should know about the answer
+/// (format warnings, what the run's policy gave up, an early exit). `None` when empty. What
+/// was given up names the model and the kind only: what an upstream wrote never reaches
+/// clients.
+pub fn moa_block(trace: &Trace, with_proposals: bool, plan: Option<&Value>) -> Option<Value> {
+    let mut moa = match with_proposals {
+        true => proposals(trace),
+        false => json!({}),
+    };
+    if let Some(plan) = plan {
+        moa["plan"] = plan.clone();
+    }
+    if !trace.warnings.is_empty() {
+        moa["warnings"] = json!(trace.warnings);
+    }
+    if !trace.degraded.is_empty() {
+        moa["degraded"] = trace
+            .degraded
+            .iter()
+            .map(|d| json!({"layer": d.layer, "model": d.model, "kind": d.kind}))
+            .collect();
+    }
+    if let Some(layer) = trace.early_exit {
+        moa["early_exit"] = json!({"layer": layer});
+    }
+    (moa != json!({})).then_some(moa)
 }
 
 /// A choice's `logprobs` as OpenAI writes them: per token, its text, log probability, UTF-8

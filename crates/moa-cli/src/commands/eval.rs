@@ -102,13 +102,14 @@ async fn generate(config_path: Option<&Path>, args: EvalGenerateArgs) -> anyhow:
     let config = Config::load(config_path)?;
     let flags = Flags {
         timeout: args.timeout,
+        policy: args.policy.flags(),
         ..Flags::default()
     };
     let settings = Settings::resolve(&config, &flags)?;
     let preset = match (&args.preset, &args.model) {
         (_, Some(model)) => super::single_model(model)?,
-        (Some(name), None) => config::apply_flags(config.preset(name)?, &Flags::default())?,
-        (None, None) => config::apply_flags(config.preset(&settings.preset)?, &Flags::default())?,
+        (Some(name), None) => config::apply_flags(config.preset(name)?, &flags)?,
+        (None, None) => config::apply_flags(config.preset(&settings.preset)?, &flags)?,
     };
     let registry = config.registry()?;
     crate::local::register(&registry);

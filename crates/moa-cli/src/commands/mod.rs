@@ -67,5 +67,6 @@ pub fn single_model(model: &str) -> anyhow::Result<Preset> {
         layers: Vec::new(),
         aggregator: AgentSpec::new(model),
         prompt_style: PromptStyle::Reference,
+        policy: Default::default(),
     })
 }

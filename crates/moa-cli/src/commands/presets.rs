@@ -63,6 +63,23 @@ pub fn describe(preset: &Preset, origin: Origin) -> String {
         preset.aggregator.model,
         settings(&preset.aggregator)
     );
+    if !preset.policy.is_reference() {
+        let p = &preset.policy;
+        let mut parts = Vec::new();
+        if let Some(q) = p.quorum {
+            parts.push(format!("quorum {q}"));
+        }
+        if !p.grace.is_zero() {
+            parts.push(format!("grace {} ms", p.grace.as_millis()));
+        }
+        if p.early_exit {
+            parts.push("early exit".into());
+        }
+        if p.fallback {
+            parts.push("fallback".into());
+        }
+        let _ = writeln!(out, "  {:<11} {}", "policy:", parts.join(", "));
+    }
     out
 }
 

@@ -17,6 +17,11 @@ pub struct ConfigFile {
     pub min_proposals: Option<usize>,
     /// Stream proposers (default) or ask for whole answers.
     pub stream_proposers: Option<bool>,
+    /// The run policy of every preset that sets none of its own.
+    pub quorum: Option<usize>,
+    pub grace_ms: Option<u64>,
+    pub early_exit: Option<bool>,
+    pub fallback: Option<bool>,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderEntry>,
     #[serde(default)]
@@ -77,6 +82,12 @@ pub struct PresetEntry {
     pub temperature: Option<f64>,
     pub max_tokens: Option<u32>,
     pub prompt_style: Option<String>,
+    /// The run policy: a layer completes once `quorum` proposers answered and `grace_ms` passed;
+    /// `early_exit` when a layer agrees; `fallback` to a proposal when the aggregator fails.
+    pub quorum: Option<usize>,
+    pub grace_ms: Option<u64>,
+    pub early_exit: Option<bool>,
+    pub fallback: Option<bool>,
 }
 
 /// `[[presets.NAME.layer]]`.

@@ -18,7 +18,7 @@ use moa_providers::{Dialect, Endpoint, Registry};
 
 use crate::env;
 pub use file::ConfigFile;
-pub use settings::{apply_flags, Flags, Settings};
+pub use settings::{apply_flags, Flags, PolicyFlags, Settings};
 
 /// A config file that cannot be used, naming the file and, where there is one, the key.
 #[derive(Debug, thiserror::Error)]
@@ -255,14 +255,23 @@ impl Config {
     }
 
     /// Every preset: built-in ones, then the config's (which replace built-ins of the same name).
+    /// The file's top-level policy keys (`quorum`, ...) apply to every preset, under each
+    /// preset's own.
     pub fn presets(&self) -> Result<Vec<(Preset, Origin)>, ConfigError> {
-        let mut presets: Vec<(Preset, Origin)> = moa_core::preset::builtin_presets()
-            .into_iter()
-            .map(|p| (p, Origin::BuiltIn))
-            .collect();
-        for (name, entry) in &self.file.presets {
-            let preset =
-                preset::convert(name, entry).map_err(|(key, msg)| self.invalid(key, msg))?;
+        let f = &self.file;
+        let with_file_policy = |lower| {
+            preset::policy("", f.quorum, f.grace_ms, f.early_exit, f.fallback, lower)
+                .map_err(|(key, msg)| self.invalid(key, msg))
+        };
+        let mut presets = Vec::new();
+        for mut preset in moa_core::preset::builtin_presets() {
+            preset.policy = with_file_policy(preset.policy)?;
+            presets.push((preset, Origin::BuiltIn));
+        }
+        let file_policy = with_file_policy(moa_core::RunPolicy::default())?;
+        for (name, entry) in &f.presets {
+            let preset = preset::convert(name, entry, file_policy.clone())
+                .map_err(|(key, msg)| self.invalid(key, msg))?;
             match presets.iter_mut().find(|(p, _)| p.name == *name) {
                 Some(slot) => *slot = (preset, Origin::Config),
                 None => presets.push((preset, Origin::Config)),
@@ -297,6 +306,7 @@ pub enum Origin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, PathBuf::from("/tmp/moa.toml"))
@@ -323,6 +333,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `base`"), "{err}");
+    }
+
+    #[test]
+    fn the_run_policy_comes_from_the_top_level_under_each_presets_own() {
+        let config = parse(
+            "quorum = 3\ngrace_ms = 1500\n[presets.mine]\nproposers = [\"a:b\"]\n\
+             aggregator = \"a:c\"\nquorum = 2\nearly_exit = true\n",
+        )
+        .unwrap();
+        let mine = config.preset("mine").unwrap().policy;
+        assert_eq!(mine.quorum, Some(2));
+        assert_eq!(mine.grace, Duration::from_millis(1500));
+        assert!(mine.early_exit && !mine.fallback);
+        let together = config.preset("together").unwrap().policy;
+        assert_eq!((together.quorum, together.early_exit), (Some(3), false));
+        let plain = parse("").unwrap().preset("together").unwrap().policy;
+        assert!(plain.is_reference());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! A `[presets.NAME]` table turned into a core preset, with errors that name the key.
 
-use moa_core::{AgentSpec, ModelRef, Preset, PromptStyle};
+use moa_core::{AgentSpec, ModelRef, Preset, PromptStyle, RunPolicy};
 
 use super::file::{AgentEntry, PresetEntry};
 
@@ -31,7 +31,12 @@ fn agent(entry: &AgentEntry, key: String, preset: &PresetEntry) -> Result<AgentS
 }
 
 /// Converts `[presets.NAME]`.
-pub fn convert(name: &str, entry: &PresetEntry) -> Result<Preset, KeyError> {
+/// `policy_below` is the run policy the preset's own policy keys are written over.
+pub fn convert(
+    name: &str,
+    entry: &PresetEntry,
+    policy_below: RunPolicy,
+) -> Result<Preset, KeyError> {
     let key = format!("presets.{name}");
     let layers = match (&entry.proposers, &entry.layer) {
         (Some(_), Some(_)) => {
@@ -96,5 +101,41 @@ pub fn convert(name: &str, entry: &PresetEntry) -> Result<Preset, KeyError> {
         layers,
         aggregator: agent(&entry.aggregator, format!("{key}.aggregator"), entry)?,
         prompt_style,
+        policy: policy(
+            &key,
+            entry.quorum,
+            entry.grace_ms,
+            entry.early_exit,
+            entry.fallback,
+            policy_below,
+        )?,
+    })
+}
+
+/// A run policy from its keys under `key`, over `lower` (what the keys leave unset keeps its
+/// value there).
+pub fn policy(
+    key: &str,
+    quorum: Option<usize>,
+    grace_ms: Option<u64>,
+    early_exit: Option<bool>,
+    fallback: Option<bool>,
+    lower: RunPolicy,
+) -> Result<RunPolicy, KeyError> {
+    if quorum == Some(0) {
+        let key = match key {
+            "" => "quorum".to_string(),
+            key => format!("{key}.quorum"),
+        };
+        return Err((
+            key,
+            "must be at least 1 (a layer completes once that many proposers answered)".into(),
+        ));
+    }
+    Ok(RunPolicy {
+        quorum: quorum.or(lower.quorum),
+        grace: grace_ms.map_or(lower.grace, std::time::Duration::from_millis),
+        early_exit: early_exit.unwrap_or(lower.early_exit),
+        fallback: fallback.unwrap_or(lower.fallback),
     })
 }

@@ -479,3 +479,51 @@ async fn ask_offers_tools_and_prints_the_calls_the_aggregator_makes() {
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("tools.json: `tools`"), "{}", out.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quorum_flags_cancel_a_stalled_proposer_and_the_config_sets_the_policy() {
+    let fake = FakeOpenAi::start().await;
+    script(&fake, "done by quorum");
+    fake.push(
+        "microsoft/WizardLM-2-8x22B",
+        Reply::stall_after("still thinking"),
+    );
+    let sandbox = Sandbox::new(&fake, "");
+    let out = moa(
+        sandbox.path(),
+        &["ask", "--quorum", "3", "--json", "Q"],
+        &[KEY],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let trace: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(trace["layers"][0]["calls"][3]["status"], "cancelled");
+    assert_eq!(
+        trace["degraded"][0]["model"],
+        "together:microsoft/WizardLM-2-8x22B"
+    );
+    assert_eq!(trace["answer"], "done by quorum");
+
+    // The same from the config file's top level.
+    let fake = FakeOpenAi::start().await;
+    script(&fake, "done by quorum");
+    fake.push(
+        "microsoft/WizardLM-2-8x22B",
+        Reply::stall_after("still thinking"),
+    );
+    let sandbox = Sandbox::new(&fake, "quorum = 3\n");
+    let out = moa(sandbox.path(), &["ask", "--json", "Q"], &[KEY], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let trace: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(trace["layers"][0]["calls"][3]["status"], "cancelled");
+
+    let sandbox = Sandbox::new(
+        &fake,
+        "[presets.x]\naggregator = \"together:m\"\nquorum = 0\n",
+    );
+    let out = moa(sandbox.path(), &["ask", "Q"], &[KEY], None).await;
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("presets.x.quorum"), "{}", out.stderr);
+    assert!(out.stderr.contains("must be at least 1"), "{}", out.stderr);
+}

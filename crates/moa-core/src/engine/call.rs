@@ -98,19 +98,10 @@ pub(super) async fn call(
     };
     let latency_ms = millis(started.elapsed());
     let mut trace = CallTrace {
-        model: agent.spec.model.clone(),
-        status: CallStatus::Ok,
-        answer: None,
-        error: None,
-        failure: None,
-        tool_calls: Vec::new(),
-        finish_reason: None,
-        logprobs: None,
-        usage: None,
-        usage_estimated: false,
         started_ms: ctx.since_start(started),
         first_token_ms: first_token.map(|t| millis(t.duration_since(started))),
         latency_ms,
+        ..CallTrace::new(agent.spec.model.clone())
     };
     match result {
         Ok(completion) => {

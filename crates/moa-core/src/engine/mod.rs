@@ -88,6 +88,7 @@ pub struct Plan {
     pub layers: Vec<Vec<BoundAgent>>,
     pub aggregator: BoundAgent,
     pub prompt_style: PromptStyle,
+    pub policy: crate::policy::RunPolicy,
 }
 
 impl Plan {
@@ -123,6 +124,7 @@ impl Plan {
             aggregator: bind(&preset.aggregator)?,
             layers,
             prompt_style: preset.prompt_style,
+            policy: preset.policy.clone(),
         })
     }
 }
@@ -140,6 +142,7 @@ impl Plan {
                 .collect(),
             aggregator: self.aggregator.spec.clone(),
             prompt_style: self.prompt_style,
+            policy: self.policy.clone(),
         }
     }
 

@@ -8,14 +8,16 @@ use std::task::{Context, Poll};
 use tokio::time::Instant;
 
 use futures::future::{join_all, BoxFuture};
-use futures::{FutureExt, Stream};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::call::{call, millis, CallContext, Slot};
 use super::{Plan, RunOptions, RunRequest};
 use crate::error::{MoaError, ProposalFailure};
-use crate::event::{CallStatus, LayerTrace, RunEvent, Trace};
+use crate::event::{CallStatus, CallTrace, Degraded, DegradedKind, LayerTrace, RunEvent, Trace};
 use crate::message::Message;
+use crate::policy::RunPolicy;
 use crate::prompt::{structured_view, text_view, tools_text, Reference};
 
 /// Why a proposer whose answer was empty (or only white space) is left out of the references.
@@ -77,6 +79,80 @@ impl Stream for RunStream {
     }
 }
 
+/// The traces of one layer's calls, in preset order. Without a quorum, every call finishes.
+/// With one, the layer completes once `quorum` calls have answered and the policy's grace has
+/// passed since the last of them (or when all have finished): the calls still running are
+/// dropped, which closes their connections, and traced as cancelled.
+async fn gather(
+    ctx: &CallContext,
+    policy: &RunPolicy,
+    layer: usize,
+    agents: &[super::BoundAgent],
+    calls: impl Iterator<Item = impl Future<Output = CallTrace>>,
+    layer_started: Instant,
+) -> Vec<CallTrace> {
+    let Some(quorum) = policy.quorum_of(agents.len()) else {
+        return join_all(calls).await;
+    };
+    let mut pending: FuturesUnordered<_> = calls
+        .enumerate()
+        .map(|(index, call)| call.map(move |trace| (index, trace)))
+        .collect();
+    let mut done: Vec<Option<CallTrace>> = vec![None; agents.len()];
+    let mut answered = 0;
+    let mut until: Option<Instant> = None;
+    loop {
+        let next = match until {
+            Some(end) => tokio::select! {
+                next = pending.next() => next,
+                () = tokio::time::sleep_until(end) => break,
+            },
+            None => pending.next().await,
+        };
+        let Some((index, trace)) = next else { break };
+        answered += usize::from(trace.answer.is_some());
+        done[index] = Some(trace);
+        if answered >= quorum && until.is_none() {
+            if policy.grace.is_zero() {
+                break;
+            }
+            until = Some(Instant::now() + policy.grace);
+        }
+    }
+    // Dropping the calls still running cancels them.
+    drop(pending);
+    let reason = match policy.grace.is_zero() {
+        true => format!("cancelled: the layer's quorum of {quorum} answers was in"),
+        false => format!(
+            "cancelled: the layer's quorum of {quorum} answers was in and its grace of {} ms \
+             had passed",
+            policy.grace.as_millis()
+        ),
+    };
+    done.into_iter()
+        .zip(agents)
+        .enumerate()
+        .map(|(index, (trace, agent))| {
+            trace.unwrap_or_else(|| {
+                let latency_ms = millis(layer_started.elapsed());
+                ctx.emit(RunEvent::ProposerCancelled {
+                    layer,
+                    index,
+                    model: agent.spec.model.clone(),
+                    latency_ms,
+                });
+                CallTrace {
+                    status: CallStatus::Cancelled,
+                    error: Some(reason.clone()),
+                    started_ms: ctx.since_start(layer_started),
+                    latency_ms,
+                    ..CallTrace::new(agent.spec.model.clone())
+                }
+            })
+        })
+        .collect()
+}
+
 async fn drive(
     plan: Arc<Plan>,
     options: RunOptions,
@@ -111,6 +187,7 @@ async fn drive(
         false => &plan.layers[..],
     };
     let mut references: Vec<Reference> = request.references.clone().unwrap_or_default();
+    let mut degraded: Vec<Degraded> = Vec::new();
     let proposer_overrides = &request.proposers;
     let mut layers = Vec::with_capacity(plan.layers.len());
     for (i, agents) in proposer_layers.iter().enumerate() {
@@ -166,7 +243,7 @@ async fn drive(
                 trace
             }
         });
-        let traces = join_all(calls).await;
+        let traces = gather(&ctx, &plan.policy, layer, agents, calls, layer_started).await;
         let next: Vec<Reference> = traces
             .iter()
             .filter_map(|t| {
@@ -176,13 +253,23 @@ async fn drive(
                 })
             })
             .collect();
-        let failed = traces.len() - next.len();
+        let cancelled: Vec<&CallTrace> = traces
+            .iter()
+            .filter(|t| t.status == CallStatus::Cancelled)
+            .collect();
         ctx.emit(RunEvent::LayerDone {
             layer,
             succeeded: next.len(),
-            failed,
+            failed: traces.len() - next.len() - cancelled.len(),
+            cancelled: cancelled.len(),
             elapsed_ms: millis(layer_started.elapsed()),
         });
+        degraded.extend(cancelled.into_iter().map(|t| Degraded {
+            layer: Some(layer),
+            model: t.model.clone(),
+            kind: DegradedKind::Cancelled,
+            reason: t.error.clone().unwrap_or_default(),
+        }));
         let needed = options.min_proposals.min(traces.len());
         if next.len() < needed {
             return Err(MoaError::TooFewProposals {
@@ -207,6 +294,31 @@ async fn drive(
             calls: traces,
             elapsed_ms: millis(layer_started.elapsed()),
         });
+        // Early exit: the layer agrees, so no later layer or aggregator could add to it. Not
+        // with tools (only the aggregator may call them), nor for an answer of the wrong format.
+        if plan.policy.early_exit && tools.is_none() {
+            let answers: Vec<&str> = references.iter().map(|r| r.text.as_str()).collect();
+            if let Some(answer) = crate::policy::agreed(&answers)
+                .filter(|a| format.is_none_or(|f| f.check(a).is_ok()))
+            {
+                ctx.emit(RunEvent::EarlyExit { layer });
+                let skipped = CallTrace {
+                    status: CallStatus::Skipped,
+                    answer: Some(answer.to_string()),
+                    finish_reason: Some("stop".into()),
+                    started_ms: millis(ctx.started.elapsed()),
+                    ..CallTrace::new(plan.aggregator.spec.model.clone())
+                };
+                let outcomes = vec![skipped; request.n.max(1)];
+                for (choice, _) in outcomes.iter().enumerate() {
+                    let text = answer.to_string();
+                    ctx.emit(RunEvent::AggregatorDelta { choice, text });
+                }
+                let mut trace = finish(&plan, &options, &ctx, layers, outcomes, degraded);
+                trace.early_exit = Some(layer);
+                return Ok(trace);
+            }
+        }
     }
 
     let aggregator = &plan.aggregator;
@@ -246,7 +358,42 @@ async fn drive(
             })
     };
     if let Some(error) = failed(&outcomes) {
-        return Err(error);
+        // The fallback answers only for an aggregator that sent nothing before failing: what it
+        // had streamed has reached the client, and a proposal after it would read as one answer.
+        let fallback = references.first().filter(|_| {
+            plan.policy.fallback && outcomes.iter().all(|o| o.first_token_ms.is_none())
+        });
+        let Some(fallback) = fallback else {
+            return Err(error);
+        };
+        let layer = layers.last().map_or(0, |l| l.layer);
+        ctx.emit(RunEvent::Fallback {
+            layer,
+            model: fallback.model.clone(),
+            error: error.to_string(),
+        });
+        for (choice, outcome) in outcomes.iter_mut().enumerate() {
+            if outcome.failure.is_none() {
+                continue;
+            }
+            degraded.push(Degraded {
+                layer: None,
+                model: outcome.model.clone(),
+                kind: DegradedKind::Fallback,
+                reason: format!(
+                    "the aggregator failed ({}); answered with the proposal of {} from layer \
+                     {layer}",
+                    outcome.error.clone().unwrap_or_default(),
+                    fallback.model
+                ),
+            });
+            outcome.answer = Some(fallback.text.clone());
+            outcome.finish_reason = Some("stop".into());
+            if !quiet {
+                let text = fallback.text.clone();
+                ctx.emit(RunEvent::AggregatorDelta { choice, text });
+            }
+        }
     }
     let mut repairs = Vec::new();
     let mut warnings = Vec::new();
@@ -311,19 +458,38 @@ async fn drive(
             }
         }
     }
+    let mut trace = finish(&plan, &options, &ctx, layers, outcomes, degraded);
+    trace.warnings = warnings;
+    if !repairs.is_empty() {
+        trace.repairs = repairs;
+        trace.tally(&options.prices);
+    }
+    Ok(trace)
+}
+
+/// The trace of a run whose aggregator (or early exit) gave `outcomes`, one per choice.
+fn finish(
+    plan: &Plan,
+    options: &RunOptions,
+    ctx: &CallContext,
+    layers: Vec<LayerTrace>,
+    outcomes: Vec<CallTrace>,
+    degraded: Vec<Degraded>,
+) -> Trace {
     let mut outcomes = outcomes.into_iter();
     let outcome = outcomes
         .next()
         .unwrap_or_else(|| unreachable!("n is at least one"));
-    let other_choices: Vec<_> = outcomes.collect();
     let mut trace = Trace {
         preset: plan.preset.clone(),
         layers,
         answer: outcome.answer.clone().unwrap_or_default(),
         aggregator: outcome,
-        other_choices,
-        repairs,
-        warnings,
+        other_choices: outcomes.collect(),
+        repairs: Vec::new(),
+        warnings: Vec::new(),
+        degraded,
+        early_exit: None,
         usage_by_model: Default::default(),
         usage: Default::default(),
         cost_by_model: Default::default(),
@@ -331,5 +497,5 @@ async fn drive(
         elapsed_ms: millis(ctx.started.elapsed()),
     };
     trace.tally(&options.prices);
-    Ok(trace)
+    trace
 }

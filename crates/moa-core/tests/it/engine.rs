@@ -8,7 +8,7 @@ use moa_core::{
 };
 use moa_testkit::{Ending, Reply, ScriptedProvider};
 
-fn preset(layers: Vec<Vec<&str>>, aggregator: &str) -> Preset {
+pub(crate) fn preset(layers: Vec<Vec<&str>>, aggregator: &str) -> Preset {
     Preset {
         name: "test".into(),
         description: String::new(),
@@ -18,16 +18,20 @@ fn preset(layers: Vec<Vec<&str>>, aggregator: &str) -> Preset {
             .collect(),
         aggregator: AgentSpec::new(aggregator),
         prompt_style: PromptStyle::Reference,
+        policy: Default::default(),
     }
 }
 
-fn moa(provider: &ScriptedProvider, preset: &Preset, options: RunOptions) -> Moa {
+pub(crate) fn moa(provider: &ScriptedProvider, preset: &Preset, options: RunOptions) -> Moa {
     let provider: Arc<dyn Provider> = Arc::new(provider.clone());
     let plan = Plan::bind(preset, |_| Ok::<_, PresetError>(provider.clone())).unwrap();
     Moa::new(plan, options)
 }
 
-async fn collect(moa: &Moa, messages: Vec<Message>) -> (Vec<RunEvent>, Result<Trace, MoaError>) {
+pub(crate) async fn collect(
+    moa: &Moa,
+    messages: Vec<Message>,
+) -> (Vec<RunEvent>, Result<Trace, MoaError>) {
     let mut events = Vec::new();
     let mut stream = moa.run(messages);
     while let Some(item) = stream.next().await {
@@ -189,6 +193,7 @@ async fn a_failed_proposer_is_left_out_and_reported() {
         layer: 1,
         succeeded: 2,
         failed: 1,
+        cancelled: 0,
         elapsed_ms: match events
             .iter()
             .find(|e| matches!(e, RunEvent::LayerDone { .. }))
@@ -351,6 +356,9 @@ async fn events_come_in_order_and_trace_matches_them() {
             RunEvent::AggregatorDelta { .. } => "agg-delta",
             RunEvent::AggregatorToolCall { .. } => "agg-tool",
             RunEvent::AggregatorLogprobs { .. } => "agg-logprobs",
+            RunEvent::ProposerCancelled { .. } => "cancelled",
+            RunEvent::EarlyExit { .. } => "early-exit",
+            RunEvent::Fallback { .. } => "fallback",
             RunEvent::Done(_) => "end",
         })
         .collect();

@@ -24,6 +24,7 @@ async fn start() -> String {
         layers: vec![vec![agent.clone(), agent.clone()]],
         aggregator: agent,
         prompt_style: PromptStyle::Reference,
+        policy: Default::default(),
     };
     let plan = Plan::bind(&preset, |_| Ok::<_, PresetError>(provider.clone())).unwrap();
     let engines = FixedEngines(BTreeMap::from([(

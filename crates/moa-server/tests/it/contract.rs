@@ -655,6 +655,85 @@ async fn a_request_may_change_the_preset_for_itself() {
 }
 
 #[tokio::test]
+async fn a_request_may_set_the_run_policy() {
+    let s = start(ServerConfig::default()).await;
+    // p2 would take a minute; with a quorum of 1 the run goes on without it.
+    s.fake.respond_with(|r| match r.model.as_str() {
+        "agg" => Reply::text("The final answer."),
+        "p2" => Reply::text("late").with_delay(std::time::Duration::from_secs(60)),
+        model => Reply::text(format!("{model} thinks so")),
+    });
+    let body = request(json!({"moa": {"quorum": 1, "grace_ms": 0}}));
+    let json: Value = s.post(&body).await.json().await.unwrap();
+    assert_eq!(
+        json["choices"][0]["message"]["content"],
+        "The final answer."
+    );
+    assert_eq!(
+        json["moa"]["degraded"],
+        json!([{"layer": 1, "model": "up:p2", "kind": "cancelled"}])
+    );
+    assert_eq!(json["moa"]["plan"]["quorum"], 1);
+    let p2 = s.fake.requests_for("p2").remove(0).seq;
+    assert_eq!(
+        s.fake.wait_ending(p2).await,
+        moa_testkit::Ending::ClientGone
+    );
+
+    // Early exit: both proposers agree, the aggregator is not called.
+    s.fake.respond_with(|r| match r.model.as_str() {
+        "agg" => Reply::text("never"),
+        _ => Reply::text("42"),
+    });
+    let body = request(json!({"moa": {"early_exit": true}, "stream": true}));
+    let text = s.post(&body).await.text().await.unwrap();
+    let content: String = super::events(&text)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| {
+            let chunk: Value = serde_json::from_str(e).unwrap();
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(content, "42");
+    assert!(text.contains(r#""early_exit":{"layer":1}"#), "{text}");
+    assert_eq!(
+        s.fake.requests_for("agg").len(),
+        1,
+        "only the first request's"
+    );
+
+    // Fallback: the aggregator fails, the first proposal answers; the client learns which
+    // model answered, not what the upstream said.
+    s.fake.respond_with(|r| match r.model.as_str() {
+        "agg" => Reply::status(
+            500,
+            r#"{"error":{"message":"internal detail http://10.0.0.5"}}"#,
+        ),
+        model => Reply::text(format!("{model} thinks so")),
+    });
+    let body = request(json!({"moa": {"fallback": true}}));
+    let response = s.post(&body).await;
+    assert_eq!(response.status(), 200);
+    let json: Value = response.json().await.unwrap();
+    assert_eq!(json["choices"][0]["message"]["content"], "p1 thinks so");
+    assert_eq!(
+        json["moa"]["degraded"],
+        json!([{"layer": null, "model": "up:agg", "kind": "fallback"}])
+    );
+    assert!(!json.to_string().contains("10.0.0.5"));
+
+    let (status, message) = status_and_message(&s, &request(json!({"moa": {"quorum": 0}}))).await;
+    assert_eq!(status, 400);
+    assert!(
+        message.contains("the quorum must be at least 1"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
 async fn an_operator_can_fix_the_presets() {
     let s = start(ServerConfig {
         fixed_presets: true,
@@ -758,6 +837,7 @@ async fn tool_loop_through(dialect: moa_providers::Dialect) -> Vec<Value> {
         ]],
         aggregator: moa_core::AgentSpec::new("vendor:claude-3-haiku"),
         prompt_style: moa_core::PromptStyle::Reference,
+        policy: Default::default(),
     };
     let moa = moa_core::Moa::new(
         registry.bind(&preset).unwrap(),

@@ -26,6 +26,7 @@ fn preset() -> Preset {
         layers: vec![vec![AgentSpec::new("up:p1"), AgentSpec::new("up:p2")]],
         aggregator: AgentSpec::new("up:agg"),
         prompt_style: PromptStyle::Reference,
+        policy: Default::default(),
     }
 }
 

@@ -195,7 +195,11 @@ fn targets(config: &Config, settings: &Settings, args: &BenchArgs) -> anyhow::Re
     crate::local::register(&registry);
     let mut out = Vec::new();
     for name in &args.presets {
-        let preset = config::apply_flags(config.preset(name)?, &Flags::default())?;
+        let flags = Flags {
+            policy: args.policy.flags(),
+            ..Flags::default()
+        };
+        let preset = config::apply_flags(config.preset(name)?, &flags)?;
         out.push(Target {
             name: preset.name.clone(),
             moa: engine(&registry, &preset, &settings.options)?,

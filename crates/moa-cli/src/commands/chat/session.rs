@@ -178,6 +178,7 @@ impl Session {
         Flags {
             temperature: self.flags.temperature,
             max_tokens: self.flags.max_tokens,
+            policy: self.flags.policy.clone(),
             ..Flags::default()
         }
     }

@@ -103,6 +103,17 @@ impl View for LiveView {
                 let short: String = error.chars().take(60).collect();
                 self.set(*index, format!("failed: {short}"))?;
             }
+            RunEvent::ProposerCancelled { index, .. } => {
+                self.set(*index, "cancelled: the quorum was in".into())?;
+            }
+            RunEvent::EarlyExit { layer } if !self.show_proposals => {
+                eprintln!("layer {layer} agreed: no aggregation needed\n");
+                self.answering = true;
+            }
+            RunEvent::EarlyExit { .. } => self.answering = true,
+            RunEvent::Fallback { model, .. } if !self.show_proposals => {
+                eprintln!("the aggregator failed: answering with {model}'s proposal\n");
+            }
             RunEvent::AggregatorStarted { model } => {
                 if !self.show_proposals {
                     eprintln!("aggregating with {model}\n");
