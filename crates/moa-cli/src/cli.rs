@@ -1,6 +1,7 @@
 //! The command line: every flag of every subcommand.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use moa_core::PromptStyle;
@@ -116,12 +117,13 @@ pub struct RunArgs {
     pub policy: PolicyArgs,
 }
 
-/// How a run trades completeness for latency (see the README's "Fast and cheap runs").
+/// How a run trades completeness for latency and spend (see the README's "Fast and cheap
+/// runs").
 #[derive(Clone, Debug, Default, Args)]
 pub struct PolicyArgs {
     /// A proposer layer completes once N proposers have answered (and --grace has passed);
     /// the rest are cancelled [default: all].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(usize))]
+    #[arg(long, value_name = "N")]
     pub quorum: Option<usize>,
     /// Seconds late proposers may still finish once the quorum is in [default: 0].
     #[arg(long, value_name = "SECS", value_parser = non_negative, requires = "quorum")]
@@ -133,15 +135,32 @@ pub struct PolicyArgs {
     /// When the aggregator fails, answer with the first proposal of the last layer instead.
     #[arg(long)]
     pub fallback: bool,
+    /// US dollars a run may cost at most: every call's max_tokens keeps it within.
+    #[arg(long, value_name = "USD", value_parser = non_negative)]
+    pub max_cost: Option<f64>,
+    /// Tokens, prompt and answer, a run's calls may use together.
+    #[arg(long, value_name = "N")]
+    pub max_tokens_total: Option<u64>,
+    /// Seconds a run may take: layers and aggregator share it evenly.
+    #[arg(long, value_name = "SECS", value_parser = positive)]
+    pub deadline: Option<f64>,
+    /// The most tokens a proposer may write (its answer is a reference).
+    #[arg(long, value_name = "N")]
+    pub reference_max_tokens: Option<u32>,
 }
 
 impl PolicyArgs {
-    pub fn flags(&self) -> crate::config::PolicyFlags {
-        crate::config::PolicyFlags {
+    pub fn flags(&self) -> moa_core::PolicyChanges {
+        let secs = |s: f64| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX);
+        moa_core::PolicyChanges {
             quorum: self.quorum,
-            grace: self.grace,
-            early_exit: self.early_exit,
-            fallback: self.fallback,
+            grace: self.grace.map(secs),
+            early_exit: self.early_exit.then_some(true),
+            fallback: self.fallback.then_some(true),
+            max_cost: self.max_cost,
+            max_tokens_total: self.max_tokens_total,
+            deadline: self.deadline.map(secs),
+            reference_max_tokens: self.reference_max_tokens,
         }
     }
 }
@@ -359,6 +378,13 @@ fn non_negative(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(n) if n.is_finite() && n >= 0.0 => Ok(n),
         _ => Err(format!("`{text}` is not a number that is 0 or more")),
+    }
+}
+
+fn positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
+        _ => Err(format!("`{text}` is not a number more than 0")),
     }
 }
 

@@ -50,6 +50,9 @@ pub fn code_for(error: &anyhow::Error) -> Option<u8> {
         MISSING_KEY
     } else if let Some(RegistryError::MissingApiKey { .. }) = error.downcast_ref() {
         MISSING_KEY
+    } else if let Some(MoaError::Budget { .. }) = error.downcast_ref() {
+        // Limits too small for the run: the user's to raise, nothing failed upstream.
+        USAGE
     } else if error.is::<MoaError>() || error.is::<TurnsFailed>() {
         RUN_FAILED
     } else {

@@ -30,6 +30,9 @@ pub enum MoaError {
     /// repair.
     #[error("aggregator {model}: {problem}")]
     Format { model: String, problem: String },
+    /// The run's limits (`max_cost`, `max_tokens_total`) cannot pay for it.
+    #[error("{message}")]
+    Budget { message: String },
     /// The aggregator's call failed.
     #[error("aggregator {model} failed: {source}")]
     Aggregator {
@@ -72,6 +75,7 @@ impl MoaError {
             }
             // moa's own check, about the answer's shape: nothing an upstream wrote.
             MoaError::Format { model, problem } => format!("aggregator {model}: {problem}"),
+            MoaError::Budget { message } => message.clone(),
         }
     }
 
@@ -82,7 +86,7 @@ impl MoaError {
             MoaError::TooFewProposals { failures, .. } => {
                 failures.iter().filter_map(|f| f.source.as_ref()).collect()
             }
-            MoaError::Format { .. } => Vec::new(),
+            MoaError::Format { .. } | MoaError::Budget { .. } => Vec::new(),
         }
     }
 
@@ -90,7 +94,9 @@ impl MoaError {
     pub fn provider_error(&self) -> Option<&ProviderError> {
         match self {
             MoaError::Aggregator { source, .. } => Some(source),
-            MoaError::TooFewProposals { .. } | MoaError::Format { .. } => None,
+            MoaError::TooFewProposals { .. }
+            | MoaError::Format { .. }
+            | MoaError::Budget { .. } => None,
         }
     }
 }

@@ -229,6 +229,10 @@ pub enum DegradedKind {
     Cancelled,
     /// The aggregator failed; a proposal answered instead.
     Fallback,
+    /// A call's `max_tokens` was lowered to keep the run within its limits.
+    Capped,
+    /// A proposer layer was not run: the run's limits left too little for it.
+    Skipped,
 }
 
 impl Trace {

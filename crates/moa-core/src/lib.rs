@@ -28,7 +28,7 @@ pub use error::{MoaError, ProposalFailure};
 pub use event::{CallStatus, CallTrace, Degraded, DegradedKind, LayerTrace, RunEvent, Trace};
 pub use format::ResponseFormat;
 pub use message::{Message, Part, Role, ToolCall};
-pub use policy::RunPolicy;
+pub use policy::{PolicyChanges, RunPolicy};
 pub use preset::{AgentSpec, ModelRef, Preset, PresetChanges, PresetError};
 pub use price::{Price, PriceTable, PRICES_AS_OF};
 pub use prompt::{inject_references, text_view, PromptStyle, Reference, AGGREGATOR_SYSTEM_PROMPT};

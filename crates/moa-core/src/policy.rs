@@ -34,6 +34,26 @@ pub struct RunPolicy {
     /// preset lists its strongest model first by convention; the reference's presets do).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub fallback: bool,
+    /// The most a run may cost, in US dollars at the price table's prices. Every call is sent
+    /// with a `max_tokens` that keeps the run within it (see `engine::budget`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_cost: Option<f64>,
+    /// The most tokens, prompt and answer, all of a run's calls may use together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens_total: Option<u64>,
+    /// The longest a run may take. The proposer layers and the aggregator share it evenly:
+    /// proposers still running at their layer's share are cancelled; a call still running at
+    /// the deadline fails with a timeout.
+    #[serde(
+        rename = "deadline_ms",
+        serialize_with = "optional_millis",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deadline: Option<Duration>,
+    /// The most tokens a proposer may write (its answer is a reference for the next layer and
+    /// the aggregator): lowers any larger `max_tokens` of the preset's proposers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_max_tokens: Option<u32>,
 }
 
 impl RunPolicy {
@@ -48,8 +68,70 @@ impl RunPolicy {
     }
 }
 
+/// Changes to a [`RunPolicy`]: what a flag, a config key or a request sets; `None` keeps the
+/// policy's value.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PolicyChanges {
+    pub quorum: Option<usize>,
+    pub grace: Option<Duration>,
+    pub early_exit: Option<bool>,
+    pub fallback: Option<bool>,
+    pub max_cost: Option<f64>,
+    pub max_tokens_total: Option<u64>,
+    pub deadline: Option<Duration>,
+    pub reference_max_tokens: Option<u32>,
+}
+
+impl PolicyChanges {
+    /// `policy` with these changes, checked: a quorum of at least 1, a cost that is a number of
+    /// dollars. The error names the setting as `name` writes it (`--max-cost` for a flag,
+    /// `moa.max_cost` for a request).
+    pub fn apply(
+        &self,
+        mut policy: RunPolicy,
+        name: impl Fn(&str) -> String,
+    ) -> Result<RunPolicy, String> {
+        if self.quorum == Some(0) {
+            return Err(format!(
+                "{} must be at least 1: a layer completes once that many proposers have answered",
+                name("quorum")
+            ));
+        }
+        if self.max_cost.is_some_and(|c| !c.is_finite() || c < 0.0) {
+            return Err(format!(
+                "{} must be US dollars, 0 or more",
+                name("max_cost")
+            ));
+        }
+        if self.reference_max_tokens == Some(0) {
+            return Err(format!(
+                "{} must be at least 1",
+                name("reference_max_tokens")
+            ));
+        }
+        policy.quorum = self.quorum.or(policy.quorum);
+        policy.grace = self.grace.unwrap_or(policy.grace);
+        policy.early_exit = self.early_exit.unwrap_or(policy.early_exit);
+        policy.fallback = self.fallback.unwrap_or(policy.fallback);
+        policy.max_cost = self.max_cost.or(policy.max_cost);
+        policy.max_tokens_total = self.max_tokens_total.or(policy.max_tokens_total);
+        policy.deadline = self.deadline.or(policy.deadline);
+        policy.reference_max_tokens = self.reference_max_tokens.or(policy.reference_max_tokens);
+        Ok(policy)
+    }
+}
+
+/// A setting's name as a flag: `max_cost` → `--max-cost`.
+pub fn flag_name(key: &str) -> String {
+    format!("--{}", key.replace('_', "-"))
+}
+
 fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_millis() as u64)
+}
+
+fn optional_millis<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.map_or(0, |d| d.as_millis() as u64))
 }
 
 /// The answer every one of `answers` gives, if they agree once white space is collapsed and

@@ -109,10 +109,9 @@ pub enum PresetError {
     NoLayers,
     #[error("give at least one proposer (provider:model)")]
     NoProposers,
-    #[error(
-        "the quorum must be at least 1: a layer completes once that many proposers have answered"
-    )]
-    ZeroQuorum,
+    /// A run policy setting that cannot be used (the message names it).
+    #[error("{0}")]
+    Policy(String),
 }
 
 impl Preset {
@@ -151,7 +150,11 @@ impl Preset {
             agent.model_ref()?;
         }
         if self.policy.quorum == Some(0) {
-            return Err(PresetError::ZeroQuorum);
+            return Err(PresetError::Policy(
+                "the quorum must be at least 1: a layer completes once that many proposers have \
+                 answered"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -200,11 +203,8 @@ pub struct PresetChanges {
     pub aggregator_temperature: Option<f64>,
     pub aggregator_max_tokens: Option<u32>,
     pub prompt_style: Option<crate::prompt::PromptStyle>,
-    /// The run policy's settings (see [`RunPolicy`]).
-    pub quorum: Option<usize>,
-    pub grace: Option<std::time::Duration>,
-    pub early_exit: Option<bool>,
-    pub fallback: Option<bool>,
+    /// Changes to the run policy (see [`RunPolicy`]).
+    pub policy: crate::policy::PolicyChanges,
 }
 
 impl PresetChanges {
@@ -259,18 +259,10 @@ impl PresetChanges {
         if let Some(style) = self.prompt_style {
             preset.prompt_style = style;
         }
-        if let Some(q) = self.quorum {
-            preset.policy.quorum = Some(q);
-        }
-        if let Some(g) = self.grace {
-            preset.policy.grace = g;
-        }
-        if let Some(e) = self.early_exit {
-            preset.policy.early_exit = e;
-        }
-        if let Some(f) = self.fallback {
-            preset.policy.fallback = f;
-        }
+        preset.policy = self
+            .policy
+            .apply(preset.policy, str::to_string)
+            .map_err(PresetError::Policy)?;
         preset.validate()?;
         Ok(preset)
     }

@@ -55,6 +55,12 @@ impl ApiError {
             |test: fn(&ProviderError) -> bool| !errors.is_empty() && errors.iter().all(|e| test(e));
         let (status, kind, code) = if matches!(error, MoaError::Format { .. }) {
             (StatusCode::BAD_GATEWAY, "upstream_error", "invalid_output")
+        } else if matches!(error, MoaError::Budget { .. }) {
+            (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "budget_too_small",
+            )
         } else if all(ProviderError::is_invalid_request) {
             (
                 StatusCode::BAD_REQUEST,

@@ -210,6 +210,7 @@ impl ChatRequest {
                                 )
                             })?),
                         };
+                        let policy = extension.policy()?;
                         request.changes = PresetChanges {
                             proposers: extension.proposers,
                             aggregator: extension.aggregator,
@@ -217,10 +218,7 @@ impl ChatRequest {
                             proposer_temperature: extension.proposer_temperature,
                             proposer_max_tokens: extension.proposer_max_tokens,
                             prompt_style,
-                            quorum: extension.quorum,
-                            grace: extension.grace_ms.map(std::time::Duration::from_millis),
-                            early_exit: extension.early_exit,
-                            fallback: extension.fallback,
+                            policy,
                             ..PresetChanges::default()
                         };
                         if extension.stream_proposals {
@@ -325,6 +323,40 @@ pub struct Extension {
     pub early_exit: Option<bool>,
     #[serde(default)]
     pub fallback: Option<bool>,
+    /// US dollars this run may cost.
+    #[serde(default)]
+    pub max_cost: Option<f64>,
+    #[serde(default)]
+    pub max_tokens_total: Option<u64>,
+    /// Milliseconds this run may take.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    #[serde(default)]
+    pub reference_max_tokens: Option<u32>,
+}
+
+impl Extension {
+    /// The run policy's changes, checked with errors that name `moa.<setting>`.
+    fn policy(&self) -> Result<moa_core::PolicyChanges, Refusal> {
+        let changes = moa_core::PolicyChanges {
+            quorum: self.quorum,
+            grace: self.grace_ms.map(std::time::Duration::from_millis),
+            early_exit: self.early_exit,
+            fallback: self.fallback,
+            max_cost: self.max_cost,
+            max_tokens_total: self.max_tokens_total,
+            deadline: self.deadline_ms.map(std::time::Duration::from_millis),
+            reference_max_tokens: self.reference_max_tokens,
+        };
+        if self.deadline_ms == Some(0) {
+            return Err("`moa.deadline_ms` must be more than 0".into());
+        }
+        changes
+            .apply(moa_core::RunPolicy::default(), |name| {
+                format!("`moa.{name}`")
+            })
+            .map(|_| changes)
+    }
 }
 
 /// A proposer's progress as an extra chunk: `choices` empty (as in the usage chunk, so clients

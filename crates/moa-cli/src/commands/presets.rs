@@ -78,6 +78,18 @@ pub fn describe(preset: &Preset, origin: Origin) -> String {
         if p.fallback {
             parts.push("fallback".into());
         }
+        if let Some(c) = p.max_cost {
+            parts.push(format!("max cost ${c}"));
+        }
+        if let Some(t) = p.max_tokens_total {
+            parts.push(format!("max {t} tokens"));
+        }
+        if let Some(d) = p.deadline {
+            parts.push(format!("deadline {} ms", d.as_millis()));
+        }
+        if let Some(r) = p.reference_max_tokens {
+            parts.push(format!("references up to {r} tokens"));
+        }
         let _ = writeln!(out, "  {:<11} {}", "policy:", parts.join(", "));
     }
     out

@@ -17,11 +17,8 @@ pub struct ConfigFile {
     pub min_proposals: Option<usize>,
     /// Stream proposers (default) or ask for whole answers.
     pub stream_proposers: Option<bool>,
-    /// The run policy of every preset that sets none of its own.
-    pub quorum: Option<usize>,
-    pub grace_ms: Option<u64>,
-    pub early_exit: Option<bool>,
-    pub fallback: Option<bool>,
+    /// `[policy]`: the run policy of every preset, under each preset's own.
+    pub policy: Option<PolicyEntry>,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderEntry>,
     #[serde(default)]
@@ -82,12 +79,29 @@ pub struct PresetEntry {
     pub temperature: Option<f64>,
     pub max_tokens: Option<u32>,
     pub prompt_style: Option<String>,
-    /// The run policy: a layer completes once `quorum` proposers answered and `grace_ms` passed;
-    /// `early_exit` when a layer agrees; `fallback` to a proposal when the aggregator fails.
+    /// `[presets.NAME.policy]`: this preset's run policy.
+    pub policy: Option<PolicyEntry>,
+}
+
+/// `[policy]` or `[presets.NAME.policy]`: how runs trade completeness for latency and spend.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyEntry {
+    /// A layer completes once this many proposers answered and `grace_ms` passed.
     pub quorum: Option<usize>,
     pub grace_ms: Option<u64>,
+    /// Answer with a layer's answer when they all agree.
     pub early_exit: Option<bool>,
+    /// Answer with the first proposal when the aggregator fails.
     pub fallback: Option<bool>,
+    /// US dollars a run may cost at most.
+    pub max_cost: Option<f64>,
+    /// Tokens, prompt and answer, a run's calls may use together.
+    pub max_tokens_total: Option<u64>,
+    /// Seconds a run may take.
+    pub deadline: Option<f64>,
+    /// The most tokens a proposer may write.
+    pub reference_max_tokens: Option<u32>,
 }
 
 /// `[[presets.NAME.layer]]`.

@@ -18,7 +18,7 @@ use moa_providers::{Dialect, Endpoint, Registry};
 
 use crate::env;
 pub use file::ConfigFile;
-pub use settings::{apply_flags, Flags, PolicyFlags, Settings};
+pub use settings::{apply_flags, Flags, Settings};
 
 /// A config file that cannot be used, naming the file and, where there is one, the key.
 #[derive(Debug, thiserror::Error)]
@@ -255,12 +255,11 @@ impl Config {
     }
 
     /// Every preset: built-in ones, then the config's (which replace built-ins of the same name).
-    /// The file's top-level policy keys (`quorum`, ...) apply to every preset, under each
-    /// preset's own.
+    /// The file's `[policy]` applies to every preset, under each preset's own.
     pub fn presets(&self) -> Result<Vec<(Preset, Origin)>, ConfigError> {
         let f = &self.file;
         let with_file_policy = |lower| {
-            preset::policy("", f.quorum, f.grace_ms, f.early_exit, f.fallback, lower)
+            preset::policy("policy", f.policy.as_ref(), lower)
                 .map_err(|(key, msg)| self.invalid(key, msg))
         };
         let mut presets = Vec::new();
@@ -338,8 +337,8 @@ mod tests {
     #[test]
     fn the_run_policy_comes_from_the_top_level_under_each_presets_own() {
         let config = parse(
-            "quorum = 3\ngrace_ms = 1500\n[presets.mine]\nproposers = [\"a:b\"]\n\
-             aggregator = \"a:c\"\nquorum = 2\nearly_exit = true\n",
+            "[policy]\nquorum = 3\ngrace_ms = 1500\n[presets.mine]\nproposers = [\"a:b\"]\n\
+             aggregator = \"a:c\"\npolicy = { quorum = 2, early_exit = true }\n",
         )
         .unwrap();
         let mine = config.preset("mine").unwrap().policy;

@@ -1,8 +1,8 @@
 //! A `[presets.NAME]` table turned into a core preset, with errors that name the key.
 
-use moa_core::{AgentSpec, ModelRef, Preset, PromptStyle, RunPolicy};
+use moa_core::{AgentSpec, ModelRef, PolicyChanges, Preset, PromptStyle, RunPolicy};
 
-use super::file::{AgentEntry, PresetEntry};
+use super::file::{AgentEntry, PolicyEntry, PresetEntry};
 
 type KeyError = (String, String);
 
@@ -102,40 +102,56 @@ pub fn convert(
         aggregator: agent(&entry.aggregator, format!("{key}.aggregator"), entry)?,
         prompt_style,
         policy: policy(
-            &key,
-            entry.quorum,
-            entry.grace_ms,
-            entry.early_exit,
-            entry.fallback,
+            &format!("{key}.policy"),
+            entry.policy.as_ref(),
             policy_below,
         )?,
     })
 }
 
-/// A run policy from its keys under `key`, over `lower` (what the keys leave unset keeps its
-/// value there).
+/// The run policy `entry` (under `key`) writes over `lower`.
 pub fn policy(
     key: &str,
-    quorum: Option<usize>,
-    grace_ms: Option<u64>,
-    early_exit: Option<bool>,
-    fallback: Option<bool>,
+    entry: Option<&PolicyEntry>,
     lower: RunPolicy,
 ) -> Result<RunPolicy, KeyError> {
-    if quorum == Some(0) {
-        let key = match key {
-            "" => "quorum".to_string(),
-            key => format!("{key}.quorum"),
-        };
-        return Err((
-            key,
-            "must be at least 1 (a layer completes once that many proposers answered)".into(),
-        ));
-    }
-    Ok(RunPolicy {
-        quorum: quorum.or(lower.quorum),
-        grace: grace_ms.map_or(lower.grace, std::time::Duration::from_millis),
-        early_exit: early_exit.unwrap_or(lower.early_exit),
-        fallback: fallback.unwrap_or(lower.fallback),
-    })
+    let Some(entry) = entry else {
+        return Ok(lower);
+    };
+    let deadline = match entry.deadline {
+        None => None,
+        Some(secs) => Some(
+            std::time::Duration::try_from_secs_f64(secs)
+                .map_err(|_| {
+                    (
+                        format!("{key}.deadline"),
+                        "must be seconds, more than 0".into(),
+                    )
+                })
+                .and_then(|d| match d.is_zero() {
+                    true => Err((
+                        format!("{key}.deadline"),
+                        "must be more than 0 seconds".into(),
+                    )),
+                    false => Ok(d),
+                })?,
+        ),
+    };
+    let changes = PolicyChanges {
+        quorum: entry.quorum,
+        grace: entry.grace_ms.map(std::time::Duration::from_millis),
+        early_exit: entry.early_exit,
+        fallback: entry.fallback,
+        max_cost: entry.max_cost,
+        max_tokens_total: entry.max_tokens_total,
+        deadline,
+        reference_max_tokens: entry.reference_max_tokens,
+    };
+    // The message starts with the setting's name; the key error carries the whole path.
+    changes
+        .apply(lower, |name| format!("{key}.{name}"))
+        .map_err(|message| {
+            let (path, rest) = message.split_once(' ').unwrap_or((&message, ""));
+            (path.to_string(), rest.to_string())
+        })
 }

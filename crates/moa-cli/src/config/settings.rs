@@ -37,17 +37,8 @@ pub struct Flags {
     pub min_proposals: Option<usize>,
     pub timeout: Option<f64>,
     pub prompt_style: Option<PromptStyle>,
-    pub policy: PolicyFlags,
-}
-
-/// The run policy's flags (`--quorum`, `--grace`, `--early-exit`, `--fallback`).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PolicyFlags {
-    pub quorum: Option<usize>,
-    /// Seconds.
-    pub grace: Option<f64>,
-    pub early_exit: bool,
-    pub fallback: bool,
+    /// `--quorum`, `--max-cost`, ...
+    pub policy: moa_core::PolicyChanges,
 }
 
 /// One source's values.
@@ -161,20 +152,16 @@ pub fn apply_flags(preset: Preset, flags: &Flags) -> anyhow::Result<Preset> {
         aggregator_temperature: flags.temperature,
         aggregator_max_tokens: flags.max_tokens,
         prompt_style: flags.prompt_style,
-        quorum: flags.policy.quorum,
-        grace: flags.policy.grace.map(Duration::from_secs_f64),
-        early_exit: flags.policy.early_exit.then_some(true),
-        fallback: flags.policy.fallback.then_some(true),
+        policy: flags.policy.clone(),
     };
-    changes.apply(preset).map_err(|e| {
-        let shown = e.to_string();
-        anyhow::anyhow!(
-            "{}",
-            shown
-                .replace("the layer count", "--layers")
-                .replace("the quorum", "--quorum")
-        )
-    })
+    // Checked here first so that errors name the flag.
+    flags
+        .policy
+        .apply(moa_core::RunPolicy::default(), moa_core::policy::flag_name)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    changes
+        .apply(preset)
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("the layer count", "--layers")))
 }
 
 #[cfg(test)]

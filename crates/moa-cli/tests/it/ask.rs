@@ -512,7 +512,7 @@ async fn quorum_flags_cancel_a_stalled_proposer_and_the_config_sets_the_policy()
         "microsoft/WizardLM-2-8x22B",
         Reply::stall_after("still thinking"),
     );
-    let sandbox = Sandbox::new(&fake, "quorum = 3\n");
+    let sandbox = Sandbox::new(&fake, "[policy]\nquorum = 3\n");
     let out = moa(sandbox.path(), &["ask", "--json", "Q"], &[KEY], None).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let trace: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
@@ -520,10 +520,63 @@ async fn quorum_flags_cancel_a_stalled_proposer_and_the_config_sets_the_policy()
 
     let sandbox = Sandbox::new(
         &fake,
-        "[presets.x]\naggregator = \"together:m\"\nquorum = 0\n",
+        "[presets.x]\naggregator = \"together:m\"\npolicy = { quorum = 0 }\n",
     );
     let out = moa(sandbox.path(), &["ask", "Q"], &[KEY], None).await;
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("presets.x.quorum"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("presets.x.policy.quorum"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("must be at least 1"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn budget_flags_cap_the_calls_or_refuse_a_run_that_cannot_fit() {
+    let fake = FakeOpenAi::start().await;
+    script(&fake, "cheap answer");
+    let sandbox = Sandbox::new(&fake, "");
+    let out = moa(
+        sandbox.path(),
+        &["ask", "--max-tokens-total", "40", "Q"],
+        &[KEY],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("max_tokens_total 40"), "{}", out.stderr);
+    assert!(fake.requests().is_empty(), "refused before any call");
+
+    // $0.002 at Together's prices: every call is sent with a max_tokens that fits.
+    let out = moa(
+        sandbox.path(),
+        &["ask", "--max-cost", "0.002", "--json", "Q"],
+        &[KEY],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let trace: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(trace["answer"], "cheap answer");
+    for request in fake.requests() {
+        let cap = request.json["max_tokens"]
+            .as_u64()
+            .expect("every call capped");
+        assert!(cap < 2048, "{cap}");
+    }
+    assert!(trace["degraded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["kind"] == "capped"));
+
+    let out = moa(
+        sandbox.path(),
+        &["ask", "--max-cost", "-1", "Q"],
+        &[KEY],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 2);
 }

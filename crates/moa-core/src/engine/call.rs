@@ -32,6 +32,8 @@ pub(super) struct CallContext {
     pub events: UnboundedSender<RunEvent>,
     pub started: Instant,
     pub timeout: Option<Duration>,
+    /// When the run's deadline passes: no call runs past it.
+    pub deadline: Option<Instant>,
 }
 
 impl CallContext {
@@ -87,7 +89,12 @@ pub(super) async fn call(
         }
         Ok(completion)
     };
-    let result = match ctx.timeout {
+    // The call's own timeout, or the run's deadline if that comes first.
+    let limit = match (ctx.timeout, ctx.deadline) {
+        (Some(t), Some(d)) => Some(t.min(d.saturating_duration_since(started))),
+        (t, d) => t.or(d.map(|d| d.saturating_duration_since(started))),
+    };
+    let result = match limit {
         Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
             Err(ProviderError::Timeout {
                 provider: agent.provider.name().to_string(),

@@ -6,7 +6,9 @@
 //! fails is left out of the references; the run fails only when fewer than `min_proposals`
 //! answers remain in a layer.
 
+mod budget;
 mod call;
+mod layer;
 mod stream;
 
 use std::sync::Arc;

@@ -8,16 +8,17 @@ use std::task::{Context, Poll};
 use tokio::time::Instant;
 
 use futures::future::{join_all, BoxFuture};
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, Stream};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use super::call::{call, millis, CallContext, Slot};
+use super::budget::{self, Budget};
+use super::call::{call, estimate_prompt_tokens, estimate_tokens, millis, CallContext, Slot};
+use super::layer::{gather, Cutoff};
 use super::{Plan, RunOptions, RunRequest};
+use crate::completion::ChatRequest;
 use crate::error::{MoaError, ProposalFailure};
 use crate::event::{CallStatus, CallTrace, Degraded, DegradedKind, LayerTrace, RunEvent, Trace};
 use crate::message::Message;
-use crate::policy::RunPolicy;
 use crate::prompt::{structured_view, text_view, tools_text, Reference};
 
 /// Why a proposer whose answer was empty (or only white space) is left out of the references.
@@ -33,10 +34,12 @@ pub struct RunStream {
 impl RunStream {
     pub(super) fn new(plan: Arc<Plan>, options: RunOptions, request: RunRequest) -> Self {
         let (tx, events) = unbounded_channel();
+        let started = Instant::now();
         let ctx = CallContext {
             events: tx,
-            started: Instant::now(),
+            started,
             timeout: options.timeout,
+            deadline: plan.policy.deadline.map(|d| started + d),
         };
         Self {
             driver: Some(drive(plan, options, request, ctx).boxed()),
@@ -79,80 +82,6 @@ impl Stream for RunStream {
     }
 }
 
-/// The traces of one layer's calls, in preset order. Without a quorum, every call finishes.
-/// With one, the layer completes once `quorum` calls have answered and the policy's grace has
-/// passed since the last of them (or when all have finished): the calls still running are
-/// dropped, which closes their connections, and traced as cancelled.
-async fn gather(
-    ctx: &CallContext,
-    policy: &RunPolicy,
-    layer: usize,
-    agents: &[super::BoundAgent],
-    calls: impl Iterator<Item = impl Future<Output = CallTrace>>,
-    layer_started: Instant,
-) -> Vec<CallTrace> {
-    let Some(quorum) = policy.quorum_of(agents.len()) else {
-        return join_all(calls).await;
-    };
-    let mut pending: FuturesUnordered<_> = calls
-        .enumerate()
-        .map(|(index, call)| call.map(move |trace| (index, trace)))
-        .collect();
-    let mut done: Vec<Option<CallTrace>> = vec![None; agents.len()];
-    let mut answered = 0;
-    let mut until: Option<Instant> = None;
-    loop {
-        let next = match until {
-            Some(end) => tokio::select! {
-                next = pending.next() => next,
-                () = tokio::time::sleep_until(end) => break,
-            },
-            None => pending.next().await,
-        };
-        let Some((index, trace)) = next else { break };
-        answered += usize::from(trace.answer.is_some());
-        done[index] = Some(trace);
-        if answered >= quorum && until.is_none() {
-            if policy.grace.is_zero() {
-                break;
-            }
-            until = Some(Instant::now() + policy.grace);
-        }
-    }
-    // Dropping the calls still running cancels them.
-    drop(pending);
-    let reason = match policy.grace.is_zero() {
-        true => format!("cancelled: the layer's quorum of {quorum} answers was in"),
-        false => format!(
-            "cancelled: the layer's quorum of {quorum} answers was in and its grace of {} ms \
-             had passed",
-            policy.grace.as_millis()
-        ),
-    };
-    done.into_iter()
-        .zip(agents)
-        .enumerate()
-        .map(|(index, (trace, agent))| {
-            trace.unwrap_or_else(|| {
-                let latency_ms = millis(layer_started.elapsed());
-                ctx.emit(RunEvent::ProposerCancelled {
-                    layer,
-                    index,
-                    model: agent.spec.model.clone(),
-                    latency_ms,
-                });
-                CallTrace {
-                    status: CallStatus::Cancelled,
-                    error: Some(reason.clone()),
-                    started_ms: ctx.since_start(layer_started),
-                    latency_ms,
-                    ..CallTrace::new(agent.spec.model.clone())
-                }
-            })
-        })
-        .collect()
-}
-
 async fn drive(
     plan: Arc<Plan>,
     options: RunOptions,
@@ -188,62 +117,121 @@ async fn drive(
     };
     let mut references: Vec<Reference> = request.references.clone().unwrap_or_default();
     let mut degraded: Vec<Degraded> = Vec::new();
-    let proposer_overrides = &request.proposers;
+    let mut budget = open_budget(&plan, &options, &aggregator_messages, request.n.max(1))?;
     let mut layers = Vec::with_capacity(plan.layers.len());
     for (i, agents) in proposer_layers.iter().enumerate() {
         let layer = i + 1;
+        let mut requests: Vec<ChatRequest> = agents
+            .iter()
+            .map(|agent| {
+                let mut call_request = agent.request(&messages, &references, style);
+                request.proposers.apply(&mut call_request);
+                if let Some(cap) = plan.policy.reference_max_tokens {
+                    let own = call_request.max_tokens.unwrap_or(cap);
+                    call_request.max_tokens = Some(own.min(cap));
+                }
+                call_request
+            })
+            .collect();
+        let share = layer_share(
+            &budget,
+            &plan,
+            agents,
+            &requests,
+            &aggregator_messages,
+            request.n.max(1),
+        );
+        if share.is_some_and(|s| s < u64::from(budget::PROPOSER_FLOOR)) {
+            // The limits leave too little for this layer and the aggregator: the aggregator
+            // reads what the layers before it wrote.
+            degraded.extend(agents.iter().map(|a| Degraded {
+                layer: Some(layer),
+                model: a.spec.model.clone(),
+                kind: DegradedKind::Skipped,
+                reason: format!(
+                    "skipped: the run's limits ({}) leave too little for this layer and the \
+                     aggregator",
+                    budget.describe()
+                ),
+            }));
+            break;
+        }
+        if let Some(share) = share {
+            for (agent, call_request) in agents.iter().zip(requests.iter_mut()) {
+                if let Some(cap) = budget::cap(call_request.max_tokens, share) {
+                    call_request.max_tokens = Some(cap);
+                    degraded.push(capped(Some(layer), &agent.spec.model, cap, &budget));
+                }
+            }
+        }
         let layer_started = Instant::now();
         ctx.emit(RunEvent::LayerStarted {
             layer,
             proposers: agents.len(),
         });
-        let calls = agents.iter().enumerate().map(|(index, agent)| {
-            let mut request = agent.request(&messages, &references, style);
-            proposer_overrides.apply(&mut request);
-            ctx.emit(RunEvent::ProposerStarted {
-                layer,
-                index,
-                model: agent.spec.model.clone(),
-            });
-            let ctx = &ctx;
-            async move {
-                let slot = Slot::Proposer { layer, index };
-                let mut trace = call(ctx, agent, request, slot, stream_proposers).await;
-                // The reference strips every proposer answer before using it as a reference.
-                if let Some(answer) = trace.answer.as_mut() {
-                    let stripped = answer.trim();
-                    if stripped.len() != answer.len() {
-                        *answer = stripped.to_string();
-                    }
-                }
-                // An empty answer would reach the next layer as a bare "2." with nothing after
-                // it: it is never a reference. The proposer counts as failed, and says why.
-                if trace.answer.as_ref().is_some_and(String::is_empty) {
-                    trace.answer = None;
-                    trace.status = CallStatus::Failed;
-                    trace.error = Some(EMPTY_ANSWER.to_string());
-                }
-                ctx.emit(match &trace.answer {
-                    Some(answer) => RunEvent::ProposerDone {
-                        layer,
-                        index,
-                        model: trace.model.clone(),
-                        answer: answer.clone(),
-                        latency_ms: trace.latency_ms,
-                        usage: trace.usage,
-                    },
-                    None => RunEvent::ProposerFailed {
-                        layer,
-                        index,
-                        model: trace.model.clone(),
-                        error: trace.error.clone().unwrap_or_default(),
-                        latency_ms: trace.latency_ms,
-                    },
+        let calls = agents
+            .iter()
+            .zip(requests)
+            .enumerate()
+            .map(|(index, (agent, request))| {
+                ctx.emit(RunEvent::ProposerStarted {
+                    layer,
+                    index,
+                    model: agent.spec.model.clone(),
                 });
-                trace
+                let ctx = &ctx;
+                async move {
+                    let slot = Slot::Proposer { layer, index };
+                    let mut trace = call(ctx, agent, request, slot, stream_proposers).await;
+                    // The reference strips every proposer answer before using it as a reference.
+                    if let Some(answer) = trace.answer.as_mut() {
+                        let stripped = answer.trim();
+                        if stripped.len() != answer.len() {
+                            *answer = stripped.to_string();
+                        }
+                    }
+                    // An empty answer would reach the next layer as a bare "2." with nothing after
+                    // it: it is never a reference. The proposer counts as failed, and says why.
+                    if trace.answer.as_ref().is_some_and(String::is_empty) {
+                        trace.answer = None;
+                        trace.status = CallStatus::Failed;
+                        trace.error = Some(EMPTY_ANSWER.to_string());
+                    }
+                    ctx.emit(match &trace.answer {
+                        Some(answer) => RunEvent::ProposerDone {
+                            layer,
+                            index,
+                            model: trace.model.clone(),
+                            answer: answer.clone(),
+                            latency_ms: trace.latency_ms,
+                            usage: trace.usage,
+                        },
+                        None => RunEvent::ProposerFailed {
+                            layer,
+                            index,
+                            model: trace.model.clone(),
+                            error: trace.error.clone().unwrap_or_default(),
+                            latency_ms: trace.latency_ms,
+                        },
+                    });
+                    trace
+                }
+            });
+        let cutoff = Cutoff {
+            quorum: plan.policy.quorum_of(agents.len()),
+            grace: plan.policy.grace,
+            deadline: plan.policy.deadline.map(|d| {
+                // The deadline is shared evenly by the proposer layers and the aggregator.
+                let share = d.mul_f64(layer as f64 / (proposer_layers.len() + 1) as f64);
+                ctx.started + share
+            }),
+        };
+        let traces = gather(&ctx, cutoff, layer, agents, calls, layer_started).await;
+        for trace in &traces {
+            if let Some(usage) = &trace.usage {
+                budget.charge(&trace.model, usage);
             }
-        });
-        let traces = gather(&ctx, &plan.policy, layer, agents, calls, layer_started).await;
+        }
         let next: Vec<Reference> = traces
             .iter()
             .filter_map(|t| {
@@ -331,7 +319,7 @@ async fn drive(
     call_request.response_format = format.cloned();
     // Several choices are several aggregations of the same references. A seed, if given,
     // differs per choice, or they would all be the same answer.
-    let requests: Vec<_> = (0..request.n.max(1))
+    let mut requests: Vec<_> = (0..request.n.max(1))
         .map(|choice| {
             let mut call_request = call_request.clone();
             if let Some(seed) = call_request.extra.get("seed").and_then(|s| s.as_i64()) {
@@ -342,6 +330,33 @@ async fn drive(
             call_request
         })
         .collect();
+    // The aggregator writes what the limits leave, or the run fails rather than pass them.
+    let prompts: Vec<(&str, u64)> = requests
+        .iter()
+        .map(|r| {
+            (
+                aggregator.spec.model.as_str(),
+                estimate_prompt_tokens(&r.messages),
+            )
+        })
+        .collect();
+    if let Some(share) = budget.share(&prompts, None) {
+        if share < budget::AGGREGATOR_MIN {
+            return Err(MoaError::Budget {
+                message: format!(
+                    "the run's limits ({}) leave the aggregator {share} tokens of answer, after \
+                     the proposers spent theirs; raise them",
+                    budget.describe()
+                ),
+            });
+        }
+        if let Some(cap) = budget::cap(requests[0].max_tokens, share) {
+            for r in &mut requests {
+                r.max_tokens = Some(cap);
+            }
+            degraded.push(capped(None, &aggregator.spec.model, cap, &budget));
+        }
+    }
     let quiet = format.is_some();
     let calls = requests.iter().enumerate().map(|(choice, call_request)| {
         let slot = Slot::Aggregator { choice, quiet };
@@ -465,6 +480,83 @@ async fn drive(
         trace.tally(&options.prices);
     }
     Ok(trace)
+}
+
+/// The run's limits, refusing a run that cannot pay for even the aggregator's prompt and its
+/// minimum answer ([`budget::AGGREGATOR_FLOOR`] tokens per choice).
+fn open_budget(
+    plan: &Plan,
+    options: &RunOptions,
+    aggregator_messages: &[Message],
+    choices: usize,
+) -> Result<Budget, MoaError> {
+    let models: Vec<&str> = plan
+        .layers
+        .iter()
+        .flatten()
+        .chain(std::iter::once(&plan.aggregator))
+        .map(|a| a.spec.model.as_str())
+        .collect();
+    let budget = Budget::new(&plan.policy, options.prices.clone(), &models)
+        .map_err(|message| MoaError::Budget { message })?;
+    let prompt = aggregator_prompt(aggregator_messages);
+    let prompts = vec![(plan.aggregator.spec.model.as_str(), prompt); choices];
+    match budget.share(&prompts, None) {
+        Some(share) if share < u64::from(budget::AGGREGATOR_FLOOR) => Err(MoaError::Budget {
+            message: format!(
+                "the run's limits ({}) cannot pay for the aggregator's prompt (about {prompt} \
+                 tokens) and a {}-token answer; raise them",
+                budget.describe(),
+                budget::AGGREGATOR_FLOOR
+            ),
+        }),
+        _ => Ok(budget),
+    }
+}
+
+/// The aggregator's prompt before references: the conversation and its system prompt.
+fn aggregator_prompt(messages: &[Message]) -> u64 {
+    estimate_prompt_tokens(messages) + estimate_tokens(crate::prompt::AGGREGATOR_SYSTEM_PROMPT)
+}
+
+/// The most each proposer of a layer may write so that the aggregator keeps its minimum over
+/// references as long as theirs; `None` without limits.
+fn layer_share(
+    budget: &Budget,
+    plan: &Plan,
+    agents: &[super::BoundAgent],
+    requests: &[ChatRequest],
+    aggregator_messages: &[Message],
+    choices: usize,
+) -> Option<u64> {
+    if budget.is_unlimited() {
+        return None;
+    }
+    let prompts: Vec<(&str, u64)> = agents
+        .iter()
+        .zip(requests)
+        .map(|(a, r)| (a.spec.model.as_str(), estimate_prompt_tokens(&r.messages)))
+        .collect();
+    let choices_u64 = choices as u64;
+    let reserve = (
+        plan.aggregator.spec.model.as_str(),
+        aggregator_prompt(aggregator_messages) * choices_u64,
+        (agents.len() * choices) as f64,
+        budget::AGGREGATOR_FLOOR.saturating_mul(choices as u32),
+    );
+    budget.share(&prompts, Some(reserve))
+}
+
+fn capped(layer: Option<usize>, model: &str, cap: u32, budget: &Budget) -> Degraded {
+    Degraded {
+        layer,
+        model: model.to_string(),
+        kind: DegradedKind::Capped,
+        reason: format!(
+            "max_tokens lowered to {cap} to stay within the run's limits ({})",
+            budget.describe()
+        ),
+    }
 }
 
 /// The trace of a run whose aggregator (or early exit) gave `outcomes`, one per choice.

@@ -217,3 +217,186 @@ async fn a_failed_aggregator_falls_back_to_the_first_proposal_when_asked() {
     let (_, trace) = collect(&streamed, vec![Message::user("Q")]).await;
     assert!(matches!(trace, Err(MoaError::Aggregator { .. })));
 }
+
+fn budgeted(layers: Vec<Vec<&str>>, policy: RunPolicy, max_tokens: u32) -> moa_core::Preset {
+    let mut p = with_policy(layers, policy);
+    for agent in p.agents_mut() {
+        agent.max_tokens = Some(max_tokens);
+    }
+    p
+}
+
+fn max_tokens_sent(p: &ScriptedProvider) -> Vec<(String, Option<u64>)> {
+    p.requests()
+        .iter()
+        .map(|r| (r.model.clone(), r.json["max_tokens"].as_u64()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_run_its_limits_cannot_pay_for_is_refused_before_any_call() {
+    let p = ScriptedProvider::new("t");
+    let policy = RunPolicy {
+        max_tokens_total: Some(100),
+        ..RunPolicy::default()
+    };
+    let tight = moa(
+        &p,
+        &with_policy(vec![vec!["t:a", "t:b"]], policy),
+        RunOptions::default(),
+    );
+    let (_, trace) = collect(&tight, vec![Message::user("Q")]).await;
+    let err = trace.unwrap_err();
+    assert!(matches!(err, MoaError::Budget { .. }), "{err}");
+    assert!(err.to_string().contains("max_tokens_total 100"), "{err}");
+    assert!(p.requests().is_empty(), "nothing was sent");
+
+    // A cost limit needs every model's price.
+    let priced = RunPolicy {
+        max_cost: Some(1.0),
+        ..RunPolicy::default()
+    };
+    let unpriced = moa(
+        &p,
+        &with_policy(vec![vec!["t:a"]], priced),
+        RunOptions::default(),
+    );
+    let (_, trace) = collect(&unpriced, vec![Message::user("Q")]).await;
+    assert!(trace.unwrap_err().to_string().contains("t:a has none"));
+}
+
+#[tokio::test]
+async fn calls_are_capped_to_keep_the_run_within_its_token_limit() {
+    let p = ScriptedProvider::new("t");
+    p.respond_with(|r| Reply::text(format!("{} says so", r.model)).with_usage(50, 20));
+    // Generous per-call caps (1000) that the limit cannot afford for every call.
+    let policy = RunPolicy {
+        max_tokens_total: Some(1000),
+        ..RunPolicy::default()
+    };
+    let (_, trace) = run(&p, &budgeted(vec![vec!["t:a", "t:b"]], policy, 1000)).await;
+    let sent = max_tokens_sent(&p);
+    let (a, agg) = (sent[0].1.unwrap(), sent[2].1.unwrap());
+    assert_eq!(sent[1].1, Some(a), "proposers share alike");
+    // Each proposer's share keeps the aggregator's minimum: its prompt, the two answers at
+    // their cap, and 256 tokens of answer.
+    assert!((64..1000).contains(&a), "{a}");
+    // The aggregator gets what the proposers' actual usage (2 x 70) left.
+    assert!(agg < 1000 && agg > a, "{agg}");
+    assert!(
+        140 + agg <= 1000,
+        "actual use plus the cap stays within the limit: {agg}"
+    );
+    let kinds: Vec<_> = trace.degraded.iter().map(|d| (d.layer, d.kind)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (Some(1), DegradedKind::Capped),
+            (Some(1), DegradedKind::Capped),
+            (None, DegradedKind::Capped)
+        ]
+    );
+    assert!(trace.degraded[2]
+        .reason
+        .contains(&format!("lowered to {agg}")));
+}
+
+#[tokio::test]
+async fn a_layer_the_limit_cannot_afford_is_skipped_and_reported() {
+    let p = ScriptedProvider::new("t");
+    // Layer 1 answers at length, so the second layer's prompts (with layer 1's references)
+    // leave nothing for it.
+    let long = "word ".repeat(1500);
+    p.respond_with(move |r| match r.model.as_str() {
+        "agg" => Reply::text("final").with_usage(10, 1),
+        _ => Reply::text(long.clone()).with_usage(20, 1500),
+    });
+    let policy = RunPolicy {
+        max_tokens_total: Some(8000),
+        ..RunPolicy::default()
+    };
+    let preset = with_policy(vec![vec!["t:a", "t:b"], vec!["t:a", "t:b"]], policy);
+    let (_, trace) = run(&p, &preset).await;
+    assert_eq!(trace.answer, "final");
+    assert_eq!(trace.layers.len(), 1, "layer 2 was not run");
+    let skipped: Vec<_> = trace
+        .degraded
+        .iter()
+        .filter(|d| d.kind == DegradedKind::Skipped)
+        .map(|d| (d.layer, d.model.as_str()))
+        .collect();
+    assert_eq!(skipped, [(Some(2), "t:a"), (Some(2), "t:b")]);
+    assert_eq!(p.requests().len(), 3, "two proposers and the aggregator");
+}
+
+#[tokio::test]
+async fn reference_max_tokens_lowers_the_proposers_caps_only() {
+    let p = ScriptedProvider::new("t");
+    p.respond_with(|_| Reply::text("ok"));
+    let policy = RunPolicy {
+        reference_max_tokens: Some(128),
+        ..RunPolicy::default()
+    };
+    let mut preset = budgeted(vec![vec!["t:a", "t:b"]], policy, 1000);
+    preset.layers[0][1].max_tokens = Some(50);
+    run(&p, &preset).await;
+    assert_eq!(
+        max_tokens_sent(&p),
+        [
+            ("a".to_string(), Some(128)),
+            ("b".to_string(), Some(50)),
+            ("agg".to_string(), Some(1000))
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_is_shared_by_the_layers_and_the_aggregator() {
+    let p = ScriptedProvider::new("t");
+    p.push("a", Reply::text("A").with_delay(Duration::from_secs(1)));
+    p.push("b", Reply::text("B").with_delay(Duration::from_secs(30)));
+    p.push(
+        "agg",
+        Reply::text("final").with_delay(Duration::from_secs(3)),
+    );
+    let policy = RunPolicy {
+        deadline: Some(Duration::from_secs(10)),
+        ..RunPolicy::default()
+    };
+    let (_, trace) = run(&p, &with_policy(vec![vec!["t:a", "t:b"]], policy.clone())).await;
+    // One proposer layer and the aggregator: the layer has until 5 s.
+    let b = &trace.layers[0].calls[1];
+    assert_eq!((b.status, b.latency_ms), (CallStatus::Cancelled, 5000));
+    assert!(b.error.as_deref().unwrap().contains("deadline"), "{b:?}");
+    assert_eq!(trace.answer, "final");
+    assert_eq!(trace.elapsed_ms, 8000);
+
+    // An aggregator still writing at the deadline fails the run (a timeout), or falls back.
+    let p = ScriptedProvider::new("t");
+    p.push("a", Reply::text("A"));
+    p.push(
+        "agg",
+        Reply::text("late").with_delay(Duration::from_secs(60)),
+    );
+    let preset = with_policy(vec![vec!["t:a"]], policy.clone());
+    let strict = moa(&p, &preset, RunOptions::default());
+    let (_, trace) = collect(&strict, vec![Message::user("Q")]).await;
+    let err = trace.unwrap_err();
+    assert!(
+        err.provider_error().is_some_and(|e| e.is_timeout()),
+        "{err}"
+    );
+
+    let p = ScriptedProvider::new("t");
+    p.push("a", Reply::text("A"));
+    p.push(
+        "agg",
+        Reply::text("late").with_delay(Duration::from_secs(60)),
+    );
+    let fallback = RunPolicy {
+        fallback: true,
+        ..policy
+    };
+    let (_, trace) = run(&p, &with_policy(vec![vec!["t:a"]], fallback)).await;
+    assert_eq!((trace.answer.as_str(), trace.elapsed_ms), ("A", 10_000));
+}

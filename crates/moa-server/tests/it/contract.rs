@@ -728,9 +728,19 @@ async fn a_request_may_set_the_run_policy() {
     let (status, message) = status_and_message(&s, &request(json!({"moa": {"quorum": 0}}))).await;
     assert_eq!(status, 400);
     assert!(
-        message.contains("the quorum must be at least 1"),
+        message.contains("`moa.quorum` must be at least 1"),
         "{message}"
     );
+
+    // A budget the run cannot fit is the client's to raise: 400, before any upstream call.
+    let before = s.fake.requests().len();
+    let response = s
+        .post(&request(json!({"moa": {"max_tokens_total": 10}})))
+        .await;
+    assert_eq!(response.status(), 400);
+    let json: Value = response.json().await.unwrap();
+    assert_eq!(json["error"]["code"], "budget_too_small");
+    assert_eq!(s.fake.requests().len(), before);
 }
 
 #[tokio::test]
