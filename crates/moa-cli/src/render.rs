@@ -10,6 +10,10 @@ fn seconds(ms: u64) -> String {
 
 fn tokens(usage: &Option<Usage>) -> String {
     match usage {
+        Some(u) if u.cached_tokens > 0 => format!(
+            " · {} tokens in ({} cached), {} out",
+            u.prompt_tokens, u.cached_tokens, u.completion_tokens
+        ),
         Some(u) => format!(
             " · {} tokens in, {} out",
             u.prompt_tokens, u.completion_tokens
@@ -94,6 +98,7 @@ mod tests {
                 prompt_tokens: 10,
                 completion_tokens: 2,
                 total_tokens: 12,
+                cached_tokens: 0,
             }),
         };
         proposal(&mut out, &done, 2).unwrap();

@@ -22,6 +22,9 @@ pub struct ChatRequest {
     /// The format the answer must have (sent as OpenAI's `response_format` where the dialect
     /// has it; every agent is also told in text).
     pub response_format: Option<crate::format::ResponseFormat>,
+    /// The first this many messages are a prefix that stays the same across calls (the
+    /// `appended` prompt style): dialects with explicit prompt caching mark its end.
+    pub cache_prefix: Option<usize>,
 }
 
 /// A function the model may call: OpenAI's function tool.
@@ -112,6 +115,7 @@ impl ChatRequest {
             temperature: None,
             max_tokens: None,
             extra: Map::new(),
+            cache_prefix: None,
             tools: None,
             response_format: None,
         }
@@ -124,6 +128,14 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Of `prompt_tokens`, those read from the provider's prompt cache (priced at the cached
+    /// rate where the price table has one).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Usage {
@@ -132,6 +144,7 @@ impl Usage {
         self.prompt_tokens += other.prompt_tokens;
         self.completion_tokens += other.completion_tokens;
         self.total_tokens += other.total_tokens;
+        self.cached_tokens += other.cached_tokens;
     }
 }
 

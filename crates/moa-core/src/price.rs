@@ -16,15 +16,44 @@ pub const PRICES_AS_OF: &str = "2025-01";
 pub struct Price {
     pub input: f64,
     pub output: f64,
+    /// Input read from the provider's prompt cache; `None`: no discount, the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input: Option<f64>,
 }
 
 impl Price {
-    /// What `usage` costs at this price, in US dollars.
+    /// A price with no cached-input discount.
+    pub fn new(input: f64, output: f64) -> Self {
+        Self {
+            input,
+            output,
+            cached_input: None,
+        }
+    }
+
+    /// What `usage` costs at this price, in US dollars: cached prompt tokens at the cached
+    /// rate, the rest of the prompt at the input rate.
     pub fn cost(&self, usage: &Usage) -> f64 {
-        (usage.prompt_tokens as f64 * self.input + usage.completion_tokens as f64 * self.output)
+        let cached = usage.cached_tokens.min(usage.prompt_tokens);
+        let fresh = usage.prompt_tokens - cached;
+        (fresh as f64 * self.input
+            + cached as f64 * self.cached_input.unwrap_or(self.input)
+            + usage.completion_tokens as f64 * self.output)
             / 1_000_000.0
     }
 }
+
+/// Cached-input prices (US dollars per million tokens) where the vendor discounts them:
+/// OpenAI's prompt caching (half price) and Anthropic's cache reads (a tenth of the input
+/// price, directly and on Bedrock). Cache writes are charged at the input price here;
+/// Anthropic bills them at 1.25x.
+const CACHED: &[(&str, f64)] = &[
+    ("openai:gpt-4o", 1.25),
+    ("openai:gpt-4o-mini", 0.075),
+    ("anthropic:claude-3-haiku-20240307", 0.03),
+    ("anthropic:claude-3-5-haiku-20241022", 0.08),
+    ("anthropic:claude-3-5-sonnet-20241022", 0.30),
+];
 
 /// (`provider:model`, input, output) in US dollars per million tokens, on-demand list prices.
 const BUILTIN: &[(&str, f64, f64)] = &[
@@ -96,7 +125,15 @@ impl PriceTable {
         Self {
             prices: BUILTIN
                 .iter()
-                .map(|&(model, input, output)| (model.to_string(), Price { input, output }))
+                .map(|&(model, input, output)| {
+                    let cached_input = CACHED.iter().find(|(m, _)| *m == model).map(|(_, c)| *c);
+                    let price = Price {
+                        input,
+                        output,
+                        cached_input,
+                    };
+                    (model.to_string(), price)
+                })
                 .collect(),
         }
     }
@@ -116,10 +153,7 @@ impl PriceTable {
     /// The price of `model` (`provider:model`), if known.
     pub fn price(&self, model: &str) -> Option<Price> {
         if model.starts_with("local:") {
-            return Some(Price {
-                input: 0.0,
-                output: 0.0,
-            });
+            return Some(Price::new(0.0, 0.0));
         }
         self.prices.get(model).copied()
     }
@@ -144,7 +178,22 @@ mod tests {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: prompt + completion,
+            cached_tokens: 0,
         }
+    }
+
+    #[test]
+    fn cached_prompt_tokens_cost_the_cached_rate() {
+        let table = PriceTable::builtin();
+        // gpt-4o: 1,000,000 prompt tokens of which 600,000 cached: 0.4 x $2.50 + 0.6 x $1.25.
+        let mut u = usage(1_000_000, 0);
+        u.cached_tokens = 600_000;
+        let cost = table.cost("openai:gpt-4o", &u).unwrap();
+        assert!((cost - 1.75).abs() < 1e-9, "{cost}");
+        // No cached rate: the input price.
+        let together = "together:Qwen/Qwen2.5-72B-Instruct-Turbo";
+        let cost = table.cost(together, &u).unwrap();
+        assert!((cost - 1.20).abs() < 1e-9, "{cost}");
     }
 
     #[test]
@@ -154,13 +203,7 @@ mod tests {
         // 2,000 in at $0.25/M + 400 out at $1.25/M = $0.0005 + $0.0005.
         let cost = table.cost(haiku, &usage(2000, 400)).unwrap();
         assert!((cost - 0.001).abs() < 1e-12, "{cost}");
-        table.set(
-            haiku,
-            Price {
-                input: 1.0,
-                output: 2.0,
-            },
-        );
+        table.set(haiku, Price::new(1.0, 2.0));
         let cost = table.cost(haiku, &usage(1_000_000, 500_000)).unwrap();
         assert!((cost - 2.0).abs() < 1e-9, "{cost}");
         assert_eq!(table.cost("acme:unknown", &usage(1, 1)), None);

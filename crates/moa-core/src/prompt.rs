@@ -21,13 +21,18 @@ pub enum PromptStyle {
     /// Each answer wrapped in a `<response>` tag that names its model, so the aggregator can tell
     /// where one answer ends and which model wrote it.
     Tagged,
+    /// Cache-friendly: the system prompt and the conversation are sent unchanged, a byte-stable
+    /// prefix that provider prompt caches hit across turns and across the `n` aggregations of a
+    /// request; the references follow in one last user message, tagged as in `Tagged`.
+    Appended,
 }
 
 impl PromptStyle {
     /// All styles with their names, for help texts and errors.
-    pub const ALL: [(&'static str, PromptStyle); 2] = [
+    pub const ALL: [(&'static str, PromptStyle); 3] = [
         ("reference", PromptStyle::Reference),
         ("tagged", PromptStyle::Tagged),
+        ("appended", PromptStyle::Appended),
     ];
 
     /// Parses a style name.
@@ -40,6 +45,7 @@ impl PromptStyle {
         match self {
             PromptStyle::Reference => "reference",
             PromptStyle::Tagged => "tagged",
+            PromptStyle::Appended => "appended",
         }
     }
 }
@@ -63,7 +69,7 @@ pub fn references_block(references: &[Reference], style: PromptStyle) -> String 
                 text.push_str(". ");
                 text.push_str(&reference.text);
             }
-            PromptStyle::Tagged => {
+            PromptStyle::Tagged | PromptStyle::Appended => {
                 text.push_str(&format!(
                     "\n\n<response id=\"{}\" model=\"{}\">\n{}\n</response>",
                     i + 1,
@@ -78,8 +84,9 @@ pub fn references_block(references: &[Reference], style: PromptStyle) -> String 
 
 /// Returns `messages` with `references` injected as the reference implementation does: the
 /// block is appended to an existing leading system message after a blank line, or becomes a new
-/// leading system message. With no references the messages are returned unchanged. The caller's
-/// messages are never modified.
+/// leading system message. In the `Appended` style it is a last user message instead, after
+/// the unchanged conversation. With no references the messages are returned unchanged. The
+/// caller's messages are never modified.
 pub fn inject_references(
     messages: &[Message],
     references: &[Reference],
@@ -90,6 +97,10 @@ pub fn inject_references(
         return out;
     }
     let block = references_block(references, style);
+    if style == PromptStyle::Appended {
+        out.push(Message::user(block));
+        return out;
+    }
     match out.first_mut() {
         Some(first) if first.role == Role::System => {
             first.content.push_str("\n\n");

@@ -46,15 +46,10 @@ impl Judge {
         max_tokens: Option<u32>,
         extra: serde_json::Map<String, serde_json::Value>,
     ) -> Result<(Completion, Option<f64>), String> {
-        let request = ChatRequest {
-            model: self.model_id.clone(),
-            messages,
-            temperature,
-            max_tokens,
-            extra,
-            tools: None,
-            response_format: None,
-        };
+        let mut request = ChatRequest::new(self.model_id.clone(), messages);
+        request.temperature = temperature;
+        request.max_tokens = max_tokens;
+        request.extra = extra;
         let call = self.provider.complete(request);
         let completion = match self.timeout {
             Some(limit) => tokio::time::timeout(limit, call)

@@ -153,6 +153,7 @@ fn advance(model: &Model, s: &mut Sequence) -> bool {
             prompt_tokens: s.job.prompt.len() as u64,
             completion_tokens: s.generated as u64,
             total_tokens: (s.job.prompt.len() + s.generated) as u64,
+            cached_tokens: 0,
         };
         let _ = s.job.out.send(Ok(Chunk::Finished {
             finish_reason: Some(reason.into()),

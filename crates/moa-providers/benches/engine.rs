@@ -41,6 +41,7 @@ impl Provider for InstantProvider {
                 prompt_tokens: 20,
                 completion_tokens: 8,
                 total_tokens: 28,
+                cached_tokens: 0,
             }),
         }));
         futures::stream::iter(chunks).boxed()

@@ -457,12 +457,18 @@ impl Envelope {
 
 const DELTA_SUFFIX: &str = "},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
 
+/// OpenAI's usage object; prompt tokens read from providers' caches in
+/// `prompt_tokens_details.cached_tokens`, as OpenAI reports its own.
 fn usage_json(usage: &Usage) -> Value {
-    json!({
+    let mut json = json!({
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
-    })
+    });
+    if usage.cached_tokens > 0 {
+        json["prompt_tokens_details"] = json!({"cached_tokens": usage.cached_tokens});
+    }
+    json
 }
 
 /// The extension's block: every proposer's answer and usage per model.

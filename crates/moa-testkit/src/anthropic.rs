@@ -33,8 +33,9 @@ pub(crate) fn message(reply: &Reply, ctx: &Ctx, text: &str) -> Value {
         }
     }
     if let Some(usage) = reply.usage_for(ctx.prompt_bytes, text) {
-        body["usage"] =
-            json!({"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens});
+        body["usage"] = json!({"input_tokens": usage.prompt_tokens - usage.cached_tokens,
+                               "cache_read_input_tokens": usage.cached_tokens,
+                               "output_tokens": usage.completion_tokens});
     }
     body
 }
@@ -54,7 +55,10 @@ pub(crate) fn frames(reply: &Reply, ctx: &Ctx, text: &str, complete: bool) -> Ve
     });
     if let Some(u) = usage {
         // As the API does: input counted at the start, output so far (1) until the end.
-        start["message"]["usage"] = json!({"input_tokens": u.prompt_tokens, "output_tokens": 1});
+        // Anthropic counts cache reads apart from `input_tokens`.
+        start["message"]["usage"] = json!({"input_tokens": u.prompt_tokens - u.cached_tokens,
+                                           "cache_read_input_tokens": u.cached_tokens,
+                                           "output_tokens": 1});
     }
     let mut frames = vec![
         event("message_start", start),

@@ -18,7 +18,9 @@ fn stop_reason(reply: &Reply) -> Option<&str> {
 
 fn usage_json(reply: &Reply, ctx: &Ctx, text: &str) -> Option<Value> {
     reply.usage_for(ctx.prompt_bytes, text).map(|u| {
-        json!({"inputTokens": u.prompt_tokens, "outputTokens": u.completion_tokens, "totalTokens": u.total_tokens})
+        // Converse counts cache reads apart from `inputTokens`.
+        json!({"inputTokens": u.prompt_tokens - u.cached_tokens, "cacheReadInputTokens": u.cached_tokens,
+               "outputTokens": u.completion_tokens, "totalTokens": u.total_tokens})
     })
 }
 

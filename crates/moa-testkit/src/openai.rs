@@ -32,7 +32,7 @@ pub(crate) fn completion(reply: &Reply, ctx: &Ctx, text: &str) -> Value {
         }
     }
     if let Some(usage) = reply.usage_for(ctx.prompt_bytes, text) {
-        body["usage"] = json!(usage);
+        body["usage"] = usage_json(&usage);
     }
     if ctx.logprobs {
         body["choices"][0]["logprobs"] = logprobs(reply, &reply.pieces(text), 0);
@@ -65,6 +65,17 @@ pub(crate) fn logprobs(reply: &Reply, pieces: &[&str], first: usize) -> Value {
         })
         .collect();
     json!({"content": content, "refusal": null})
+}
+
+/// OpenAI's usage object: cached prompt tokens under `prompt_tokens_details`.
+fn usage_json(usage: &moa_core::Usage) -> Value {
+    let mut json = json!({"prompt_tokens": usage.prompt_tokens,
+                          "completion_tokens": usage.completion_tokens,
+                          "total_tokens": usage.total_tokens});
+    if usage.cached_tokens > 0 {
+        json["prompt_tokens_details"] = json!({"cached_tokens": usage.cached_tokens});
+    }
+    json
 }
 
 fn chunk(ctx: &Ctx, choices: Value) -> Bytes {
@@ -123,7 +134,7 @@ pub(crate) fn frames(reply: &Reply, ctx: &Ctx, text: &str, complete: bool) -> Ve
                 "created": 1_700_000_000,
                 "model": ctx.model,
                 "choices": [],
-                "usage": usage,
+                "usage": usage_json(&usage),
             });
             frames.push(Bytes::from(format!("data: {frame}\n\n")));
         }

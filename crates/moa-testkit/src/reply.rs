@@ -243,7 +243,17 @@ impl Reply {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: prompt + completion,
+            cached_tokens: 0,
         });
+        self
+    }
+
+    /// Reports `cached` of the prompt tokens (see `with_usage`) as read from the prompt cache,
+    /// in each dialect's own words.
+    pub fn with_cached(mut self, cached: u64) -> Self {
+        if let Some(usage) = self.usage.as_mut() {
+            usage.cached_tokens = cached.min(usage.prompt_tokens);
+        }
         self
     }
 
@@ -304,6 +314,7 @@ impl Reply {
                 prompt_tokens: prompt,
                 completion_tokens: completion,
                 total_tokens: prompt + completion,
+                cached_tokens: 0,
             }
         }))
     }

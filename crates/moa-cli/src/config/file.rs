@@ -36,6 +36,9 @@ pub struct PriceEntry {
     pub input: f64,
     /// US dollars per million output (completion) tokens.
     pub output: f64,
+    /// US dollars per million input tokens read from the provider's prompt cache (default: the
+    /// input price).
+    pub cached_input: Option<f64>,
 }
 
 /// `[providers.NAME]`: changes a known provider or defines an OpenAI-compatible endpoint.

@@ -235,7 +235,8 @@ impl Config {
             if let Err(e) = moa_core::ModelRef::parse(model) {
                 return Err(self.invalid(format!("prices.\"{model}\""), e.to_string()));
             }
-            for (name, value) in [("input", entry.input), ("output", entry.output)] {
+            let cached = ("cached_input", entry.cached_input.unwrap_or(0.0));
+            for (name, value) in [("input", entry.input), ("output", entry.output), cached] {
                 if !(value.is_finite() && value >= 0.0) {
                     return Err(self.invalid(
                         format!("prices.\"{model}\".{name}"),
@@ -243,13 +244,11 @@ impl Config {
                     ));
                 }
             }
-            table.set(
-                model.clone(),
-                Price {
-                    input: entry.input,
-                    output: entry.output,
-                },
-            );
+            let price = Price {
+                cached_input: entry.cached_input,
+                ..Price::new(entry.input, entry.output)
+            };
+            table.set(model.clone(), price);
         }
         Ok(table)
     }
@@ -397,18 +396,14 @@ prompt_style = "tagged"
         let table = config.prices().unwrap();
         assert_eq!(
             table.price("together:acme/model"),
-            Some(Price {
-                input: 0.5,
-                output: 1.5
-            })
+            Some(Price::new(0.5, 1.5))
         );
-        assert_eq!(
-            table.price("openai:gpt-4o"),
-            Some(Price {
-                input: 1.0,
-                output: 2.0
-            })
-        );
+        assert_eq!(table.price("openai:gpt-4o"), Some(Price::new(1.0, 2.0)));
+        let cached = parse("[prices.\"openai:x\"]\ninput = 1\noutput = 2\ncached_input = 0.1\n")
+            .unwrap()
+            .prices()
+            .unwrap();
+        assert_eq!(cached.price("openai:x").unwrap().cached_input, Some(0.1));
         let err = parse("[prices.\"openai:x\"]\ninput = -1\noutput = 2\n")
             .unwrap()
             .prices()

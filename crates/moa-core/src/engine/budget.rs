@@ -184,13 +184,7 @@ mod tests {
             ..RunPolicy::default()
         };
         let mut prices = PriceTable::empty();
-        prices.set(
-            "p:cheap",
-            crate::Price {
-                input: 1.0,
-                output: 2.0,
-            },
-        );
+        prices.set("p:cheap", crate::Price::new(1.0, 2.0));
         Budget::new(&policy, std::sync::Arc::new(prices), &["p:cheap"]).unwrap()
     }
 
@@ -211,6 +205,7 @@ mod tests {
                 prompt_tokens: 9_000,
                 completion_tokens: 500,
                 total_tokens: 9_500,
+                cached_tokens: 0,
             },
         );
         assert_eq!(spent.share(&[("p:cheap", 1000)], None), Some(0));

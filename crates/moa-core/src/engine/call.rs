@@ -209,6 +209,7 @@ fn estimate_usage(prompt_tokens: u64, answer: &str) -> crate::completion::Usage 
         prompt_tokens,
         completion_tokens,
         total_tokens: prompt_tokens + completion_tokens,
+        cached_tokens: 0,
     }
 }
 

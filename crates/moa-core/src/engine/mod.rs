@@ -66,6 +66,8 @@ impl BoundAgent {
             extra: self.spec.extra.clone(),
             tools: None,
             response_format: None,
+            // The conversation as sent is the stable prefix; the references come after it.
+            cache_prefix: (style == PromptStyle::Appended).then_some(messages.len()),
         }
     }
 }

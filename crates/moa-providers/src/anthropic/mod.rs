@@ -158,8 +158,10 @@ impl Inner {
             .collect();
         let usage = message.usage.and_then(|u| {
             let output = u.output_tokens;
-            (u.input().is_some() || output.is_some())
-                .then(|| wire::usage(u.input().unwrap_or(0), output.unwrap_or(0)))
+            (u.input().is_some() || output.is_some()).then(|| {
+                let cached = u.cached().unwrap_or(0);
+                wire::usage(u.input().unwrap_or(0), output.unwrap_or(0), cached)
+            })
         });
         let tool_calls = message
             .content

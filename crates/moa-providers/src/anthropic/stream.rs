@@ -12,6 +12,7 @@ use crate::sse::{SseDecoder, SseEvent};
 pub(super) struct Decoder {
     sse: SseDecoder,
     input_tokens: Option<u64>,
+    cached_tokens: Option<u64>,
     output_tokens: Option<u64>,
     /// Content block index → tool call index, for the blocks that are `tool_use`.
     tool_blocks: Vec<(usize, usize)>,
@@ -34,6 +35,7 @@ impl Decoder {
             "message_start" => {
                 if let Some(usage) = parsed.message.and_then(|m| m.usage) {
                     self.input_tokens = usage.input().or(self.input_tokens);
+                    self.cached_tokens = usage.cached().or(self.cached_tokens);
                     self.output_tokens = usage.output_tokens.or(self.output_tokens);
                 }
             }
@@ -69,6 +71,7 @@ impl Decoder {
                     // Output tokens here are cumulative; input may be restated.
                     self.output_tokens = usage.output_tokens.or(self.output_tokens);
                     self.input_tokens = usage.input().or(self.input_tokens);
+                    self.cached_tokens = usage.cached().or(self.cached_tokens);
                 }
             }
             "message_stop" => {
@@ -99,6 +102,7 @@ impl Decoder {
             out.usage = Some(wire::usage(
                 self.input_tokens.unwrap_or(0),
                 self.output_tokens.unwrap_or(0),
+                self.cached_tokens.unwrap_or(0),
             ));
         }
     }

@@ -53,12 +53,22 @@ fn content(message: &moa_core::Message) -> Value {
     Value::Array(blocks)
 }
 
+/// Puts Anthropic's prompt-cache marker (the prefix up to the block that carries it is cached) on the last block of `content` (a text becomes a text block).
+fn mark_cached(content: &mut Value) {
+    if let Value::String(text) = content {
+        *content = json!([{"type": "text", "text": text}]);
+    }
+    if let Some(last) = content.as_array_mut().and_then(|b| b.last_mut()) {
+        last["cache_control"] = json!({"type": "ephemeral"});
+    }
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     model: &'a str,
     max_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    system: Option<String>,
+    system: Option<Value>,
     messages: Vec<Message<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
@@ -77,7 +87,13 @@ struct Body<'a> {
 pub fn request_body(request: &ChatRequest, stream: bool) -> Vec<u8> {
     let mut system: Vec<&str> = Vec::new();
     let mut messages: Vec<Message> = Vec::new();
-    for message in &request.messages {
+    // Where the stable prefix ends (see `ChatRequest::cache_prefix`): after this many of the
+    // API's messages.
+    let mut prefix_end = None;
+    for (i, message) in request.messages.iter().enumerate() {
+        if request.cache_prefix == Some(i) {
+            prefix_end = Some(messages.len());
+        }
         match &message.role {
             Role::System | Role::Developer => system.push(message.content.as_str()),
             // A tool's result is a `tool_result` block from the user; results of one turn
@@ -104,6 +120,22 @@ pub fn request_body(request: &ChatRequest, stream: bool) -> Vec<u8> {
             }),
         }
     }
+    if request.cache_prefix == Some(request.messages.len()) {
+        prefix_end = Some(messages.len());
+    }
+    let mut system = (!system.is_empty()).then(|| Value::String(system.join("\n\n")));
+    match prefix_end {
+        // The prefix's last block carries the marker: a message's, or the system prompt's.
+        Some(0) => {
+            if let Some(text) = system.take() {
+                let mut blocks = json!([{"type": "text", "text": text}]);
+                mark_cached(&mut blocks);
+                system = Some(blocks);
+            }
+        }
+        Some(end) => mark_cached(&mut messages[end - 1].content),
+        None => {}
+    }
     let mut extra = crate::http::extra_fields(request, &RESERVED_FIELDS);
     // OpenAI's `stop` (a string or a list) is Anthropic's `stop_sequences` (a list).
     if let Some(stop) = extra.remove("stop") {
@@ -124,7 +156,7 @@ pub fn request_body(request: &ChatRequest, stream: bool) -> Vec<u8> {
     let body = Body {
         model: &request.model,
         max_tokens,
-        system: (!system.is_empty()).then(|| system.join("\n\n")),
+        system,
         messages,
         temperature: request.temperature,
         tools,
@@ -207,6 +239,11 @@ pub struct WireUsage {
 }
 
 impl WireUsage {
+    /// Prompt tokens read from the cache.
+    pub fn cached(&self) -> Option<u64> {
+        self.cache_read_input_tokens
+    }
+
     pub fn input(&self) -> Option<u64> {
         let parts = [
             self.input_tokens,
@@ -220,11 +257,14 @@ impl WireUsage {
     }
 }
 
-pub fn usage(input: u64, output: u64) -> Usage {
+/// Usage in moa's terms: `input` counts every prompt token, cached or not; `cached` those read
+/// from the prompt cache.
+pub fn usage(input: u64, output: u64, cached: u64) -> Usage {
     Usage {
         prompt_tokens: input,
         completion_tokens: output,
         total_tokens: input + output,
+        cached_tokens: cached,
     }
 }
 
@@ -291,6 +331,50 @@ pub struct WireEvent {
 mod tests {
     use super::*;
     use moa_core::Message as M;
+
+    fn body(request: &ChatRequest) -> Value {
+        serde_json::from_slice(&request_body(request, false)).unwrap()
+    }
+
+    #[test]
+    fn the_stable_prefix_ends_with_a_cache_marker() {
+        let refs = "You have been provided with ...\n1. A";
+        let mut r = ChatRequest::new(
+            "claude-3-5-haiku-20241022",
+            vec![
+                M::system("be brief"),
+                M::user("Q1"),
+                M::assistant("A1"),
+                M::user("Q2"),
+                M::user(refs),
+            ],
+        );
+        r.cache_prefix = Some(4);
+        let sent = body(&r);
+        assert_eq!(
+            sent["messages"][2]["content"],
+            json!([{"type": "text", "text": "Q2", "cache_control": {"type": "ephemeral"}}])
+        );
+        assert_eq!(
+            sent["messages"][3]["content"], refs,
+            "the references follow, unmarked"
+        );
+        assert_eq!(sent["system"], "be brief");
+        // A prefix of the system prompt alone marks the system prompt.
+        r.messages.truncate(1);
+        r.messages.push(M::user(refs));
+        r.cache_prefix = Some(1);
+        let sent = body(&r);
+        assert_eq!(
+            sent["system"],
+            json!([{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}])
+        );
+        // Without a prefix, nothing is marked.
+        r.cache_prefix = None;
+        assert!(!String::from_utf8(request_body(&r, false))
+            .unwrap()
+            .contains("cache_control"));
+    }
 
     #[test]
     fn system_messages_become_the_system_field_and_max_tokens_is_always_sent() {

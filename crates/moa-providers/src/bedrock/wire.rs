@@ -124,6 +124,21 @@ pub const UNSUPPORTED_FIELDS: [&str; 8] = [
 /// The API's name in refusals.
 pub const API: &str = "Bedrock's Converse API";
 
+/// Whether Converse takes prompt-cache points for `model` (Bedrock's prompt caching covers
+/// Claude 3.5 Haiku, 3.7 Sonnet and later, and Amazon Nova; cross-region ids have a prefix).
+pub fn takes_cache_points(model: &str) -> bool {
+    [
+        "anthropic.claude-3-5-haiku",
+        "anthropic.claude-3-7-sonnet",
+        "anthropic.claude-sonnet-4",
+        "anthropic.claude-opus-4",
+        "anthropic.claude-haiku-4",
+        "amazon.nova-",
+    ]
+    .iter()
+    .any(|family| model.contains(family))
+}
+
 /// Serializes `request` as a Converse body. System messages go to `system`; consecutive
 /// messages of one role are merged into one message of several text blocks, since Converse
 /// wants the roles to alternate. temperature, max_tokens, top_p and stop go to
@@ -132,7 +147,18 @@ pub const API: &str = "Bedrock's Converse API";
 pub fn request_body(request: &ChatRequest) -> Result<Vec<u8>, String> {
     let mut system = Vec::new();
     let mut messages: Vec<Message> = Vec::new();
-    for message in &request.messages {
+    // Where the stable prefix ends (see `ChatRequest::cache_prefix`): the API's message and
+    // block after which the rest follows (merged messages can share one API message).
+    let mut prefix_end = None;
+    let end_here = |messages: &[Message]| {
+        messages
+            .last()
+            .map(|m| (messages.len() - 1, m.content.len()))
+    };
+    for (i, message) in request.messages.iter().enumerate() {
+        if request.cache_prefix == Some(i) {
+            prefix_end = end_here(&messages);
+        }
         let role = match &message.role {
             Role::System | Role::Developer => {
                 system.push(Text {
@@ -149,6 +175,16 @@ pub fn request_body(request: &ChatRequest) -> Result<Vec<u8>, String> {
             Some(last) if last.role == role => last.content.extend(content),
             _ => messages.push(Message { role, content }),
         }
+    }
+    if request.cache_prefix == Some(request.messages.len()) {
+        prefix_end = end_here(&messages);
+    }
+    // A cache point after the prefix, for the models whose Converse takes one (others refuse
+    // the block); a prefix of the system prompt alone is not marked.
+    if let Some((message, block)) = prefix_end.filter(|_| takes_cache_points(&request.model)) {
+        messages[message]
+            .content
+            .insert(block, json!({"cachePoint": {"type": "default"}}));
     }
     let mut inference_config = Map::new();
     let mut additional = Map::new();
@@ -214,14 +250,22 @@ pub struct WireUsage {
     pub output_tokens: u64,
     #[serde(rename = "totalTokens", default)]
     pub total_tokens: Option<u64>,
+    /// Prompt caching: tokens read from and written to the cache, which Converse counts apart
+    /// from `inputTokens`.
+    #[serde(rename = "cacheReadInputTokens", default)]
+    pub cache_read: u64,
+    #[serde(rename = "cacheWriteInputTokens", default)]
+    pub cache_write: u64,
 }
 
 impl From<WireUsage> for Usage {
     fn from(u: WireUsage) -> Self {
+        let prompt = u.input_tokens + u.cache_read + u.cache_write;
         Usage {
-            prompt_tokens: u.input_tokens,
+            prompt_tokens: prompt,
             completion_tokens: u.output_tokens,
-            total_tokens: u.total_tokens.unwrap_or(u.input_tokens + u.output_tokens),
+            total_tokens: prompt + u.output_tokens,
+            cached_tokens: u.cache_read,
         }
     }
 }
@@ -296,6 +340,34 @@ pub struct StreamPayload {
 mod tests {
     use super::*;
     use moa_core::Message as M;
+
+    #[test]
+    fn a_cache_point_follows_the_stable_prefix_for_models_that_take_one() {
+        let refs = "You have been provided with ...\n1. A";
+        let mut r = ChatRequest::new(
+            "us.anthropic.claude-3-5-haiku-20241022-v1:0",
+            vec![
+                M::user("Q1"),
+                M::assistant("A1"),
+                M::user("Q2"),
+                M::user(refs),
+            ],
+        );
+        r.cache_prefix = Some(3);
+        let sent: Value = serde_json::from_slice(&request_body(&r).unwrap()).unwrap();
+        // Q2 and the references share one user message (Converse alternates roles); the cache
+        // point sits between them.
+        assert_eq!(
+            sent["messages"][2]["content"],
+            json!([{"text": "Q2"}, {"cachePoint": {"type": "default"}}, {"text": refs}])
+        );
+        r.model = "anthropic.claude-3-haiku-20240307-v1:0".into();
+        let sent = String::from_utf8(request_body(&r).unwrap()).unwrap();
+        assert!(
+            !sent.contains("cachePoint"),
+            "Claude 3 Haiku on Bedrock takes none: {sent}"
+        );
+    }
 
     #[test]
     fn converse_bodies_put_everything_where_bedrock_wants_it() {

@@ -93,6 +93,15 @@ pub struct WireUsage {
     completion_tokens: Option<u64>,
     #[serde(default)]
     total_tokens: Option<u64>,
+    /// OpenAI's `prompt_tokens_details.cached_tokens` (prompt caching).
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Deserialize, Default)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
 }
 
 impl From<WireUsage> for Usage {
@@ -103,6 +112,11 @@ impl From<WireUsage> for Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: u.total_tokens.unwrap_or(prompt + completion),
+            cached_tokens: u
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0)
+                .min(prompt),
         }
     }
 }

@@ -42,7 +42,8 @@ async fn streams_text_usage_and_stop_reason_with_the_exact_body_and_headers() {
             usage: Some(Usage {
                 prompt_tokens: 12,
                 completion_tokens: 5,
-                total_tokens: 17
+                total_tokens: 17,
+                cached_tokens: 0,
             }),
         })
     );
@@ -227,4 +228,29 @@ async fn tool_use_goes_both_ways() {
         sent["tool_choice"],
         serde_json::json!({"type": "any", "disable_parallel_tool_use": true})
     );
+}
+
+/// Prompt tokens read from the provider's cache, as this dialect reports them, arrive as
+/// `cached_tokens` (counted in `prompt_tokens`), streamed and whole.
+#[tokio::test]
+async fn cached_prompt_tokens_are_read() {
+    let fake = FakeServer::anthropic().await;
+    let provider = client(&fake, 0);
+    for _ in 0..2 {
+        fake.push(
+            "claude-3-haiku-20240307",
+            Reply::text("A").with_usage(1000, 10).with_cached(600),
+        );
+    }
+    let (_, chunks, err) = collect_stream(&provider, request()).await;
+    assert!(err.is_none(), "{err:?}");
+    let Some(Chunk::Finished {
+        usage: Some(usage), ..
+    }) = chunks.last()
+    else {
+        panic!("{chunks:?}")
+    };
+    assert_eq!((usage.prompt_tokens, usage.cached_tokens), (1000, 600));
+    let whole = provider.complete(request()).await.unwrap().usage.unwrap();
+    assert_eq!((whole.prompt_tokens, whole.cached_tokens), (1000, 600));
 }

@@ -129,7 +129,8 @@ async fn converse_stream_decodes_frames_and_the_request_is_signed_as_sent() {
             usage: Some(Usage {
                 prompt_tokens: 20,
                 completion_tokens: 6,
-                total_tokens: 26
+                total_tokens: 26,
+                cached_tokens: 0,
             }),
         })
     );
@@ -358,4 +359,29 @@ async fn tool_use_goes_both_ways() {
     });
     let err = sigv4(&fake, 0).complete(r).await.unwrap_err();
     assert!(err.to_string().contains("tool_choice \"none\""), "{err}");
+}
+
+/// Prompt tokens read from the provider's cache, as this dialect reports them, arrive as
+/// `cached_tokens` (counted in `prompt_tokens`), streamed and whole.
+#[tokio::test]
+async fn cached_prompt_tokens_are_read() {
+    let fake = FakeServer::bedrock().await;
+    let provider = sigv4(&fake, 0);
+    for _ in 0..2 {
+        fake.push(
+            HAIKU,
+            Reply::text("A").with_usage(1000, 10).with_cached(600),
+        );
+    }
+    let (_, chunks, err) = collect_stream(&provider, request()).await;
+    assert!(err.is_none(), "{err:?}");
+    let Some(Chunk::Finished {
+        usage: Some(usage), ..
+    }) = chunks.last()
+    else {
+        panic!("{chunks:?}")
+    };
+    assert_eq!((usage.prompt_tokens, usage.cached_tokens), (1000, 600));
+    let whole = provider.complete(request()).await.unwrap().usage.unwrap();
+    assert_eq!((whole.prompt_tokens, whole.cached_tokens), (1000, 600));
 }

@@ -320,3 +320,58 @@ async fn non_streaming_proposers_send_whole_requests() {
     assert!(requests[6].is_stream(), "the aggregator is always streamed");
     assert!(trace.layers[0].calls.iter().all(|c| c.usage.is_some()));
 }
+
+/// The `appended` style keeps the conversation as sent, a prefix whose bytes a second turn
+/// repeats, and both aggregations of n = 2 send the same body.
+#[tokio::test]
+async fn the_appended_style_keeps_a_byte_stable_prefix_across_turns() {
+    let fake = FakeOpenAi::start().await;
+    answer_with_model_names(&fake);
+    let registry = registry_for(&fake);
+    let mut preset = preset("together");
+    preset.prompt_style = moa_core::PromptStyle::Appended;
+    let moa = Moa::new(registry.bind(&preset).unwrap(), RunOptions::default());
+    let first = vec![Message::system("Be brief."), Message::user("What is MoA?")];
+    let trace = moa.run_to_end(first.clone()).await.unwrap();
+    let is_aggregator = |r: &moa_testkit::Recorded| {
+        r.json["messages"].as_array().unwrap().last().unwrap()["content"]
+            .as_str()
+            .unwrap()
+            .starts_with(AGGREGATOR_SYSTEM_PROMPT)
+    };
+    let aggregator = |from: usize| {
+        fake.requests()
+            .into_iter()
+            .skip(from)
+            .find(is_aggregator)
+            .unwrap()
+    };
+    let turn1 = aggregator(0);
+    // The system prompt is untouched; the references are the last message.
+    assert_eq!(turn1.json["messages"][0]["content"], "Be brief.");
+    assert_eq!(turn1.json["messages"].as_array().unwrap().len(), 3);
+
+    let seen = fake.requests().len();
+    let mut second = first.clone();
+    second.push(Message::assistant(trace.answer.clone()));
+    second.push(Message::user("And why does it work?"));
+    let mut request = moa_core::RunRequest::new(second);
+    request.n = 2;
+    moa.run_request_to_end(request).await.unwrap();
+    let turn2 = aggregator(seen);
+    // Byte for byte, turn 2's body starts as turn 1's did, up to the end of the first
+    // question: the prefix a provider's cache already holds.
+    let (one, two) = (turn1.body_text(), turn2.body_text());
+    let question = one.find("What is MoA?").unwrap() + "What is MoA?\"}".len();
+    assert_eq!(one[..question], two[..question]);
+    // Both aggregations of the turn sent the same body.
+    let aggregations: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .skip(seen)
+        .filter(is_aggregator)
+        .map(|r| r.body_text().to_string())
+        .collect();
+    assert_eq!(aggregations.len(), 2);
+    assert_eq!(aggregations[0], aggregations[1]);
+}

@@ -35,7 +35,8 @@ async fn streams_text_and_final_usage_with_the_exact_body() {
             usage: Some(moa_core::Usage {
                 prompt_tokens: 11,
                 completion_tokens: 4,
-                total_tokens: 15
+                total_tokens: 15,
+                cached_tokens: 0,
             }),
         })
     );
@@ -313,4 +314,31 @@ async fn the_concurrency_limit_holds_requests_back() {
             r.seq
         );
     }
+}
+
+/// Prompt tokens read from the provider's cache, as this dialect reports them, arrive as
+/// `cached_tokens` (counted in `prompt_tokens`), streamed and whole.
+#[tokio::test]
+async fn cached_prompt_tokens_are_read() {
+    let fake = FakeOpenAi::start().await;
+    let provider = client(&fake, 0);
+    for _ in 0..2 {
+        fake.push("m", Reply::text("A").with_usage(1000, 10).with_cached(600));
+    }
+    let (_, chunks, err) = collect_stream(&provider, request("m")).await;
+    assert!(err.is_none(), "{err:?}");
+    let Some(Chunk::Finished {
+        usage: Some(usage), ..
+    }) = chunks.last()
+    else {
+        panic!("{chunks:?}")
+    };
+    assert_eq!((usage.prompt_tokens, usage.cached_tokens), (1000, 600));
+    let whole = provider
+        .complete(request("m"))
+        .await
+        .unwrap()
+        .usage
+        .unwrap();
+    assert_eq!((whole.prompt_tokens, whole.cached_tokens), (1000, 600));
 }

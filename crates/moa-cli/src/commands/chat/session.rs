@@ -265,6 +265,7 @@ mod tests {
                 prompt_tokens: 4000,
                 completion_tokens: 800,
                 total_tokens: 4800,
+                cached_tokens: 0,
             },
         );
         let table = usage_table(&usage, &PriceTable::builtin());
@@ -279,6 +280,7 @@ mod tests {
                 prompt_tokens: 1,
                 completion_tokens: 1,
                 total_tokens: 2,
+                cached_tokens: 0,
             },
         );
         let table = usage_table(&usage, &PriceTable::builtin());
