@@ -233,6 +233,8 @@ pub enum DegradedKind {
     Capped,
     /// A proposer layer was not run: the run's limits left too little for it.
     Skipped,
+    /// A reference was cut to fit the aggregator's context window.
+    Trimmed,
 }
 
 impl Trace {

@@ -7,6 +7,7 @@
 //! messages, bind providers into a [`Plan`], and consume the [`RunEvent`] stream.
 
 pub mod completion;
+pub mod context;
 pub mod engine;
 pub mod error;
 pub mod event;

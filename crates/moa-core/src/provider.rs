@@ -20,6 +20,13 @@ pub trait Provider: Send + Sync + 'static {
     /// The provider's name as used in `provider:model` (for messages and usage keys).
     fn name(&self) -> &str;
 
+    /// The context window of `model` (the id as this provider knows it), in tokens, when the
+    /// provider knows it (a local model's file says); the engine otherwise looks in
+    /// [`crate::context`]'s table.
+    fn context_window(&self, _model: &str) -> Option<u64> {
+        None
+    }
+
     /// Streams the answer to `request`. The stream ends with exactly one [`Chunk::Finished`]
     /// on success. Retries, if any, happen before the first chunk is yielded.
     fn stream(&self, request: ChatRequest) -> BoxChunkStream;

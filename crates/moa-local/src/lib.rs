@@ -175,6 +175,19 @@ impl Provider for LocalProvider {
         "local"
     }
 
+    /// The context of a model already loaded (by an earlier call of the run, typically); a
+    /// model not yet loaded is not loaded for this, which would block.
+    fn context_window(&self, model: &str) -> Option<u64> {
+        // Where `resolve` would find it, without checking the file again.
+        let path = match catalog::known(model) {
+            Some(known) => catalog::path_in(self.models_dir(), known),
+            None => PathBuf::from(model),
+        };
+        let models = self.inner.models.lock().unwrap_or_else(|e| e.into_inner());
+        let loaded = models.get(&path)?.get()?.as_ref().ok()?;
+        Some(loaded.config.context as u64)
+    }
+
     fn stream(&self, request: ChatRequest) -> BoxChunkStream {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Chunk, ProviderError>>();
         let provider = self.clone();

@@ -17,6 +17,7 @@ use crate::script::{EndGuard, Ending, Recorded, Script};
 pub struct ScriptedProvider {
     name: String,
     script: Arc<Script>,
+    context: Option<u64>,
 }
 
 impl ScriptedProvider {
@@ -25,7 +26,14 @@ impl ScriptedProvider {
         Self {
             name: name.to_string(),
             script: Script::new(),
+            context: None,
         }
+    }
+
+    /// Says every model has a context window of `tokens` (see `Provider::context_window`).
+    pub fn with_context_window(mut self, tokens: u64) -> Self {
+        self.context = Some(tokens);
+        self
     }
 
     /// Queues `reply` for the next request naming `model` (the id without the provider prefix).
@@ -76,6 +84,10 @@ fn request_json(request: &ChatRequest) -> Value {
 impl Provider for ScriptedProvider {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn context_window(&self, _model: &str) -> Option<u64> {
+        self.context
     }
 
     fn stream(&self, request: ChatRequest) -> BoxChunkStream {

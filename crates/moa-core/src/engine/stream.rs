@@ -310,6 +310,14 @@ async fn drive(
     }
 
     let aggregator = &plan.aggregator;
+    let reference_layer = layers.last().map_or(0, |l| l.layer);
+    degraded.extend(fit_references(
+        aggregator,
+        &mut references,
+        &aggregator_messages,
+        request.aggregator.max_tokens.or(aggregator.spec.max_tokens),
+        reference_layer,
+    ));
     ctx.emit(RunEvent::AggregatorStarted {
         model: aggregator.spec.model.clone(),
     });
@@ -545,6 +553,45 @@ fn layer_share(
         budget::AGGREGATOR_FLOOR.saturating_mul(choices as u32),
     );
     budget.share(&prompts, Some(reserve))
+}
+
+/// Tokens kept for the aggregator's answer when it sets no max_tokens, in the context guard.
+const ANSWER_ROOM: u64 = 1024;
+
+/// Trims `references` to fit the aggregator's context window (its provider's word, else the
+/// built-in table; unknown: nothing is trimmed), keeping room for its prompt and answer.
+fn fit_references(
+    aggregator: &super::BoundAgent,
+    references: &mut [Reference],
+    aggregator_messages: &[Message],
+    max_tokens: Option<u32>,
+    layer: usize,
+) -> Vec<Degraded> {
+    let window = aggregator
+        .provider
+        .context_window(&aggregator.model_id)
+        .or_else(|| crate::context::builtin_window(&aggregator.spec.model));
+    let Some(window) = window else {
+        return Vec::new();
+    };
+    // Each reference's numbering or tags take a few tokens of their own.
+    let fixed = aggregator_prompt(aggregator_messages)
+        + max_tokens.map_or(ANSWER_ROOM, u64::from)
+        + 16 * references.len() as u64;
+    let trims = crate::context::fit(references, window.saturating_sub(fixed));
+    trims
+        .into_iter()
+        .map(|t| Degraded {
+            layer: Some(layer).filter(|l| *l > 0),
+            model: references[t.index].model.clone(),
+            kind: DegradedKind::Trimmed,
+            reason: format!(
+                "reference trimmed from about {} to {} tokens to fit {}'s context of {window} \
+                 tokens",
+                t.from_tokens, t.to_tokens, aggregator.spec.model
+            ),
+        })
+        .collect()
 }
 
 fn capped(layer: Option<usize>, model: &str, cap: u32, budget: &Budget) -> Degraded {

@@ -400,3 +400,49 @@ async fn the_deadline_is_shared_by_the_layers_and_the_aggregator() {
     let (_, trace) = run(&p, &with_policy(vec![vec!["t:a"]], fallback)).await;
     assert_eq!((trace.answer.as_str(), trace.elapsed_ms), ("A", 10_000));
 }
+
+#[tokio::test]
+async fn references_too_long_for_the_aggregators_context_are_trimmed_and_reported() {
+    let p = ScriptedProvider::new("t").with_context_window(1500);
+    p.push("a", Reply::text("a".repeat(4000)));
+    p.push("b", Reply::text("b".repeat(4000)));
+    p.push("c", Reply::text("short answer"));
+    p.push("agg", Reply::text("final"));
+    let mut three = preset(vec![vec!["t:a", "t:b", "t:c"]], "t:agg");
+    three.aggregator.max_tokens = Some(200);
+    let (_, trace) = run(&p, &three).await;
+    let trimmed: Vec<_> = trace
+        .degraded
+        .iter()
+        .map(|d| (d.layer, d.model.as_str(), d.kind))
+        .collect();
+    assert_eq!(
+        trimmed,
+        [
+            (Some(1), "t:a", DegradedKind::Trimmed),
+            (Some(1), "t:b", DegradedKind::Trimmed)
+        ]
+    );
+    assert!(trace.degraded[0].reason.contains("context of 1500 tokens"));
+    let system = references(&p);
+    assert!(system.contains(moa_core::context::TRIMMED));
+    assert!(
+        system.ends_with("3. short answer"),
+        "the short one is whole"
+    );
+    // The prompt now leaves the answer its 200 tokens (four characters a token).
+    let prompt_tokens = (system.chars().count() as u64 + 1).div_ceil(4);
+    assert!(prompt_tokens + 200 <= 1500, "{prompt_tokens}");
+    // The trace keeps what the proposers wrote; only the aggregator's copy was cut.
+    assert_eq!(
+        trace.layers[0].calls[0].answer.as_ref().unwrap().len(),
+        4000
+    );
+
+    // Without a known window nothing is cut.
+    let p = ScriptedProvider::new("t");
+    p.push("a", Reply::text("a".repeat(4000)));
+    p.push("agg", Reply::text("final"));
+    let (_, trace) = run(&p, &preset(vec![vec!["t:a"]], "t:agg")).await;
+    assert!(trace.degraded.is_empty());
+}

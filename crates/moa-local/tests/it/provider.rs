@@ -279,3 +279,15 @@ async fn a_sequence_that_fills_the_context_ends_alone_with_length() {
     let (alone, _) = answer(&provider, short).await;
     assert_eq!(short_text, alone);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_context_window_is_the_files_once_the_model_is_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny::write_with_context(dir.path(), "llama", 640);
+    let provider = LocalProvider::new(dir.path());
+    let id = path.display().to_string();
+    // Not loaded yet: unknown, rather than loading on the caller's thread.
+    assert_eq!(provider.context_window(&id), None);
+    answer(&provider, request(&path, 0.0, 1, 2)).await;
+    assert_eq!(provider.context_window(&id), Some(640));
+}
