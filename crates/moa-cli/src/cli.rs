@@ -149,6 +149,27 @@ pub struct PolicyArgs {
     pub reference_max_tokens: Option<u32>,
 }
 
+/// A whole job's limits (`eval generate`, `bench`): over every item, earlier runs included.
+#[derive(Clone, Debug, Default, Args)]
+pub struct JobBudgetArgs {
+    /// Stop starting items once the job has cost about this many US dollars (items in flight
+    /// finish); rerun with a larger budget to go on.
+    #[arg(long, value_name = "USD", value_parser = non_negative)]
+    pub job_max_cost: Option<f64>,
+    /// Stop starting items once the job has used about this many tokens.
+    #[arg(long, value_name = "N")]
+    pub job_max_tokens: Option<u64>,
+}
+
+impl JobBudgetArgs {
+    pub fn budget(&self) -> moa_eval::runner::JobBudget {
+        moa_eval::runner::JobBudget {
+            max_cost: self.job_max_cost,
+            max_tokens: self.job_max_tokens,
+        }
+    }
+}
+
 impl PolicyArgs {
     pub fn flags(&self) -> moa_core::PolicyChanges {
         let secs = |s: f64| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX);
@@ -365,6 +386,8 @@ pub struct BenchArgs {
     /// The run policy of every preset measured (single models have no layers to apply it to).
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub job_budget: JobBudgetArgs,
 }
 
 #[derive(Debug, Args)]
@@ -469,6 +492,8 @@ pub struct EvalGenerateArgs {
     pub timeout: Option<f64>,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub job_budget: JobBudgetArgs,
 }
 
 #[derive(Debug, Args)]

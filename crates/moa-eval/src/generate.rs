@@ -38,6 +38,9 @@ impl Record for Answer {
     fn ok(&self) -> bool {
         self.ok
     }
+    fn tokens(&self) -> u64 {
+        self.usage.total_tokens
+    }
     fn cost(&self) -> Option<f64> {
         self.cost
     }

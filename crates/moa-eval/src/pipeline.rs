@@ -72,6 +72,8 @@ pub struct GenerateOptions {
     pub limit: Option<usize>,
     pub parallel: usize,
     pub force_temperature: Option<f64>,
+    /// The whole job's limits; generation stops starting items once reached.
+    pub budget: runner::JobBudget,
 }
 
 /// What a generation left.
@@ -82,6 +84,8 @@ pub struct Generated {
     pub answered: usize,
     /// Keys still without an answer, with their last error.
     pub failed: Vec<(String, String)>,
+    /// The job budget that stopped generation early, if one did.
+    pub stopped: Option<String>,
 }
 
 fn data_file(data: &Path, relative: &str, bench: Bench) -> Result<PathBuf> {
@@ -279,9 +283,10 @@ pub async fn generate(
     let journal_path = opts.out.join(GENERATION_JOURNAL);
     let mut done = runner::latest(Journal::<Answer>::load(&journal_path)?);
     let mut journal = Journal::open(&journal_path)?;
-    runner::run(
+    let stopped = runner::run(
         &tasks,
         opts.parallel,
+        opts.budget,
         &mut journal,
         &mut done,
         |task| generator.answer(task),
@@ -305,6 +310,7 @@ pub async fn generate(
         total: tasks.len(),
         answered,
         failed,
+        stopped,
     })
 }
 
@@ -408,6 +414,7 @@ pub async fn judge(opts: &JudgeOptions, judge: &Judge, tick: impl FnMut(&Tick)) 
             runner::run(
                 &items,
                 opts.parallel,
+                runner::JobBudget::default(),
                 &mut journal,
                 &mut done,
                 |c| judge::alpaca(judge, prompt, c),
@@ -469,6 +476,7 @@ pub async fn judge(opts: &JudgeOptions, judge: &Judge, tick: impl FnMut(&Tick)) 
             runner::run(
                 &items,
                 opts.parallel,
+                runner::JobBudget::default(),
                 &mut journal,
                 &mut done,
                 |t| judge::mt_bench(judge, prompts, t),
@@ -508,6 +516,7 @@ pub async fn judge(opts: &JudgeOptions, judge: &Judge, tick: impl FnMut(&Tick)) 
             runner::run(
                 &items,
                 opts.parallel,
+                runner::JobBudget::default(),
                 &mut journal,
                 &mut done,
                 |item| judge::flask(judge, reviewer, item),

@@ -129,6 +129,7 @@ async fn generate(config_path: Option<&Path>, args: EvalGenerateArgs) -> anyhow:
         limit: args.limit,
         parallel: args.parallel,
         force_temperature: args.force_temperature,
+        budget: args.job_budget.budget(),
     };
     let progress = Progress::new(format!("{bench} · {name}"));
     let generated = until_interrupted(
@@ -144,6 +145,14 @@ async fn generate(config_path: Option<&Path>, args: EvalGenerateArgs) -> anyhow:
         generated.outputs.display()
     );
     println!("{}", generated.outputs.display());
+    if let Some(limit) = &generated.stopped {
+        anyhow::bail!(
+            "stopped at {limit}: {} of {} items answered; rerun the same command with a larger \
+             budget to go on from there",
+            generated.answered,
+            generated.total
+        );
+    }
     if !generated.failed.is_empty() {
         let (key, error) = &generated.failed[0];
         anyhow::bail!(

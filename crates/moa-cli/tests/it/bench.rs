@@ -223,3 +223,53 @@ async fn a_run_killed_midway_resumes_without_repeating_or_losing_answers() {
     assert!(out.stdout.starts_with("target"), "{}", out.stdout);
     assert!(out.stdout.contains("4/4"), "{}", out.stdout);
 }
+
+/// A job budget stops `moa bench` starting runs once reached, says how far it got, and a rerun
+/// with a larger budget goes on without repeating a run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_budget_stops_the_bench_and_a_larger_one_resumes_it() {
+    let openai = FakeOpenAi::start().await;
+    // 1,000,000 prompt tokens at $0.5 per million: $0.50 a run.
+    openai.respond_with(|_| Reply::text("answer").with_usage(1_000_000, 0));
+    let extra = "[prices.\"together:solo\"]\ninput = 0.5\noutput = 0.5\n";
+    let sandbox = Sandbox::new(&openai, extra);
+    write_prompts(&sandbox, &["one", "two", "three", "four", "five", "six"]);
+    let bench = |budget: &'static str| {
+        let dir = sandbox.path().to_path_buf();
+        async move {
+            moa(
+                &dir,
+                &[
+                    "bench",
+                    "--prompts",
+                    "prompts.txt",
+                    "--model",
+                    "together:solo",
+                    "--parallel",
+                    "1",
+                    "--out",
+                    "run",
+                    "--job-max-cost",
+                    budget,
+                ],
+                &[KEY],
+                None,
+            )
+            .await
+        }
+    };
+    let out = bench("1.2").await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    // After two runs ($1.00), a third would pass $1.20.
+    assert!(
+        out.stderr
+            .contains("stopped at --job-max-cost $1.2 ($1.0000 spent): 2 of 6 runs measured"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(openai.requests().len(), 2);
+
+    let out = bench("10").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(openai.requests().len(), 6, "the four left, none again");
+}

@@ -9,12 +9,13 @@ mod report;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::StreamExt;
 use moa_core::{Message, Moa, RunEvent};
 use moa_eval::journal::Journal;
-use moa_eval::runner::Tick;
+use moa_eval::runner::{Gate, Tick};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::BenchArgs;
@@ -41,6 +42,13 @@ pub struct Record {
     pub cost: Option<f64>,
     pub error: Option<String>,
     pub answer: String,
+}
+
+impl Record {
+    /// Tokens the run used, prompt and answer (for the job's token budget).
+    pub fn tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
 }
 
 /// FNV-1a of the prompt: stable across runs and platforms.
@@ -114,6 +122,7 @@ async fn run_target(
     target: &Target,
     prompts: &[String],
     parallel: usize,
+    gate: &Arc<Mutex<Gate>>,
     done: &mut HashMap<(String, usize), Record>,
     sink: &mut Journal<Record>,
 ) -> anyhow::Result<()> {
@@ -143,7 +152,12 @@ async fn run_target(
         .filter(|r| r.target == target.name && r.ok)
         .filter_map(|r| r.cost)
         .sum();
+    let starts = gate.clone();
     let mut results = futures::stream::iter(pending)
+        .take_while(move |_| {
+            let start = starts.lock().is_ok_and(|mut g| g.may_start());
+            futures::future::ready(start)
+        })
         .map(|i| measure(target, i, &prompts[i]))
         .buffer_unordered(parallel.max(1));
     let tick = |finished, fresh, failed, cost, failure| Tick {
@@ -168,6 +182,9 @@ async fn run_target(
                 return Err(Interrupted.into());
             }
         };
+        if let Ok(mut g) = gate.lock() {
+            g.finished(record.cost.unwrap_or(0.0), record.tokens());
+        }
         sink.append(&record)?;
         finished += 1;
         fresh += 1;
@@ -229,9 +246,18 @@ pub async fn run(config_path: Option<&Path>, args: BenchArgs) -> anyhow::Result<
     let targets = targets(&config, &settings, &args)?;
     let mut done = load_records(&args.out)?;
     let mut sink = Journal::open(&args.out.join(RESULTS))?;
+    // The job budget counts every measured run, earlier invocations included.
+    let spent: f64 = done.values().filter(|r| r.ok).filter_map(|r| r.cost).sum();
+    let tokens: u64 = done.values().map(Record::tokens).sum();
+    let gate = Arc::new(Mutex::new(Gate::new(
+        args.job_budget.budget(),
+        spent,
+        tokens,
+    )));
     for target in &targets {
-        run_target(target, &prompts, args.parallel, &mut done, &mut sink).await?;
+        run_target(target, &prompts, args.parallel, &gate, &mut done, &mut sink).await?;
     }
+    let stopped = gate.lock().ok().and_then(|g| g.reached.clone());
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
     let report = Report::build(&names, prompts.len(), &done, &prompts);
     let report_path = args.out.join("report.json");
@@ -249,6 +275,14 @@ pub async fn run(config_path: Option<&Path>, args: BenchArgs) -> anyhow::Result<
             sink.path().display(),
             report_path.display(),
             chart_path.display()
+        );
+    }
+    if let Some(limit) = stopped {
+        let measured = done.values().filter(|r| r.ok).count();
+        anyhow::bail!(
+            "stopped at {limit}: {measured} of {} runs measured; rerun the same command with a \
+             larger budget to go on from there",
+            prompts.len() * targets.len()
         );
     }
     let failed: usize = report.targets.iter().map(|t| t.failed).sum();
