@@ -147,6 +147,9 @@ pub struct PolicyArgs {
     /// The most tokens a proposer may write (its answer is a reference).
     #[arg(long, value_name = "N")]
     pub reference_max_tokens: Option<u32>,
+    /// Self-MoA-Seq: the aggregator reads references W at a time, carrying its synthesis on.
+    #[arg(long, value_name = "W")]
+    pub aggregate_window: Option<usize>,
 }
 
 /// A whole job's limits (`eval generate`, `bench`): over every item, earlier runs included.
@@ -182,6 +185,7 @@ impl PolicyArgs {
             max_tokens_total: self.max_tokens_total,
             deadline: self.deadline.map(secs),
             reference_max_tokens: self.reference_max_tokens,
+            aggregate_window: self.aggregate_window,
         }
     }
 }

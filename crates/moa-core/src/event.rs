@@ -180,6 +180,10 @@ pub struct Trace {
     /// 1, 2, ... over the same references.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub other_choices: Vec<CallTrace>,
+    /// The aggregator's calls over the earlier windows of references (Self-MoA-Seq, see
+    /// `RunPolicy::aggregate_window`), in order; the last window's is `aggregator`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<CallTrace>,
     /// Calls that repaired an answer whose format failed the check (`response_format`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub repairs: Vec<CallTrace>,
@@ -248,6 +252,7 @@ impl Trace {
             .flat_map(|l| l.calls.iter())
             .chain(std::iter::once(&self.aggregator))
             .chain(self.other_choices.iter())
+            .chain(self.windows.iter())
             .chain(self.repairs.iter());
         for call in calls {
             if let Some(usage) = &call.usage {

@@ -54,6 +54,11 @@ pub struct RunPolicy {
     /// the aggregator): lowers any larger `max_tokens` of the preset's proposers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference_max_tokens: Option<u32>,
+    /// Self-MoA-Seq (Li et al. 2025): with more references than this, the aggregator reads them
+    /// in windows of this many, carrying its running synthesis forward as the first reference
+    /// of the next window, so that many samples fit a context that cannot hold them all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregate_window: Option<usize>,
 }
 
 impl RunPolicy {
@@ -80,6 +85,7 @@ pub struct PolicyChanges {
     pub max_tokens_total: Option<u64>,
     pub deadline: Option<Duration>,
     pub reference_max_tokens: Option<u32>,
+    pub aggregate_window: Option<usize>,
 }
 
 impl PolicyChanges {
@@ -117,6 +123,7 @@ impl PolicyChanges {
         policy.max_tokens_total = self.max_tokens_total.or(policy.max_tokens_total);
         policy.deadline = self.deadline.or(policy.deadline);
         policy.reference_max_tokens = self.reference_max_tokens.or(policy.reference_max_tokens);
+        policy.aggregate_window = self.aggregate_window.or(policy.aggregate_window);
         Ok(policy)
     }
 }

@@ -333,6 +333,8 @@ pub struct Extension {
     pub deadline_ms: Option<u64>,
     #[serde(default)]
     pub reference_max_tokens: Option<u32>,
+    #[serde(default)]
+    pub aggregate_window: Option<usize>,
 }
 
 impl Extension {
@@ -347,6 +349,7 @@ impl Extension {
             max_tokens_total: self.max_tokens_total,
             deadline: self.deadline_ms.map(std::time::Duration::from_millis),
             reference_max_tokens: self.reference_max_tokens,
+            aggregate_window: self.aggregate_window,
         };
         if self.deadline_ms == Some(0) {
             return Err("`moa.deadline_ms` must be more than 0".into());

@@ -90,6 +90,9 @@ pub fn describe(preset: &Preset, origin: Origin) -> String {
         if let Some(r) = p.reference_max_tokens {
             parts.push(format!("references up to {r} tokens"));
         }
+        if let Some(w) = p.aggregate_window {
+            parts.push(format!("aggregated {w} at a time (Self-MoA-Seq)"));
+        }
         let _ = writeln!(out, "  {:<11} {}", "policy:", parts.join(", "));
     }
     out

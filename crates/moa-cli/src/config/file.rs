@@ -105,6 +105,8 @@ pub struct PolicyEntry {
     pub deadline: Option<f64>,
     /// The most tokens a proposer may write.
     pub reference_max_tokens: Option<u32>,
+    /// Self-MoA-Seq: aggregate references this many at a time.
+    pub aggregate_window: Option<usize>,
 }
 
 /// `[[presets.NAME.layer]]`.

@@ -146,6 +146,7 @@ pub fn policy(
         max_tokens_total: entry.max_tokens_total,
         deadline,
         reference_max_tokens: entry.reference_max_tokens,
+        aggregate_window: entry.aggregate_window,
     };
     // The message starts with the setting's name; the key error carries the whole path.
     changes

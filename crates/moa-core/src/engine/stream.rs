@@ -19,7 +19,7 @@ use crate::completion::ChatRequest;
 use crate::error::{MoaError, ProposalFailure};
 use crate::event::{CallStatus, CallTrace, Degraded, DegradedKind, LayerTrace, RunEvent, Trace};
 use crate::message::Message;
-use crate::prompt::{structured_view, text_view, tools_text, Reference};
+use crate::prompt::{structured_view, text_view, tools_text, PromptStyle, Reference};
 
 /// Why a proposer whose answer was empty (or only white space) is left out of the references.
 pub const EMPTY_ANSWER: &str = "the answer was empty, so it was left out of the references";
@@ -318,6 +318,28 @@ async fn drive(
         request.aggregator.max_tokens.or(aggregator.spec.max_tokens),
         reference_layer,
     ));
+    let windows = match plan.policy.aggregate_window {
+        Some(window) => {
+            let (synthesis, rest, calls) = aggregate_windows(
+                &ctx,
+                aggregator,
+                &aggregator_messages,
+                &request.aggregator,
+                style,
+                std::mem::take(&mut references),
+                window,
+            )
+            .await?;
+            for call in &calls {
+                if let Some(usage) = &call.usage {
+                    budget.charge(&call.model, usage);
+                }
+            }
+            references = synthesis.into_iter().chain(rest).collect();
+            calls
+        }
+        None => Vec::new(),
+    };
     ctx.emit(RunEvent::AggregatorStarted {
         model: aggregator.spec.model.clone(),
     });
@@ -483,8 +505,9 @@ async fn drive(
     }
     let mut trace = finish(&plan, &options, &ctx, layers, outcomes, degraded);
     trace.warnings = warnings;
-    if !repairs.is_empty() {
+    if !repairs.is_empty() || !windows.is_empty() {
         trace.repairs = repairs;
+        trace.windows = windows;
         trace.tally(&options.prices);
     }
     Ok(trace)
@@ -553,6 +576,51 @@ fn layer_share(
         budget::AGGREGATOR_FLOOR.saturating_mul(choices as u32),
     );
     budget.share(&prompts, Some(reserve))
+}
+
+/// Self-MoA-Seq: while more references are left than one window holds, the aggregator
+/// synthesises a window of them (the running synthesis first, then the next answers) in a
+/// whole, unstreamed call. Returns the last synthesis, the references the final window still
+/// has to read, and the calls made.
+async fn aggregate_windows(
+    ctx: &CallContext,
+    aggregator: &super::BoundAgent,
+    messages: &[Message],
+    overrides: &super::CallOverrides,
+    style: PromptStyle,
+    mut rest: Vec<Reference>,
+    window: usize,
+) -> Result<(Option<Reference>, Vec<Reference>, Vec<CallTrace>), MoaError> {
+    let mut synthesis: Option<Reference> = None;
+    let mut calls = Vec::new();
+    let mut read = 0;
+    loop {
+        let room = window - usize::from(synthesis.is_some());
+        if rest.len() <= room {
+            return Ok((synthesis, rest, calls));
+        }
+        let batch: Vec<Reference> = rest.drain(..room).collect();
+        read += batch.len();
+        let these: Vec<Reference> = synthesis.take().into_iter().chain(batch).collect();
+        let mut call_request = aggregator.request(messages, &these, style);
+        overrides.apply(&mut call_request);
+        let slot = Slot::Aggregator {
+            choice: 0,
+            quiet: true,
+        };
+        let trace = call(ctx, aggregator, call_request, slot, false).await;
+        if let Some(source) = trace.failure.clone() {
+            return Err(MoaError::Aggregator {
+                model: aggregator.spec.model.clone(),
+                source,
+            });
+        }
+        synthesis = Some(Reference {
+            model: format!("{} (synthesis of {read} answers)", aggregator.spec.model),
+            text: trace.answer.clone().unwrap_or_default().trim().to_string(),
+        });
+        calls.push(trace);
+    }
 }
 
 /// Tokens kept for the aggregator's answer when it sets no max_tokens, in the context guard.
@@ -625,6 +693,7 @@ fn finish(
         answer: outcome.answer.clone().unwrap_or_default(),
         aggregator: outcome,
         other_choices: outcomes.collect(),
+        windows: Vec::new(),
         repairs: Vec::new(),
         warnings: Vec::new(),
         degraded,

@@ -446,3 +446,57 @@ async fn references_too_long_for_the_aggregators_context_are_trimmed_and_reporte
     let (_, trace) = run(&p, &preset(vec![vec!["t:a"]], "t:agg")).await;
     assert!(trace.degraded.is_empty());
 }
+
+#[tokio::test]
+async fn self_moa_seq_aggregates_in_windows_carrying_the_synthesis_forward() {
+    let p = ScriptedProvider::new("t");
+    for (i, model) in ["s1", "s2", "s3", "s4", "s5", "s6"].iter().enumerate() {
+        p.push(
+            model,
+            Reply::text(format!("sample {}", i + 1)).with_usage(10, 5),
+        );
+    }
+    p.push("agg", Reply::text("synthesis A").with_usage(50, 5));
+    p.push("agg", Reply::text("synthesis B").with_usage(50, 5));
+    p.push("agg", Reply::text("final").with_usage(50, 5));
+    let policy = RunPolicy {
+        aggregate_window: Some(3),
+        ..RunPolicy::default()
+    };
+    let layers = vec![vec!["t:s1", "t:s2", "t:s3", "t:s4", "t:s5", "t:s6"]];
+    let (_, trace) = run(&p, &with_policy(layers, policy)).await;
+    assert_eq!(trace.answer, "final");
+    let aggregations: Vec<String> = p
+        .requests()
+        .iter()
+        .filter(|r| r.model == "agg")
+        .map(|r| {
+            r.json["messages"][0]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let tail = |s: &str| s[moa_core::AGGREGATOR_SYSTEM_PROMPT.len()..].to_string();
+    assert_eq!(
+        aggregations.iter().map(|a| tail(a)).collect::<Vec<_>>(),
+        [
+            "\n1. sample 1\n2. sample 2\n3. sample 3",
+            "\n1. synthesis A\n2. sample 4\n3. sample 5",
+            "\n1. synthesis B\n2. sample 6",
+        ]
+    );
+    assert_eq!(trace.windows.len(), 2);
+    // Every call is counted: six samples and three aggregations.
+    assert_eq!(trace.usage.total_tokens, 6 * 15 + 3 * 55);
+
+    // As many references as a window holds: one aggregation, as without the option.
+    let p = ScriptedProvider::new("t");
+    p.respond_with(|r| Reply::text(format!("{} answer", r.model)));
+    let policy = RunPolicy {
+        aggregate_window: Some(3),
+        ..RunPolicy::default()
+    };
+    let (_, trace) = run(&p, &with_policy(vec![vec!["t:a", "t:b", "t:c"]], policy)).await;
+    assert!(trace.windows.is_empty());
+}
