@@ -343,6 +343,12 @@ pub struct ServeArgs {
     /// Largest request body, in KiB.
     #[arg(long, default_value_t = 4096, value_name = "KIB")]
     pub max_body_kb: usize,
+    /// Seconds one request may take, start to last byte (504 or an error frame after).
+    #[arg(long, default_value_t = 900.0, value_name = "SECS", value_parser = positive)]
+    pub request_timeout: f64,
+    /// Seconds a silent stream waits between keep-alive comments (proxies cut idle streams).
+    #[arg(long, default_value_t = 15.0, value_name = "SECS", value_parser = positive)]
+    pub keep_alive: f64,
     /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 30.0, value_name = "SECS", value_parser = non_negative)]
     pub grace: f64,

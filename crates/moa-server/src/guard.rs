@@ -145,6 +145,41 @@ pub fn json_body(headers: &HeaderMap) -> Result<(), ApiError> {
     ))
 }
 
+/// A client's `X-Request-Id`, if it is one we can pass on: 1 to 128 characters of letters,
+/// digits and `-_.:`. Anything else is replaced by one of ours.
+pub fn request_id(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("x-request-id")?.to_str().ok()?.trim();
+    let fits = (1..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    fits.then(|| value.to_string())
+}
+
+/// CORS headers for an allowed `origin`; a preflight's answer also says what may be sent.
+pub fn cors(headers: &mut HeaderMap, origin: header::HeaderValue, preflight: bool) {
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(header::VARY, header::HeaderValue::from_static("origin"));
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        header::HeaderValue::from_static("x-request-id"),
+    );
+    if preflight {
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            header::HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            header::HeaderValue::from_static("authorization, content-type, x-request-id"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            header::HeaderValue::from_static("600"),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,6 +78,11 @@ pub struct ServerConfig {
     pub body_timeout: Duration,
     /// The `Host` names and browser origins served.
     pub hosts: Hosts,
+    /// How long a streamed response waits for the first thing the client will see before it
+    /// begins anyway: a run that fails within it gets its HTTP status.
+    pub stream_hold: Duration,
+    /// A comment line this often keeps a silent stream open through proxies.
+    pub keep_alive: Duration,
     /// Refuse requests that change their preset (`moa.proposers`, `moa.layers`, ...): clients
     /// then run only the operator's presets, at their cost.
     pub fixed_presets: bool,
@@ -92,6 +97,8 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(900),
             body_timeout: Duration::from_secs(30),
             hosts: Hosts::default(),
+            stream_hold: Duration::from_secs(20),
+            keep_alive: Duration::from_secs(15),
             fixed_presets: false,
         }
     }
@@ -106,6 +113,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("request_timeout", &self.request_timeout)
             .field("body_timeout", &self.body_timeout)
             .field("hosts", &self.hosts)
+            .field("stream_hold", &self.stream_hold)
+            .field("keep_alive", &self.keep_alive)
             .field("fixed_presets", &self.fixed_presets)
             .finish()
     }
@@ -150,12 +159,42 @@ pub fn router(engines: impl Engines, config: ServerConfig) -> Router {
 /// Every route: the `Host` and `Origin` a request names must be served here.
 async fn check_hosts(
     State(state): State<Arc<AppState>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     state.config.hosts.check(request.headers())?;
-    Ok(next.run(request).await)
+    let id = guard::request_id(request.headers()).unwrap_or_else(|| {
+        format!(
+            "req-{:x}-{}",
+            now(),
+            state.counter.fetch_add(1, Ordering::Relaxed)
+        )
+    });
+    // An allowed browser origin (the check above passed) gets CORS headers; its preflight is
+    // answered here, before any key is asked for, as browsers send none with it.
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    if request.method() == axum::http::Method::OPTIONS {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        if let Some(origin) = origin {
+            guard::cors(response.headers_mut(), origin, true);
+        }
+        return Ok(response);
+    }
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).await;
+    if let Some(origin) = origin {
+        guard::cors(response.headers_mut(), origin, false);
+    }
+    if let Ok(value) = header::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    Ok(response)
 }
+
+/// The request's id (`X-Request-Id`, taken from the client or made here): returned, logged and
+/// sent upstream.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     guard::authorize(state.config.api_key.as_deref(), headers)
@@ -324,133 +363,194 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Result<Re
     );
     let timeout = state.config.request_timeout;
     if request.stream {
-        return Ok(stream(moa, request, env, permit, timeout, plan_json));
+        return stream(moa, request, env, permit, &state.config, plan_json).await;
     }
     let include_proposals = request.include_proposals;
     let trace = tokio::time::timeout(timeout, moa.run_request_to_end(request.run))
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_error",
-                "timeout",
-                "the MoA run took longer than the server allows",
-            )
-        })?
+        .map_err(|_| run_timeout())?
         .map_err(|e| ApiError::from_run(&e))?;
     drop(permit);
     let moa = wire::moa_block(&trace, include_proposals, plan_json.as_ref());
     Ok(Json(wire::completion(&env, &trace, moa)).into_response())
 }
 
-/// Streams the run as chat.completion.chunk events. Dropping the body (the client went away)
-/// drops the run, which cancels every upstream request.
-fn stream(
+/// What the client gets for one run event while streaming: frames, and whether the stream ends.
+struct Streamed {
+    include_usage: bool,
+    include_proposals: bool,
+    stream_proposals: bool,
+    plan_json: Option<serde_json::Value>,
+}
+
+impl Streamed {
+    fn frames(
+        &self,
+        env: &Envelope,
+        event: Result<RunEvent, moa_core::MoaError>,
+    ) -> (Option<Bytes>, bool) {
+        match event {
+            Ok(RunEvent::AggregatorDelta { choice, text }) => {
+                (Some(wire::delta(env, choice, &text)), false)
+            }
+            Ok(RunEvent::AggregatorToolCall {
+                choice,
+                index,
+                id,
+                name,
+                arguments,
+            }) => {
+                let frame = wire::tool_call_delta(
+                    env,
+                    choice,
+                    index,
+                    id.as_deref(),
+                    name.as_deref(),
+                    &arguments,
+                );
+                (Some(frame), false)
+            }
+            Ok(RunEvent::AggregatorLogprobs { choice, tokens }) => {
+                (Some(wire::logprobs_delta(env, choice, &tokens)), false)
+            }
+            Ok(RunEvent::Done(trace)) => {
+                let mut frames = wire::finish(env, &trace);
+                if let Some(moa) =
+                    wire::moa_block(&trace, self.include_proposals, self.plan_json.as_ref())
+                {
+                    frames.extend_from_slice(&wire::chunk(env, json!([]), Some(("moa", moa))));
+                }
+                if self.include_usage {
+                    frames.extend_from_slice(&wire::usage_chunk(env, &trace.usage));
+                }
+                frames.extend_from_slice(b"data: [DONE]\n\n");
+                (Some(Bytes::from(frames)), true)
+            }
+            Ok(event) => {
+                let frame = self
+                    .stream_proposals
+                    .then(|| wire::progress(env, &event))
+                    .flatten();
+                (frame, false)
+            }
+            Err(error) => {
+                let body = ApiError::from_run(&error).body();
+                let frame = Bytes::from(format!("data: {body}\n\ndata: [DONE]\n\n"));
+                (Some(frame), true)
+            }
+        }
+    }
+
+    /// Whether the client sees something of `event` (so the response must have begun).
+    fn shows(&self, event: &RunEvent) -> bool {
+        match event {
+            RunEvent::AggregatorDelta { .. }
+            | RunEvent::AggregatorToolCall { .. }
+            | RunEvent::AggregatorLogprobs { .. }
+            | RunEvent::Done(_) => true,
+            _ => self.stream_proposals,
+        }
+    }
+}
+
+fn run_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "upstream_error",
+        "timeout",
+        "the MoA run took longer than the server allows",
+    )
+}
+
+/// Streams the run as chat.completion.chunk events. The response begins with the first thing
+/// the client will see (or after `hold`): a run that fails before that answers with its proper
+/// status and error body; after it, with an error frame and `[DONE]`. While the stream is open,
+/// a comment line every `keep_alive` keeps proxies from cutting a silent stream. Dropping the
+/// body (the client went away) drops the run, which cancels every upstream request.
+async fn stream(
     moa: Moa,
     request: wire::ChatRequest,
     env: Envelope,
     permit: OwnedSemaphorePermit,
-    timeout: Duration,
+    config: &ServerConfig,
     plan_json: Option<serde_json::Value>,
-) -> Response {
-    let include_usage = request.include_usage;
-    let include_proposals = request.include_proposals;
+) -> Result<Response, ApiError> {
+    let streamed = Streamed {
+        include_usage: request.include_usage,
+        include_proposals: request.include_proposals,
+        stream_proposals: request.stream_proposals,
+        plan_json,
+    };
     let choices = request.run.n.max(1);
-    let stream_proposals = request.stream_proposals;
-    let run = moa.run_request(request.run);
-    let deadline = tokio::time::sleep(timeout);
-    let state = (run, Some(env), permit, Box::pin(deadline), false);
-    let frames = futures::stream::unfold(
-        state,
-        move |(mut run, env, permit, mut deadline, started)| {
-            let plan_json = plan_json.clone();
-            async move {
-                let env = env?;
-                if !started {
-                    let first = wire::opening(&env, choices);
-                    return Some((
-                        Ok::<_, std::convert::Infallible>(first),
-                        (run, Some(env), permit, deadline, true),
-                    ));
-                }
-                loop {
-                    let event = tokio::select! {
-                        event = run.next() => event,
-                        _ = &mut deadline => {
-                            let error = ApiError::new(StatusCode::GATEWAY_TIMEOUT, "upstream_error", "timeout", "the MoA run took longer than the server allows");
-                            let frame = Bytes::from(format!("data: {}\n\ndata: [DONE]\n\n", error.body()));
-                            return Some((Ok(frame), (run, None, permit, deadline, true)));
-                        }
-                    };
-                    match event {
-                        Some(Ok(RunEvent::AggregatorDelta { choice, text })) => {
-                            let frame = wire::delta(&env, choice, &text);
-                            return Some((Ok(frame), (run, Some(env), permit, deadline, true)));
-                        }
-                        Some(Ok(RunEvent::AggregatorToolCall {
-                            choice,
-                            index,
-                            id,
-                            name,
-                            arguments,
-                        })) => {
-                            let frame = wire::tool_call_delta(
-                                &env,
-                                choice,
-                                index,
-                                id.as_deref(),
-                                name.as_deref(),
-                                &arguments,
-                            );
-                            return Some((Ok(frame), (run, Some(env), permit, deadline, true)));
-                        }
-                        Some(Ok(RunEvent::AggregatorLogprobs { choice, tokens })) => {
-                            let frame = wire::logprobs_delta(&env, choice, &tokens);
-                            return Some((Ok(frame), (run, Some(env), permit, deadline, true)));
-                        }
-                        Some(Ok(RunEvent::Done(trace))) => {
-                            let mut frames = wire::finish(&env, &trace);
-                            if let Some(moa) =
-                                wire::moa_block(&trace, include_proposals, plan_json.as_ref())
-                            {
-                                let frame = wire::chunk(&env, json!([]), Some(("moa", moa)));
-                                frames.extend_from_slice(&frame);
-                            }
-                            if include_usage {
-                                frames.extend_from_slice(&wire::usage_chunk(&env, &trace.usage));
-                            }
-                            frames.extend_from_slice(b"data: [DONE]\n\n");
-                            return Some((
-                                Ok(Bytes::from(frames)),
-                                (run, None, permit, deadline, true),
-                            ));
-                        }
-                        Some(Ok(event)) => {
-                            if let Some(frame) = stream_proposals
-                                .then(|| wire::progress(&env, &event))
-                                .flatten()
-                            {
-                                return Some((Ok(frame), (run, Some(env), permit, deadline, true)));
-                            }
-                            continue;
-                        }
-                        Some(Err(error)) => {
-                            let body = ApiError::from_run(&error).body();
-                            let frame = Bytes::from(format!("data: {body}\n\ndata: [DONE]\n\n"));
-                            return Some((Ok(frame), (run, None, permit, deadline, true)));
-                        }
-                        None => return None,
-                    }
-                }
-            }
-        },
+    let mut run = moa.run_request(request.run);
+    let mut deadline = Box::pin(tokio::time::sleep(config.request_timeout));
+    // Hold the response until the client would see something, so that an early failure gets
+    // its status; not past `stream_hold`, when a silent stream is better than none.
+    let hold = tokio::time::sleep(config.stream_hold);
+    tokio::pin!(hold);
+    let first = loop {
+        let event = tokio::select! {
+            event = run.next() => event,
+            () = &mut deadline => return Err(run_timeout()),
+            () = &mut hold => break None,
+        };
+        match event {
+            Some(Ok(event)) if streamed.shows(&event) => break Some(Ok(event)),
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => return Err(ApiError::from_run(&error)),
+            None => break None,
+        }
+    };
+    let mut pending = std::collections::VecDeque::from([wire::opening(&env, choices)]);
+    let mut ended = false;
+    if let Some(event) = first {
+        let (frame, end) = streamed.frames(&env, event);
+        pending.extend(frame);
+        ended = end;
+    }
+    // A day at most, so the first tick's instant cannot overflow.
+    let period = config
+        .keep_alive
+        .clamp(Duration::from_millis(1), Duration::from_secs(86_400));
+    let keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let state = (
+        run, env, permit, deadline, keep_alive, pending, ended, streamed,
     );
-    Response::builder()
+    let frames = futures::stream::unfold(state, |mut st| async move {
+        let (run, env, _permit, deadline, keep_alive, pending, ended, streamed) = &mut st;
+        if let Some(frame) = pending.pop_front() {
+            return Some((Ok::<_, std::convert::Infallible>(frame), st));
+        }
+        if *ended {
+            return None;
+        }
+        loop {
+            let event = tokio::select! {
+                event = run.next() => event,
+                () = &mut *deadline => {
+                    *ended = true;
+                    let frame = format!("data: {}\n\ndata: [DONE]\n\n", run_timeout().body());
+                    return Some((Ok(Bytes::from(frame)), st));
+                }
+                _ = keep_alive.tick() => {
+                    return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), st));
+                }
+            };
+            let event = event?;
+            let (frame, end) = streamed.frames(env, event);
+            *ended = end;
+            if let Some(frame) = frame {
+                keep_alive.reset();
+                return Some((Ok(frame), st));
+            }
+        }
+    });
+    Ok(Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(frames))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
 }
 
 /// How connections are accepted and kept.

@@ -397,3 +397,157 @@ async fn responses_deserialize_with_async_openais_types() {
         130
     );
 }
+
+/// A streamed run that fails before the client sees anything answers with the proper status
+/// and an OpenAI error body; one that fails after its first content ends with an error frame
+/// and `[DONE]` on the 200 already sent.
+#[tokio::test]
+async fn a_streamed_run_fails_with_a_status_before_content_and_a_frame_after() {
+    let s = start(ServerConfig::default()).await;
+    s.fake.respond_with(|r| match r.model.as_str() {
+        "agg" => Reply::status(500, r#"{"error":{"message":"boom at http://10.1.2.3"}}"#),
+        model => Reply::text(format!("{model} thinks so")),
+    });
+    let response = s.post(&body(true)).await;
+    assert_eq!(response.status(), 502);
+    assert!(response
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let json: Value = response.json().await.unwrap();
+    assert_eq!(json["error"]["code"], "upstream_error");
+    assert!(!json.to_string().contains("10.1.2.3"), "{json}");
+
+    s.fake.respond_with(|r| match r.model.as_str() {
+        "agg" => Reply::disconnect_after("The final"),
+        model => Reply::text(format!("{model} thinks so")),
+    });
+    let response = s.post(&body(true)).await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let events = events(&text);
+    let content: String = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(
+        content, "The final",
+        "what streamed before the failure: {text}"
+    );
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let error: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(error["error"]["type"], "upstream_error", "{text}");
+}
+
+/// While a stream is silent (the proposers are still writing), comment lines keep it open.
+#[tokio::test]
+async fn a_silent_stream_gets_keep_alive_comments() {
+    let s = start(ServerConfig {
+        stream_hold: Duration::ZERO,
+        keep_alive: Duration::from_millis(20),
+        ..ServerConfig::default()
+    })
+    .await;
+    s.fake.respond_with(|r| match r.model.as_str() {
+        "agg" => Reply::text("The final answer."),
+        model => Reply::text(format!("{model} thinks so")).with_delay(Duration::from_millis(400)),
+    });
+    let text = s.post(&body(true)).await.text().await.unwrap();
+    assert!(text.contains(": keep-alive\n\n"), "{text}");
+    // Standard clients skip comments: the content is whole.
+    let content: String = events(&text)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| {
+            let chunk: Value = serde_json::from_str(e).unwrap();
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(content, "The final answer.");
+}
+
+#[tokio::test]
+async fn browsers_get_cors_and_every_response_an_id() {
+    let s = start(ServerConfig {
+        api_key: Some("sk-server".into()),
+        hosts: moa_server::Hosts {
+            allowed_origins: vec!["https://app.example.com".into()],
+            ..moa_server::Hosts::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let url = format!("{}/v1/chat/completions", s.base);
+    // The preflight carries no key and is answered.
+    let preflight = s
+        .http
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    let h = preflight.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    assert!(h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("authorization"));
+    assert!(h["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    // A foreign origin's preflight is refused like its requests.
+    let foreign = s
+        .http
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+
+    // The real request: CORS headers, and the client's id echoed.
+    let response = s
+        .http
+        .post(&url)
+        .header("origin", "https://app.example.com")
+        .header("authorization", "Bearer sk-server")
+        .header("x-request-id", "trace-42.a")
+        .json(&body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(response.headers()["x-request-id"], "trace-42.a");
+    // An id that cannot be passed on is replaced; errors get one too.
+    let response = s
+        .http
+        .get(format!("{}/v1/models", s.base))
+        .header("x-request-id", "bad id with spaces")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let id = response.headers()["x-request-id"].to_str().unwrap();
+    assert!(id.starts_with("req-"), "{id}");
+}
