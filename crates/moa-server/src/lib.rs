@@ -7,6 +7,7 @@
 
 mod error;
 mod guard;
+pub mod metrics;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -125,6 +126,7 @@ struct AppState {
     config: ServerConfig,
     runs: Arc<Semaphore>,
     counter: AtomicU64,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// The API's routes.
@@ -133,6 +135,7 @@ pub fn router(engines: impl Engines, config: ServerConfig) -> Router {
         engines: Box::new(engines),
         runs: Arc::new(Semaphore::new(config.max_concurrent_runs)),
         counter: AtomicU64::new(0),
+        metrics: Arc::new(metrics::Metrics::default()),
         config,
     });
     Router::new()
@@ -140,6 +143,7 @@ pub fn router(engines: impl Engines, config: ServerConfig) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(scrape))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -288,7 +292,42 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// `GET /metrics`: Prometheus' text format; behind the API key when one is set.
+async fn scrape(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response())
+}
+
+/// `POST /v1/chat/completions`, counted in the metrics by preset and status.
 async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Result<Response, ApiError> {
+    let mut preset = None;
+    let result = chat_run(&state, request, &mut preset).await;
+    let status = match &result {
+        Ok(response) => response.status(),
+        Err(error) => error.status,
+    };
+    // Only served presets name a series: a client's made-up model names do not.
+    let label = preset.as_deref().unwrap_or("unknown");
+    state.metrics.request(label, status.as_u16());
+    result
+}
+
+async fn chat_run(
+    state: &Arc<AppState>,
+    request: Request,
+    served: &mut Option<String>,
+) -> Result<Response, ApiError> {
+    let state = state.clone();
     // Everything that can be refused from the headers is refused before the body is read.
     let (parts, body) = request.into_parts();
     authorize(&state, &parts.headers)?;
@@ -309,6 +348,7 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Result<Re
             ),
         ));
     };
+    *served = Some(request.model.clone());
     // The request's changes to the preset, checked like the config's.
     let changed = !request.changes.is_empty();
     if changed && state.config.fixed_presets {
@@ -362,8 +402,24 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Result<Re
         request.model.clone(),
     );
     let timeout = state.config.request_timeout;
+    let in_flight = state.metrics.run_started();
+    let started = std::time::Instant::now();
     if request.stream {
-        return stream(moa, request, env, permit, &state.config, plan_json).await;
+        let record = Recorder {
+            metrics: state.metrics.clone(),
+            preset: request.model.clone(),
+            started,
+            _in_flight: in_flight,
+        };
+        return stream(
+            moa,
+            request,
+            env,
+            (permit, record),
+            &state.config,
+            plan_json,
+        )
+        .await;
     }
     let include_proposals = request.include_proposals;
     let trace = tokio::time::timeout(timeout, moa.run_request_to_end(request.run))
@@ -371,12 +427,24 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Result<Re
         .map_err(|_| run_timeout())?
         .map_err(|e| ApiError::from_run(&e))?;
     drop(permit);
+    let seconds = started.elapsed().as_secs_f64();
+    state.metrics.run(&request.model, seconds, &trace);
+    drop(in_flight);
     let moa = wire::moa_block(&trace, include_proposals, plan_json.as_ref());
     Ok(Json(wire::completion(&env, &trace, moa)).into_response())
 }
 
+/// Records a run in the metrics when it ends, and counts it in flight until then.
+struct Recorder {
+    metrics: Arc<metrics::Metrics>,
+    preset: String,
+    started: std::time::Instant,
+    _in_flight: metrics::InFlight,
+}
+
 /// What the client gets for one run event while streaming: frames, and whether the stream ends.
 struct Streamed {
+    recorder: Recorder,
     include_usage: bool,
     include_proposals: bool,
     stream_proposals: bool,
@@ -414,6 +482,9 @@ impl Streamed {
                 (Some(wire::logprobs_delta(env, choice, &tokens)), false)
             }
             Ok(RunEvent::Done(trace)) => {
+                let r = &self.recorder;
+                r.metrics
+                    .run(&r.preset, r.started.elapsed().as_secs_f64(), &trace);
                 let mut frames = wire::finish(env, &trace);
                 if let Some(moa) =
                     wire::moa_block(&trace, self.include_proposals, self.plan_json.as_ref())
@@ -471,11 +542,12 @@ async fn stream(
     moa: Moa,
     request: wire::ChatRequest,
     env: Envelope,
-    permit: OwnedSemaphorePermit,
+    (permit, recorder): (OwnedSemaphorePermit, Recorder),
     config: &ServerConfig,
     plan_json: Option<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let streamed = Streamed {
+        recorder,
         include_usage: request.include_usage,
         include_proposals: request.include_proposals,
         stream_proposals: request.stream_proposals,

@@ -551,3 +551,94 @@ async fn browsers_get_cors_and_every_response_an_id() {
     let id = response.headers()["x-request-id"].to_str().unwrap();
     assert!(id.starts_with("req-"), "{id}");
 }
+
+/// `/metrics` read by a Prometheus text-format parser, after a whole, a streamed and a refused
+/// request.
+#[tokio::test]
+async fn metrics_count_requests_calls_tokens_and_latency() {
+    use prometheus_parse::{Scrape, Value as Sample};
+    let s = start(ServerConfig {
+        api_key: Some("sk-server".into()),
+        ..ServerConfig::default()
+    })
+    .await;
+    let post = |body: Value| {
+        s.http
+            .post(format!("{}/v1/chat/completions", s.base))
+            .header("authorization", "Bearer sk-server")
+            .json(&body)
+            .send()
+    };
+    assert_eq!(post(body(false)).await.unwrap().status(), 200);
+    let streamed = post(body(true)).await.unwrap().text().await.unwrap();
+    assert!(streamed.ends_with("data: [DONE]\n\n"));
+    let unknown = json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]});
+    assert_eq!(post(unknown).await.unwrap().status(), 404);
+
+    // Behind the key, like the API.
+    let url = format!("{}/metrics", s.base);
+    assert_eq!(s.http.get(&url).send().await.unwrap().status(), 401);
+    let response = s
+        .http
+        .get(&url)
+        .header("authorization", "Bearer sk-server")
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = response.text().await.unwrap();
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                Sample::Counter(v) | Sample::Gauge(v) | Sample::Untyped(v) => *v,
+                Sample::Histogram(h) => h.iter().map(|b| b.count).fold(0.0, f64::max),
+                Sample::Summary(_) => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("{name} {labels:?} missing from:\n{text}"))
+    };
+    assert_eq!(
+        value(
+            "moa_requests_total",
+            &[("preset", "mini"), ("status", "200")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            "moa_requests_total",
+            &[("preset", "unknown"), ("status", "404")]
+        ),
+        1.0
+    );
+    for model in ["p1", "p2", "agg"] {
+        let labels = [("provider", "up"), ("model", model), ("outcome", "ok")];
+        assert_eq!(value("moa_upstream_calls_total", &labels), 2.0, "{model}");
+    }
+    // Two runs of (10 + 3) x 2 proposers and 100 + 4 for the aggregator.
+    assert_eq!(
+        value(
+            "moa_tokens_total",
+            &[("preset", "mini"), ("kind", "prompt")]
+        ),
+        240.0
+    );
+    assert_eq!(
+        value(
+            "moa_tokens_total",
+            &[("preset", "mini"), ("kind", "completion")]
+        ),
+        20.0
+    );
+    assert_eq!(
+        value("moa_request_duration_seconds", &[("preset", "mini")]),
+        2.0
+    );
+    assert_eq!(value("moa_runs_in_flight", &[]), 0.0);
+}
