@@ -330,6 +330,9 @@ pub struct ServeArgs {
     /// connection is kept.
     #[arg(long, default_value_t = 30.0, value_name = "SECS", value_parser = non_negative)]
     pub header_timeout: f64,
+    /// Count nothing for /metrics (which then answers 404).
+    #[arg(long)]
+    pub no_metrics: bool,
     /// Refuse requests that change their preset (`moa.proposers`, `moa.layers`, ...; 403):
     /// clients then run only these presets, with their models and at their cost.
     #[arg(long)]

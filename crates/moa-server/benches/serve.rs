@@ -40,6 +40,8 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(if full { 1000 } else { 20 });
+    // `--no-metrics`: the same run with /metrics' counting off, to see what it costs.
+    let metrics = !args.iter().any(|a| a == "--no-metrics");
 
     let upstream = runtime("fake-upstream", 1);
     let fake = upstream.block_on(FakeOpenAi::start());
@@ -76,7 +78,10 @@ fn main() {
         );
         let app = router(
             FixedEngines(BTreeMap::from([("bench".to_string(), moa)])),
-            ServerConfig::default(),
+            ServerConfig {
+                metrics,
+                ..ServerConfig::default()
+            },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -160,6 +165,7 @@ fn main() {
     println!("| measure | value |");
     println!("|---|---|");
     println!("| concurrent streamed requests | {requests} |");
+    println!("| metrics | {} |", if metrics { "on" } else { "off" });
     println!(
         "| succeeded | {} ({} failed{}) |",
         ttft.len(),

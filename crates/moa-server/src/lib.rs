@@ -84,6 +84,8 @@ pub struct ServerConfig {
     pub stream_hold: Duration,
     /// A comment line this often keeps a silent stream open through proxies.
     pub keep_alive: Duration,
+    /// Count requests and runs for `/metrics` (off: no counting, and `/metrics` is 404).
+    pub metrics: bool,
     /// Refuse requests that change their preset (`moa.proposers`, `moa.layers`, ...): clients
     /// then run only the operator's presets, at their cost.
     pub fixed_presets: bool,
@@ -101,6 +103,7 @@ impl Default for ServerConfig {
             stream_hold: Duration::from_secs(20),
             keep_alive: Duration::from_secs(15),
             fixed_presets: false,
+            metrics: true,
         }
     }
 }
@@ -117,6 +120,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("stream_hold", &self.stream_hold)
             .field("keep_alive", &self.keep_alive)
             .field("fixed_presets", &self.fixed_presets)
+            .field("metrics", &self.metrics)
             .finish()
     }
 }
@@ -135,7 +139,7 @@ pub fn router(engines: impl Engines, config: ServerConfig) -> Router {
         engines: Box::new(engines),
         runs: Arc::new(Semaphore::new(config.max_concurrent_runs)),
         counter: AtomicU64::new(0),
-        metrics: Arc::new(metrics::Metrics::default()),
+        metrics: Arc::new(metrics::Metrics::new(config.metrics)),
         config,
     });
     Router::new()

@@ -145,6 +145,7 @@ pub async fn run(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<
             bound: Some(address),
         },
         fixed_presets: args.fixed_presets,
+        metrics: !args.no_metrics,
         request_timeout: Duration::try_from_secs_f64(args.request_timeout).unwrap_or(Duration::MAX),
         keep_alive: Duration::try_from_secs_f64(args.keep_alive).unwrap_or(Duration::MAX),
         ..ServerConfig::default()
