@@ -298,6 +298,13 @@ impl ChatArgs {
     }
 }
 
+/// How `moa serve` writes its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
 #[derive(Args)]
 pub struct ServeArgs {
     /// Address to listen on; the default only accepts this machine.
@@ -333,6 +340,10 @@ pub struct ServeArgs {
     /// Count nothing for /metrics (which then answers 404).
     #[arg(long)]
     pub no_metrics: bool,
+    /// Log lines on stderr as text (`human`) or one JSON object each (`json`); levels from
+    /// RUST_LOG (default `info`: one access line per request, one line per finished stream).
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
     /// Refuse requests that change their preset (`moa.proposers`, `moa.layers`, ...; 403):
     /// clients then run only these presets, with their models and at their cost.
     #[arg(long)]

@@ -76,7 +76,8 @@ impl ApiError {
         } else {
             (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_error")
         };
-        eprintln!("moa serve: a run failed: {error}");
+        // The whole story (what the upstream said) goes to the operator's log, not the client.
+        tracing::warn!(target: "moa::run", error = %error, "a run failed");
         Self::new(status, kind, code, error.summary())
     }
 }

@@ -189,7 +189,23 @@ async fn check_hosts(
         return Ok(response);
     }
     request.extensions_mut().insert(RequestId(id.clone()));
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let started = std::time::Instant::now();
     let mut response = next.run(request).await;
+    // One access line per request. Never a key or a prompt: the path, not the query.
+    let run = response.extensions().get::<RunInfo>();
+    tracing::info!(
+        target: "moa::access",
+        request_id = %id,
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        latency_ms = started.elapsed().as_millis() as u64,
+        preset = run.map(|r| r.preset.as_str()),
+        stream = run.map(|r| r.stream),
+        tokens = run.and_then(|r| r.tokens),
+        cost = run.and_then(|r| r.cost),
+    );
     if let Some(origin) = origin {
         guard::cors(response.headers_mut(), origin, false);
     }
@@ -199,10 +215,19 @@ async fn check_hosts(
     Ok(response)
 }
 
-/// The request's id (`X-Request-Id`, taken from the client or made here): returned, logged and
-/// sent upstream.
+/// The request's id (`X-Request-Id`, taken from the client or made here): returned and logged.
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
+
+/// What the access log says about a chat request's run (a stream's tokens and cost come in its
+/// `moa::run` line when it ends).
+#[derive(Clone, Debug)]
+struct RunInfo {
+    preset: String,
+    stream: bool,
+    tokens: Option<u64>,
+    cost: Option<f64>,
+}
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     guard::authorize(state.config.api_key.as_deref(), headers)
@@ -334,6 +359,11 @@ async fn chat_run(
     let state = state.clone();
     // Everything that can be refused from the headers is refused before the body is read.
     let (parts, body) = request.into_parts();
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
     authorize(&state, &parts.headers)?;
     guard::json_body(&parts.headers)?;
     let body = read_body(&state, body).await?;
@@ -412,10 +442,17 @@ async fn chat_run(
         let record = Recorder {
             metrics: state.metrics.clone(),
             preset: request.model.clone(),
+            request_id,
             started,
             _in_flight: in_flight,
         };
-        return stream(
+        let info = RunInfo {
+            preset: request.model.clone(),
+            stream: true,
+            tokens: None,
+            cost: None,
+        };
+        let mut response = stream(
             moa,
             request,
             env,
@@ -423,7 +460,9 @@ async fn chat_run(
             &state.config,
             plan_json,
         )
-        .await;
+        .await?;
+        response.extensions_mut().insert(info);
+        return Ok(response);
     }
     let include_proposals = request.include_proposals;
     let trace = tokio::time::timeout(timeout, moa.run_request_to_end(request.run))
@@ -435,13 +474,21 @@ async fn chat_run(
     state.metrics.run(&request.model, seconds, &trace);
     drop(in_flight);
     let moa = wire::moa_block(&trace, include_proposals, plan_json.as_ref());
-    Ok(Json(wire::completion(&env, &trace, moa)).into_response())
+    let mut response = Json(wire::completion(&env, &trace, moa)).into_response();
+    response.extensions_mut().insert(RunInfo {
+        preset: request.model.clone(),
+        stream: false,
+        tokens: Some(trace.usage.total_tokens),
+        cost: trace.cost,
+    });
+    Ok(response)
 }
 
 /// Records a run in the metrics when it ends, and counts it in flight until then.
 struct Recorder {
     metrics: Arc<metrics::Metrics>,
     preset: String,
+    request_id: String,
     started: std::time::Instant,
     _in_flight: metrics::InFlight,
 }
@@ -487,8 +534,18 @@ impl Streamed {
             }
             Ok(RunEvent::Done(trace)) => {
                 let r = &self.recorder;
-                r.metrics
-                    .run(&r.preset, r.started.elapsed().as_secs_f64(), &trace);
+                let seconds = r.started.elapsed().as_secs_f64();
+                r.metrics.run(&r.preset, seconds, &trace);
+                tracing::info!(
+                    target: "moa::run",
+                    request_id = %r.request_id,
+                    preset = %r.preset,
+                    elapsed_ms = (seconds * 1000.0) as u64,
+                    tokens = trace.usage.total_tokens,
+                    cost = trace.cost,
+                    degraded = trace.degraded.len(),
+                    "stream finished"
+                );
                 let mut frames = wire::finish(env, &trace);
                 if let Some(moa) =
                     wire::moa_block(&trace, self.include_proposals, self.plan_json.as_ref())

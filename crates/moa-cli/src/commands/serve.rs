@@ -92,7 +92,26 @@ fn server_key(args: &ServeArgs) -> anyhow::Result<Option<String>> {
 }
 
 /// Runs `moa serve`.
+/// Sends the server's log (access lines, finished streams, failed runs) to stderr.
+fn start_log(format: crate::cli::LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second subscriber (tests starting servers in one process) keeps the first.
+    let _ = match format {
+        crate::cli::LogFormat::Json => log.json().try_init(),
+        crate::cli::LogFormat::Human => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            log.with_ansi(colour).try_init()
+        }
+    };
+}
+
 pub async fn run(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<()> {
+    start_log(args.log_format);
     let config = Config::load(config_path)?;
     let mut settings = Settings::resolve(&config, &Flags::default())?;
     // Clients see only the aggregator's tokens, so streaming proposers would cost the server

@@ -642,3 +642,75 @@ async fn metrics_count_requests_calls_tokens_and_latency() {
     );
     assert_eq!(value("moa_runs_in_flight", &[]), 0.0);
 }
+
+/// A shared buffer the test's log subscriber writes into.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One access line per request with its id, status, latency, preset, tokens and cost; a
+/// stream's tokens in its own line when it ends; never the key or the prompt.
+#[tokio::test]
+async fn every_request_gets_an_access_line_without_secrets() {
+    let buffer = LogBuffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(move || writer.clone())
+        .finish();
+    // This test's runtime has one thread, so the server's tasks log here too.
+    let _log = tracing::subscriber::set_default(subscriber);
+    let s = start(ServerConfig {
+        api_key: Some("sk-server-secret".into()),
+        ..ServerConfig::default()
+    })
+    .await;
+    for stream in [false, true] {
+        let response = s
+            .http
+            .post(format!("{}/v1/chat/completions", s.base))
+            .header("authorization", "Bearer sk-server-secret")
+            .header("x-request-id", format!("log-test-{stream}"))
+            .json(&body(stream))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap();
+    }
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    assert!(!text.contains("sk-server-secret"), "{text}");
+    assert!(!text.contains("Why?"), "no prompt in the log: {text}");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let access: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "moa::access")
+        .collect();
+    assert_eq!(access.len(), 2, "{text}");
+    let whole = &access[0]["fields"];
+    assert_eq!(whole["request_id"], "log-test-false");
+    assert_eq!(whole["method"], "POST");
+    assert_eq!(whole["path"], "/v1/chat/completions");
+    assert_eq!(whole["status"], 200);
+    assert_eq!(whole["preset"], "mini");
+    assert_eq!(whole["tokens"], 130);
+    assert!(whole["latency_ms"].is_u64());
+    assert_eq!(access[1]["fields"]["stream"], true);
+    let finished = lines
+        .iter()
+        .find(|l| l["target"] == "moa::run" && l["fields"]["request_id"] == "log-test-true")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(finished["fields"]["tokens"], 130);
+}
