@@ -25,6 +25,9 @@ pub struct ChatRequest {
     /// The first this many messages are a prefix that stays the same across calls (the
     /// `appended` prompt style): dialects with explicit prompt caching mark its end.
     pub cache_prefix: Option<usize>,
+    /// The id of the request this call serves (a server's `X-Request-Id`), sent upstream as
+    /// `X-Request-Id` so that logs on both sides can be joined.
+    pub request_id: Option<String>,
 }
 
 /// A function the model may call: OpenAI's function tool.
@@ -116,6 +119,7 @@ impl ChatRequest {
             max_tokens: None,
             extra: Map::new(),
             cache_prefix: None,
+            request_id: None,
             tools: None,
             response_format: None,
         }

@@ -738,6 +738,17 @@ impl<D: Decode + Unpin> Stream for ChunkStream<D> {
     }
 }
 
+/// `request` with the run's request id as `X-Request-Id`, when there is one.
+pub fn with_request_id(
+    request: reqwest::RequestBuilder,
+    id: Option<&str>,
+) -> reqwest::RequestBuilder {
+    match id {
+        Some(id) => request.header("x-request-id", id),
+        None => request,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

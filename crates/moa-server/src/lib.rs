@@ -436,6 +436,9 @@ async fn chat_run(
         request.model.clone(),
     );
     let timeout = state.config.request_timeout;
+    // Every upstream call carries the request's id.
+    let mut request = request;
+    request.run.request_id = Some(request_id.clone());
     let in_flight = state.metrics.run_started();
     let started = std::time::Instant::now();
     if request.stream {

@@ -34,6 +34,8 @@ pub(super) struct CallContext {
     pub timeout: Option<Duration>,
     /// When the run's deadline passes: no call runs past it.
     pub deadline: Option<Instant>,
+    /// The run's request id, put on every call.
+    pub request_id: Option<String>,
 }
 
 impl CallContext {
@@ -59,6 +61,8 @@ pub(super) async fn call(
     slot: Slot,
     stream: bool,
 ) -> CallTrace {
+    let mut request = request;
+    request.request_id.clone_from(&ctx.request_id);
     let started = Instant::now();
     let mut first_token = None;
     // Counted before the request moves; used only if the provider reports no usage.

@@ -68,6 +68,7 @@ impl BoundAgent {
             response_format: None,
             // The conversation as sent is the stable prefix; the references come after it.
             cache_prefix: (style == PromptStyle::Appended).then_some(messages.len()),
+            request_id: None,
         }
     }
 }
@@ -240,6 +241,8 @@ pub struct RunRequest {
     pub response_format: Option<crate::format::ResponseFormat>,
     /// Stream the proposers' answers as they come ([`RunOptions::stream_proposers`] if `None`).
     pub stream_proposers: Option<bool>,
+    /// Sent with every model call of the run (see [`ChatRequest::request_id`]).
+    pub request_id: Option<String>,
 }
 
 impl RunRequest {

@@ -40,6 +40,7 @@ impl RunStream {
             started,
             timeout: options.timeout,
             deadline: plan.policy.deadline.map(|d| started + d),
+            request_id: request.request_id.clone(),
         };
         Self {
             driver: Some(drive(plan, options, request, ctx).boxed()),

@@ -107,7 +107,7 @@ impl Anthropic {
 }
 
 impl Inner {
-    async fn send(&self, body: Vec<u8>) -> Result<reqwest::Response, Failure> {
+    async fn send(&self, body: Vec<u8>, id: Option<&str>) -> Result<reqwest::Response, Failure> {
         let mut request = self
             .transport
             .http
@@ -121,7 +121,9 @@ impl Inner {
         for (name, value) in &self.config.headers {
             request = request.header(name, value);
         }
-        self.transport.send(request).await
+        self.transport
+            .send(crate::http::with_request_id(request, id))
+            .await
     }
 
     async fn complete(self: Arc<Self>, request: ChatRequest) -> Result<Completion, ProviderError> {
@@ -129,7 +131,7 @@ impl Inner {
         let body = wire::request_body(&request, false);
         self.transport
             .complete(
-                || self.send(body.clone()),
+                || self.send(body.clone(), request.request_id.as_deref()),
                 |bytes| self.parse_completion(bytes),
             )
             .await
@@ -193,9 +195,10 @@ impl Provider for Anthropic {
             return Box::pin(futures::stream::iter([Err(error)]));
         }
         let body = wire::request_body(&request, true);
+        let id = request.request_id;
         open_stream::<_, stream::Decoder, _, _>(self.inner.clone(), move |inner: Arc<Inner>| {
-            let body = body.clone();
-            async move { inner.send(body).await }
+            let (body, id) = (body.clone(), id.clone());
+            async move { inner.send(body, id.as_deref()).await }
         })
     }
 

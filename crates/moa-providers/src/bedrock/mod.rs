@@ -136,6 +136,7 @@ impl Inner {
         model: &str,
         operation: &str,
         body: Vec<u8>,
+        id: Option<&str>,
     ) -> Result<reqwest::Response, Failure> {
         let url = format!(
             "{}/model/{}/{operation}",
@@ -181,6 +182,8 @@ impl Inner {
                 }
             }
         }
+        // Unsigned, which SigV4 allows: only the signed headers must match.
+        let request = crate::http::with_request_id(request, id);
         self.transport.send(request.body(body)).await
     }
 
@@ -189,7 +192,10 @@ impl Inner {
         let body = wire::request_body(&request).map_err(|m| self.invalid(m))?;
         self.transport
             .complete(
-                || self.send(&request.model, "converse", body.clone()),
+                || {
+                    let id = request.request_id.as_deref();
+                    self.send(&request.model, "converse", body.clone(), id)
+                },
                 |bytes| self.parse_completion(bytes),
             )
             .await
@@ -242,10 +248,14 @@ impl Provider for Bedrock {
             Ok(body) => body,
             Err(error) => return Box::pin(futures::stream::iter([Err(error)])),
         };
-        let model = request.model;
+        let (model, id) = (request.model, request.request_id);
         open_stream::<_, stream::Decoder, _, _>(self.inner.clone(), move |inner: Arc<Inner>| {
-            let (body, model) = (body.clone(), model.clone());
-            async move { inner.send(&model, "converse-stream", body).await }
+            let (body, model, id) = (body.clone(), model.clone(), id.clone());
+            async move {
+                inner
+                    .send(&model, "converse-stream", body, id.as_deref())
+                    .await
+            }
         })
     }
 

@@ -120,7 +120,7 @@ impl OpenAiCompatible {
 
 impl Inner {
     /// Sends `body` once.
-    async fn send(&self, body: Vec<u8>) -> Result<reqwest::Response, Failure> {
+    async fn send(&self, body: Vec<u8>, id: Option<&str>) -> Result<reqwest::Response, Failure> {
         let mut request = self
             .transport
             .http
@@ -133,14 +133,16 @@ impl Inner {
         for (name, value) in &self.config.headers {
             request = request.header(name, value);
         }
-        self.transport.send(request).await
+        self.transport
+            .send(crate::http::with_request_id(request, id))
+            .await
     }
 
     async fn complete(self: Arc<Self>, request: ChatRequest) -> Result<Completion, ProviderError> {
         let body = wire::request_body(&request, false, false);
         self.transport
             .complete(
-                || self.send(body.clone()),
+                || self.send(body.clone(), request.request_id.as_deref()),
                 |bytes| parse_completion(&self.config.name, bytes),
             )
             .await
@@ -192,9 +194,10 @@ impl Provider for OpenAiCompatible {
 
     fn stream(&self, request: ChatRequest) -> BoxChunkStream {
         let body = wire::request_body(&request, true, self.inner.config.stream_usage);
+        let id = request.request_id;
         open_stream::<_, stream::Decoder, _, _>(self.inner.clone(), move |inner: Arc<Inner>| {
-            let body = body.clone();
-            async move { inner.send(body).await }
+            let (body, id) = (body.clone(), id.clone());
+            async move { inner.send(body, id.as_deref()).await }
         })
     }
 

@@ -910,6 +910,11 @@ async fn tool_loop_through(dialect: moa_providers::Dialect) -> Vec<Value> {
         second["choices"][0]["message"]["content"], "It is -3C in Oslo.",
         "{second}"
     );
+    // The server's request id reached the vendor with every call (Bedrock: unsigned).
+    for call in upstream.requests() {
+        let id = call.header("x-request-id").unwrap_or_default();
+        assert!(id.starts_with("req-"), "{id:?}");
+    }
     upstream.requests().into_iter().map(|r| r.json).collect()
 }
 

@@ -539,6 +539,15 @@ async fn browsers_get_cors_and_every_response_an_id() {
         "https://app.example.com"
     );
     assert_eq!(response.headers()["x-request-id"], "trace-42.a");
+    // ... and sent upstream with every model call of the run.
+    for call in s.fake.requests() {
+        assert_eq!(
+            call.header("x-request-id"),
+            Some("trace-42.a"),
+            "{}",
+            call.model
+        );
+    }
     // An id that cannot be passed on is replaced; errors get one too.
     let response = s
         .http
