@@ -738,6 +738,19 @@ impl<D: Decode + Unpin> Stream for ChunkStream<D> {
     }
 }
 
+/// Sampling fields of OpenAI's API that the Anthropic and Bedrock dialects have no place for
+/// (and that their models do not read in OpenAI's spelling): refused by name there.
+pub const OPENAI_ONLY_FIELDS: [&str; 8] = [
+    "logit_bias",
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "logprobs",
+    "top_logprobs",
+    "reasoning_effort",
+    "verbosity",
+];
+
 /// `request` with the run's request id as `X-Request-Id`, when there is one.
 pub fn with_request_id(
     request: reqwest::RequestBuilder,

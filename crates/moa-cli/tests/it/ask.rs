@@ -264,14 +264,20 @@ async fn a_config_preset_on_a_custom_endpoint_runs_without_a_key() {
     assert!(agg.header("authorization").is_none());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn timeout_flag_drops_a_stalled_proposer_and_the_run_goes_on() {
+/// The usual fake, but the fourth `together` proposer (WizardLM) sends a little and stalls.
+async fn stalled_wizard(final_answer: &'static str) -> FakeOpenAi {
     let fake = FakeOpenAi::start().await;
-    script(&fake, "done without the slow one");
+    script(&fake, final_answer);
     fake.push(
         "microsoft/WizardLM-2-8x22B",
         Reply::stall_after("still thinking"),
     );
+    fake
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeout_flag_drops_a_stalled_proposer_and_the_run_goes_on() {
+    let fake = stalled_wizard("done without the slow one").await;
     let sandbox = Sandbox::new(&fake, "");
     let out = moa(
         sandbox.path(),
@@ -482,12 +488,7 @@ async fn ask_offers_tools_and_prints_the_calls_the_aggregator_makes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn quorum_flags_cancel_a_stalled_proposer_and_the_config_sets_the_policy() {
-    let fake = FakeOpenAi::start().await;
-    script(&fake, "done by quorum");
-    fake.push(
-        "microsoft/WizardLM-2-8x22B",
-        Reply::stall_after("still thinking"),
-    );
+    let fake = stalled_wizard("done by quorum").await;
     let sandbox = Sandbox::new(&fake, "");
     let out = moa(
         sandbox.path(),
@@ -506,12 +507,7 @@ async fn quorum_flags_cancel_a_stalled_proposer_and_the_config_sets_the_policy()
     assert_eq!(trace["answer"], "done by quorum");
 
     // The same from the config file's top level.
-    let fake = FakeOpenAi::start().await;
-    script(&fake, "done by quorum");
-    fake.push(
-        "microsoft/WizardLM-2-8x22B",
-        Reply::stall_after("still thinking"),
-    );
+    let fake = stalled_wizard("done by quorum").await;
     let sandbox = Sandbox::new(&fake, "[policy]\nquorum = 3\n");
     let out = moa(sandbox.path(), &["ask", "--json", "Q"], &[KEY], None).await;
     assert_eq!(out.code, 0, "{}", out.stderr);

@@ -197,16 +197,7 @@ fn tools_json(tools: &Tools) -> (Option<Vec<Value>>, Option<Value>) {
 
 /// OpenAI sampling fields the Messages API does not take: refused by name (see
 /// [`ChatRequest::refuse_fields`]).
-pub const UNSUPPORTED_FIELDS: [&str; 8] = [
-    "logit_bias",
-    "frequency_penalty",
-    "presence_penalty",
-    "seed",
-    "logprobs",
-    "top_logprobs",
-    "reasoning_effort",
-    "verbosity",
-];
+pub const UNSUPPORTED_FIELDS: [&str; 8] = crate::http::OPENAI_ONLY_FIELDS;
 
 /// Refuses a request that sets a field the Messages API does not take.
 pub fn check(request: &ChatRequest, provider: &str) -> Result<(), moa_core::ProviderError> {

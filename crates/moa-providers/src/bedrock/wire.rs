@@ -110,16 +110,7 @@ fn tool_config(tools: &Tools) -> Result<Value, String> {
 /// OpenAI fields Converse has no place for. Any other extra field goes to
 /// `additionalModelRequestFields` for the model to take (top_k, say); these are refused by name
 /// instead (see [`ChatRequest::refuse_fields`]), since no Bedrock model reads OpenAI's spelling.
-pub const UNSUPPORTED_FIELDS: [&str; 8] = [
-    "logit_bias",
-    "frequency_penalty",
-    "presence_penalty",
-    "seed",
-    "logprobs",
-    "top_logprobs",
-    "reasoning_effort",
-    "verbosity",
-];
+pub const UNSUPPORTED_FIELDS: [&str; 8] = crate::http::OPENAI_ONLY_FIELDS;
 
 /// The API's name in refusals.
 pub const API: &str = "Bedrock's Converse API";

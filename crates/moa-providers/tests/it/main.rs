@@ -41,6 +41,22 @@ pub fn registry_for(fake: &FakeOpenAi) -> Registry {
 
 /// Everything a provider streams for `request`: the text, every chunk, and the error it ended
 /// with, if any.
+/// Checks that `provider` reads 600 cached of 1,000 prompt tokens, streamed and whole, from a
+/// fake whose next two answers (both queued by the caller) report them in its dialect's words.
+pub async fn assert_reads_cached_tokens(provider: &dyn Provider, request: moa_core::ChatRequest) {
+    let (_, chunks, err) = collect_stream(provider, request.clone()).await;
+    assert!(err.is_none(), "{err:?}");
+    let Some(Chunk::Finished {
+        usage: Some(usage), ..
+    }) = chunks.last()
+    else {
+        panic!("{chunks:?}")
+    };
+    assert_eq!((usage.prompt_tokens, usage.cached_tokens), (1000, 600));
+    let whole = provider.complete(request).await.unwrap().usage.unwrap();
+    assert_eq!((whole.prompt_tokens, whole.cached_tokens), (1000, 600));
+}
+
 pub async fn collect_stream(
     provider: &dyn Provider,
     request: moa_core::ChatRequest,

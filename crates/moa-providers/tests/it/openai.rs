@@ -325,20 +325,5 @@ async fn cached_prompt_tokens_are_read() {
     for _ in 0..2 {
         fake.push("m", Reply::text("A").with_usage(1000, 10).with_cached(600));
     }
-    let (_, chunks, err) = collect_stream(&provider, request("m")).await;
-    assert!(err.is_none(), "{err:?}");
-    let Some(Chunk::Finished {
-        usage: Some(usage), ..
-    }) = chunks.last()
-    else {
-        panic!("{chunks:?}")
-    };
-    assert_eq!((usage.prompt_tokens, usage.cached_tokens), (1000, 600));
-    let whole = provider
-        .complete(request("m"))
-        .await
-        .unwrap()
-        .usage
-        .unwrap();
-    assert_eq!((whole.prompt_tokens, whole.cached_tokens), (1000, 600));
+    crate::assert_reads_cached_tokens(&provider, request("m")).await;
 }

@@ -431,16 +431,7 @@ async fn json_answers_are_checked_and_repaired_once() {
     let mut streamed = request(json!({"response_format": {"type": "json_object"}, "stream": true}));
     streamed["stream"] = json!(true);
     let text = s.post(&streamed).await.text().await.unwrap();
-    let content: String = super::events(&text)
-        .iter()
-        .filter(|e| *e != "[DONE]")
-        .filter_map(|e| {
-            let chunk: Value = serde_json::from_str(e).unwrap();
-            chunk["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
+    let content = super::streamed_content(&text);
     assert_eq!(content, r#"{"name": "Ada", "age": 36}"#);
 }
 
@@ -687,16 +678,7 @@ async fn a_request_may_set_the_run_policy() {
     });
     let body = request(json!({"moa": {"early_exit": true}, "stream": true}));
     let text = s.post(&body).await.text().await.unwrap();
-    let content: String = super::events(&text)
-        .iter()
-        .filter(|e| *e != "[DONE]")
-        .filter_map(|e| {
-            let chunk: Value = serde_json::from_str(e).unwrap();
-            chunk["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
+    let content = super::streamed_content(&text);
     assert_eq!(content, "42");
     assert!(text.contains(r#""early_exit":{"layer":1}"#), "{text}");
     assert_eq!(

@@ -85,6 +85,19 @@ mod contract;
 mod sdk;
 mod sockets;
 
+/// The text of choice 0 in an SSE body of chat.completion chunks, pieces joined.
+pub(crate) fn streamed_content(text: &str) -> String {
+    events(text)
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 /// The `data:` payloads of an SSE body.
 pub(crate) fn events(text: &str) -> Vec<String> {
     text.split("\n\n")
@@ -463,16 +476,7 @@ async fn a_silent_stream_gets_keep_alive_comments() {
     let text = s.post(&body(true)).await.text().await.unwrap();
     assert!(text.contains(": keep-alive\n\n"), "{text}");
     // Standard clients skip comments: the content is whole.
-    let content: String = events(&text)
-        .iter()
-        .filter(|e| *e != "[DONE]")
-        .filter_map(|e| {
-            let chunk: Value = serde_json::from_str(e).unwrap();
-            chunk["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
+    let content = streamed_content(&text);
     assert_eq!(content, "The final answer.");
 }
 
