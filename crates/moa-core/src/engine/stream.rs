@@ -120,6 +120,17 @@ async fn drive(
     let mut degraded: Vec<Degraded> = Vec::new();
     let mut budget = open_budget(&plan, &options, &aggregator_messages, request.n.max(1))?;
     let mut layers = Vec::with_capacity(plan.layers.len());
+    let shared = Shared {
+        plan: &plan,
+        options: &options,
+        request: &request,
+        ctx: &ctx,
+        aggregator_messages: &aggregator_messages,
+        tools,
+        format,
+        layer_count: proposer_layers.len(),
+        stream_proposers,
+    };
     for (i, agents) in proposer_layers.iter().enumerate() {
         let layer = i + 1;
         let mut requests: Vec<ChatRequest> = agents
@@ -165,124 +176,10 @@ async fn drive(
                 }
             }
         }
-        let layer_started = Instant::now();
-        ctx.emit(RunEvent::LayerStarted {
-            layer,
-            proposers: agents.len(),
-        });
-        let calls = agents
-            .iter()
-            .zip(requests)
-            .enumerate()
-            .map(|(index, (agent, request))| {
-                ctx.emit(RunEvent::ProposerStarted {
-                    layer,
-                    index,
-                    model: agent.spec.model.clone(),
-                });
-                let ctx = &ctx;
-                async move {
-                    let slot = Slot::Proposer { layer, index };
-                    let mut trace = call(ctx, agent, request, slot, stream_proposers).await;
-                    // The reference strips every proposer answer before using it as a reference.
-                    if let Some(answer) = trace.answer.as_mut() {
-                        let stripped = answer.trim();
-                        if stripped.len() != answer.len() {
-                            *answer = stripped.to_string();
-                        }
-                    }
-                    // An empty answer would reach the next layer as a bare "2." with nothing after
-                    // it: it is never a reference. The proposer counts as failed, and says why.
-                    if trace.answer.as_ref().is_some_and(String::is_empty) {
-                        trace.answer = None;
-                        trace.status = CallStatus::Failed;
-                        trace.error = Some(EMPTY_ANSWER.to_string());
-                    }
-                    ctx.emit(match &trace.answer {
-                        Some(answer) => RunEvent::ProposerDone {
-                            layer,
-                            index,
-                            model: trace.model.clone(),
-                            answer: answer.clone(),
-                            latency_ms: trace.latency_ms,
-                            usage: trace.usage,
-                        },
-                        None => RunEvent::ProposerFailed {
-                            layer,
-                            index,
-                            model: trace.model.clone(),
-                            error: trace.error.clone().unwrap_or_default(),
-                            latency_ms: trace.latency_ms,
-                        },
-                    });
-                    trace
-                }
-            });
-        let cutoff = Cutoff {
-            quorum: plan.policy.quorum_of(agents.len()),
-            grace: plan.policy.grace,
-            deadline: plan.policy.deadline.map(|d| {
-                // The deadline is shared evenly by the proposer layers and the aggregator.
-                let share = d.mul_f64(layer as f64 / (proposer_layers.len() + 1) as f64);
-                ctx.started + share
-            }),
-        };
-        let traces = gather(&ctx, cutoff, layer, agents, calls, layer_started).await;
-        for trace in &traces {
-            if let Some(usage) = &trace.usage {
-                budget.charge(&trace.model, usage);
-            }
-        }
-        let next: Vec<Reference> = traces
-            .iter()
-            .filter_map(|t| {
-                t.answer.as_ref().map(|text| Reference {
-                    model: t.model.clone(),
-                    text: text.clone(),
-                })
-            })
-            .collect();
-        let cancelled: Vec<&CallTrace> = traces
-            .iter()
-            .filter(|t| t.status == CallStatus::Cancelled)
-            .collect();
-        ctx.emit(RunEvent::LayerDone {
-            layer,
-            succeeded: next.len(),
-            failed: traces.len() - next.len() - cancelled.len(),
-            cancelled: cancelled.len(),
-            elapsed_ms: millis(layer_started.elapsed()),
-        });
-        degraded.extend(cancelled.into_iter().map(|t| Degraded {
-            layer: Some(layer),
-            model: t.model.clone(),
-            kind: DegradedKind::Cancelled,
-            reason: t.error.clone().unwrap_or_default(),
-        }));
-        let needed = options.min_proposals.min(traces.len());
-        if next.len() < needed {
-            return Err(MoaError::TooFewProposals {
-                layer,
-                succeeded: next.len(),
-                total: traces.len(),
-                needed,
-                failures: traces
-                    .iter()
-                    .filter(|t| t.status == CallStatus::Failed)
-                    .map(|t| ProposalFailure {
-                        model: t.model.clone(),
-                        error: t.error.clone().unwrap_or_default(),
-                        source: t.failure.clone(),
-                    })
-                    .collect(),
-            });
-        }
+        let (trace, next) =
+            run_layer(&shared, layer, agents, requests, &mut budget, &mut degraded).await?;
         references = next;
-        layers.push(LayerTrace {
-            layer,
-            calls: traces,
-            elapsed_ms: millis(layer_started.elapsed()),
-        });
+        layers.push(trace);
         // Early exit: the layer agrees, so no later layer or aggregator could add to it. Not
         // with tools (only the aggregator may call them), nor for an answer of the wrong format.
         if plan.policy.early_exit && tools.is_none() {
@@ -310,21 +207,192 @@ async fn drive(
         }
     }
 
+    aggregate(&shared, references, layers, degraded, budget).await
+}
+
+/// One proposer layer: its calls (started, stripped, an empty answer failed), completed as the
+/// policy says (see [`gather`]), charged to the budget and reported; its answers are the next
+/// references. Fewer answers than `min_proposals` fail the run.
+async fn run_layer(
+    shared: &Shared<'_>,
+    layer: usize,
+    agents: &[super::BoundAgent],
+    requests: Vec<ChatRequest>,
+    budget: &mut Budget,
+    degraded: &mut Vec<Degraded>,
+) -> Result<(LayerTrace, Vec<Reference>), MoaError> {
+    let (plan, options, ctx) = (shared.plan, shared.options, shared.ctx);
+    let (layer_count, stream_proposers) = (shared.layer_count, shared.stream_proposers);
+    let layer_started = Instant::now();
+    ctx.emit(RunEvent::LayerStarted {
+        layer,
+        proposers: agents.len(),
+    });
+    let calls = agents
+        .iter()
+        .zip(requests)
+        .enumerate()
+        .map(|(index, (agent, request))| {
+            ctx.emit(RunEvent::ProposerStarted {
+                layer,
+                index,
+                model: agent.spec.model.clone(),
+            });
+            let ctx = &ctx;
+            async move {
+                let slot = Slot::Proposer { layer, index };
+                let mut trace = call(ctx, agent, request, slot, stream_proposers).await;
+                // The reference strips every proposer answer before using it as a reference.
+                if let Some(answer) = trace.answer.as_mut() {
+                    let stripped = answer.trim();
+                    if stripped.len() != answer.len() {
+                        *answer = stripped.to_string();
+                    }
+                }
+                // An empty answer would reach the next layer as a bare "2." with nothing after
+                // it: it is never a reference. The proposer counts as failed, and says why.
+                if trace.answer.as_ref().is_some_and(String::is_empty) {
+                    trace.answer = None;
+                    trace.status = CallStatus::Failed;
+                    trace.error = Some(EMPTY_ANSWER.to_string());
+                }
+                ctx.emit(match &trace.answer {
+                    Some(answer) => RunEvent::ProposerDone {
+                        layer,
+                        index,
+                        model: trace.model.clone(),
+                        answer: answer.clone(),
+                        latency_ms: trace.latency_ms,
+                        usage: trace.usage,
+                    },
+                    None => RunEvent::ProposerFailed {
+                        layer,
+                        index,
+                        model: trace.model.clone(),
+                        error: trace.error.clone().unwrap_or_default(),
+                        latency_ms: trace.latency_ms,
+                    },
+                });
+                trace
+            }
+        });
+    let cutoff = Cutoff {
+        quorum: plan.policy.quorum_of(agents.len()),
+        grace: plan.policy.grace,
+        deadline: plan.policy.deadline.map(|d| {
+            // The deadline is shared evenly by the proposer layers and the aggregator.
+            let share = d.mul_f64(layer as f64 / (layer_count + 1) as f64);
+            ctx.started + share
+        }),
+    };
+    let traces = gather(ctx, cutoff, layer, agents, calls, layer_started).await;
+    for trace in &traces {
+        if let Some(usage) = &trace.usage {
+            budget.charge(&trace.model, usage);
+        }
+    }
+    let next: Vec<Reference> = traces
+        .iter()
+        .filter_map(|t| {
+            t.answer.as_ref().map(|text| Reference {
+                model: t.model.clone(),
+                text: text.clone(),
+            })
+        })
+        .collect();
+    let cancelled: Vec<&CallTrace> = traces
+        .iter()
+        .filter(|t| t.status == CallStatus::Cancelled)
+        .collect();
+    ctx.emit(RunEvent::LayerDone {
+        layer,
+        succeeded: next.len(),
+        failed: traces.len() - next.len() - cancelled.len(),
+        cancelled: cancelled.len(),
+        elapsed_ms: millis(layer_started.elapsed()),
+    });
+    degraded.extend(cancelled.into_iter().map(|t| Degraded {
+        layer: Some(layer),
+        model: t.model.clone(),
+        kind: DegradedKind::Cancelled,
+        reason: t.error.clone().unwrap_or_default(),
+    }));
+    let needed = options.min_proposals.min(traces.len());
+    if next.len() < needed {
+        return Err(MoaError::TooFewProposals {
+            layer,
+            succeeded: next.len(),
+            total: traces.len(),
+            needed,
+            failures: traces
+                .iter()
+                .filter(|t| t.status == CallStatus::Failed)
+                .map(|t| ProposalFailure {
+                    model: t.model.clone(),
+                    error: t.error.clone().unwrap_or_default(),
+                    source: t.failure.clone(),
+                })
+                .collect(),
+        });
+    }
+    let trace = LayerTrace {
+        layer,
+        calls: traces,
+        elapsed_ms: millis(layer_started.elapsed()),
+    };
+    Ok((trace, next))
+}
+
+/// What the phases of a run read of it.
+struct Shared<'a> {
+    plan: &'a Plan,
+    options: &'a RunOptions,
+    request: &'a RunRequest,
+    ctx: &'a CallContext,
+    aggregator_messages: &'a [Message],
+    tools: Option<&'a crate::completion::Tools>,
+    format: Option<&'a crate::format::ResponseFormat>,
+    /// Proposer layers this run has (none with given references).
+    layer_count: usize,
+    stream_proposers: bool,
+}
+
+/// The aggregator's phase: the references fitted to its context (and read in windows, with
+/// Self-MoA-Seq), one call per choice within the budget, the fallback when it fails, the
+/// format check and repair; then the trace.
+async fn aggregate(
+    shared: &Shared<'_>,
+    mut references: Vec<Reference>,
+    layers: Vec<LayerTrace>,
+    mut degraded: Vec<Degraded>,
+    mut budget: Budget,
+) -> Result<Trace, MoaError> {
+    let Shared {
+        plan,
+        options,
+        request,
+        ctx,
+        aggregator_messages,
+        tools,
+        format,
+        ..
+    } = *shared;
+    let style = plan.prompt_style;
     let aggregator = &plan.aggregator;
     let reference_layer = layers.last().map_or(0, |l| l.layer);
     degraded.extend(fit_references(
         aggregator,
         &mut references,
-        &aggregator_messages,
+        aggregator_messages,
         request.aggregator.max_tokens.or(aggregator.spec.max_tokens),
         reference_layer,
     ));
     let windows = match plan.policy.aggregate_window {
         Some(window) => {
             let (synthesis, rest, calls) = aggregate_windows(
-                &ctx,
+                ctx,
                 aggregator,
-                &aggregator_messages,
+                aggregator_messages,
                 &request.aggregator,
                 style,
                 std::mem::take(&mut references),
@@ -344,7 +412,7 @@ async fn drive(
     ctx.emit(RunEvent::AggregatorStarted {
         model: aggregator.spec.model.clone(),
     });
-    let mut call_request = aggregator.request(&aggregator_messages, &references, style);
+    let mut call_request = aggregator.request(aggregator_messages, &references, style);
     request.aggregator.apply(&mut call_request);
     call_request.tools = tools.cloned();
     call_request.response_format = format.cloned();
@@ -391,7 +459,7 @@ async fn drive(
     let quiet = format.is_some();
     let calls = requests.iter().enumerate().map(|(choice, call_request)| {
         let slot = Slot::Aggregator { choice, quiet };
-        call(&ctx, aggregator, call_request.clone(), slot, true)
+        call(ctx, aggregator, call_request.clone(), slot, true)
     });
     let mut outcomes: Vec<_> = join_all(calls).await;
     let failed = |outcomes: &[crate::event::CallTrace]| {
@@ -463,7 +531,7 @@ async fn drive(
                 choice,
                 quiet: true,
             };
-            let repaired = call(&ctx, aggregator, repair, slot, false).await;
+            let repaired = call(ctx, aggregator, repair, slot, false).await;
             if let Some(error) = failed(std::slice::from_ref(&repaired)) {
                 return Err(error);
             }
@@ -504,7 +572,7 @@ async fn drive(
             }
         }
     }
-    let mut trace = finish(&plan, &options, &ctx, layers, outcomes, degraded);
+    let mut trace = finish(plan, options, ctx, layers, outcomes, degraded);
     trace.warnings = warnings;
     if !repairs.is_empty() || !windows.is_empty() {
         trace.repairs = repairs;
