@@ -340,6 +340,10 @@ pub struct ServeArgs {
     /// Count nothing for /metrics (which then answers 404).
     #[arg(long)]
     pub no_metrics: bool,
+    /// Log each request's last message (first 2,000 characters); prompts are never logged
+    /// otherwise.
+    #[arg(long)]
+    pub log_prompts: bool,
     /// Log lines on stderr as text (`human`) or one JSON object each (`json`); levels from
     /// RUST_LOG (default `info`: one access line per request, one line per finished stream).
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]

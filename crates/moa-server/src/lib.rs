@@ -86,6 +86,9 @@ pub struct ServerConfig {
     pub keep_alive: Duration,
     /// Count requests and runs for `/metrics` (off: no counting, and `/metrics` is 404).
     pub metrics: bool,
+    /// Log each request's last message (its first 2,000 characters) in a `moa::prompt` line.
+    /// Off by default: prompts are the users' data.
+    pub log_prompts: bool,
     /// Refuse requests that change their preset (`moa.proposers`, `moa.layers`, ...): clients
     /// then run only the operator's presets, at their cost.
     pub fixed_presets: bool,
@@ -104,6 +107,7 @@ impl Default for ServerConfig {
             keep_alive: Duration::from_secs(15),
             fixed_presets: false,
             metrics: true,
+            log_prompts: false,
         }
     }
 }
@@ -121,6 +125,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("keep_alive", &self.keep_alive)
             .field("fixed_presets", &self.fixed_presets)
             .field("metrics", &self.metrics)
+            .field("log_prompts", &self.log_prompts)
             .finish()
     }
 }
@@ -383,6 +388,11 @@ async fn chat_run(
         ));
     };
     *served = Some(request.model.clone());
+    if state.config.log_prompts {
+        let last = request.run.messages.last().map(|m| m.content.as_str());
+        let prompt: String = last.unwrap_or_default().chars().take(2000).collect();
+        tracing::info!(target: "moa::prompt", request_id = %request_id, prompt = %prompt);
+    }
     // The request's changes to the preset, checked like the config's.
     let changed = !request.changes.is_empty();
     if changed && state.config.fixed_presets {

@@ -165,6 +165,7 @@ pub async fn run(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<
         },
         fixed_presets: args.fixed_presets,
         metrics: !args.no_metrics,
+        log_prompts: args.log_prompts,
         request_timeout: Duration::try_from_secs_f64(args.request_timeout).unwrap_or(Duration::MAX),
         keep_alive: Duration::try_from_secs_f64(args.keep_alive).unwrap_or(Duration::MAX),
         ..ServerConfig::default()

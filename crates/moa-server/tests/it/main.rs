@@ -726,4 +726,30 @@ async fn every_request_gets_an_access_line_without_secrets() {
         .find(|l| l["target"] == "moa::run" && l["fields"]["request_id"] == "log-test-true")
         .unwrap_or_else(|| panic!("{text}"));
     assert_eq!(finished["fields"]["tokens"], 130);
+    assert!(!lines.iter().any(|l| l["target"] == "moa::prompt"));
+}
+
+/// With `log_prompts`, the last message is logged, under its own target.
+#[tokio::test]
+async fn prompts_are_logged_only_when_asked() {
+    let buffer = LogBuffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(move || writer.clone())
+        .finish();
+    let _log = tracing::subscriber::set_default(subscriber);
+    let s = start(ServerConfig {
+        log_prompts: true,
+        ..ServerConfig::default()
+    })
+    .await;
+    assert_eq!(s.post(&body(false)).await.status(), 200);
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let prompt = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|l| l["target"] == "moa::prompt")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(prompt["fields"]["prompt"], "Why?");
 }
