@@ -440,10 +440,7 @@ fn positive(text: &str) -> Result<f64, String> {
 }
 
 fn prompt_style(text: &str) -> Result<PromptStyle, String> {
-    PromptStyle::from_name(text).ok_or_else(|| {
-        let names: Vec<&str> = PromptStyle::ALL.iter().map(|(n, _)| *n).collect();
-        format!("unknown style `{text}`; one of: {}", names.join(", "))
-    })
+    PromptStyle::parse(text)
 }
 
 #[derive(Debug, Subcommand)]

@@ -109,6 +109,9 @@ impl PolicyChanges {
                 name("max_cost")
             ));
         }
+        if self.deadline.is_some_and(|d| d.is_zero()) {
+            return Err(format!("{} must be more than 0", name("deadline")));
+        }
         if self.reference_max_tokens == Some(0) {
             return Err(format!(
                 "{} must be at least 1",

@@ -40,6 +40,14 @@ impl PromptStyle {
         Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
     }
 
+    /// Parses a style name, or says which names there are.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        Self::from_name(name).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|(n, _)| *n).collect();
+            format!("`{name}` is not one of {}", names.join(", "))
+        })
+    }
+
     /// The style's name.
     pub fn name(self) -> &'static str {
         match self {

@@ -199,17 +199,12 @@ impl ChatRequest {
                                 return Err("`moa.timeout` must be seconds, 0 for none".into())
                             }
                         };
-                        let prompt_style = match &extension.prompt_style {
-                            None => None,
-                            Some(name) => Some(PromptStyle::from_name(name).ok_or_else(|| {
-                                let names: Vec<&str> =
-                                    PromptStyle::ALL.iter().map(|(n, _)| *n).collect();
-                                format!(
-                                    "`moa.prompt_style` `{name}` is not one of {}",
-                                    names.join(", ")
-                                )
-                            })?),
-                        };
+                        let prompt_style = extension
+                            .prompt_style
+                            .as_deref()
+                            .map(PromptStyle::parse)
+                            .transpose()
+                            .map_err(|e| format!("`moa.prompt_style` {e}"))?;
                         let policy = extension.policy()?;
                         request.changes = PresetChanges {
                             proposers: extension.proposers,
@@ -351,12 +346,11 @@ impl Extension {
             reference_max_tokens: self.reference_max_tokens,
             aggregate_window: self.aggregate_window,
         };
-        if self.deadline_ms == Some(0) {
-            return Err("`moa.deadline_ms` must be more than 0".into());
-        }
         changes
-            .apply(moa_core::RunPolicy::default(), |name| {
-                format!("`moa.{name}`")
+            .apply(moa_core::RunPolicy::default(), |name| match name {
+                // The request spells the durations in milliseconds.
+                "deadline" | "grace" => format!("`moa.{name}_ms`"),
+                name => format!("`moa.{name}`"),
             })
             .map(|_| changes)
     }

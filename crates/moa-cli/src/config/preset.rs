@@ -87,13 +87,7 @@ pub fn convert(
     };
     let prompt_style = match &entry.prompt_style {
         None => PromptStyle::Reference,
-        Some(s) => PromptStyle::from_name(s).ok_or_else(|| {
-            let names: Vec<&str> = PromptStyle::ALL.iter().map(|(n, _)| *n).collect();
-            (
-                format!("{key}.prompt_style"),
-                format!("unknown style `{s}`; one of: {}", names.join(", ")),
-            )
-        })?,
+        Some(s) => PromptStyle::parse(s).map_err(|e| (format!("{key}.prompt_style"), e))?,
     };
     Ok(Preset {
         name: name.to_string(),
@@ -118,25 +112,16 @@ pub fn policy(
     let Some(entry) = entry else {
         return Ok(lower);
     };
-    let deadline = match entry.deadline {
-        None => None,
-        Some(secs) => Some(
-            std::time::Duration::try_from_secs_f64(secs)
-                .map_err(|_| {
-                    (
-                        format!("{key}.deadline"),
-                        "must be seconds, more than 0".into(),
-                    )
-                })
-                .and_then(|d| match d.is_zero() {
-                    true => Err((
-                        format!("{key}.deadline"),
-                        "must be more than 0 seconds".into(),
-                    )),
-                    false => Ok(d),
-                })?,
-        ),
-    };
+    let deadline = entry
+        .deadline
+        .map(std::time::Duration::try_from_secs_f64)
+        .transpose()
+        .map_err(|_| {
+            (
+                format!("{key}.deadline"),
+                "must be seconds, more than 0".into(),
+            )
+        })?;
     let changes = PolicyChanges {
         quorum: entry.quorum,
         grace: entry.grace_ms.map(std::time::Duration::from_millis),
