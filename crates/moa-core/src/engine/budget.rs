@@ -115,6 +115,15 @@ impl Budget {
         }
     }
 
+    /// Counts every finished call's usage (calls without usage cost nothing known).
+    pub fn charge_calls(&mut self, calls: &[crate::event::CallTrace]) {
+        for call in calls {
+            if let Some(usage) = &call.usage {
+                self.charge(&call.model, usage);
+            }
+        }
+    }
+
     /// Counts a finished call's usage.
     pub fn charge(&mut self, model: &str, usage: &Usage) {
         for i in 0..self.limits.len() {

@@ -200,8 +200,9 @@ async fn drive(
                     let text = answer.to_string();
                     ctx.emit(RunEvent::AggregatorDelta { choice, text });
                 }
-                let mut trace = finish(&plan, &options, &ctx, layers, outcomes, degraded);
+                let mut trace = finish(&plan, &ctx, layers, outcomes, degraded);
                 trace.early_exit = Some(layer);
+                trace.tally(&options.prices);
                 return Ok(trace);
             }
         }
@@ -286,11 +287,7 @@ async fn run_layer(
         }),
     };
     let traces = gather(ctx, cutoff, layer, agents, calls, layer_started).await;
-    for trace in &traces {
-        if let Some(usage) = &trace.usage {
-            budget.charge(&trace.model, usage);
-        }
-    }
+    budget.charge_calls(&traces);
     let next: Vec<Reference> = traces
         .iter()
         .filter_map(|t| {
@@ -399,11 +396,7 @@ async fn aggregate(
                 window,
             )
             .await?;
-            for call in &calls {
-                if let Some(usage) = &call.usage {
-                    budget.charge(&call.model, usage);
-                }
-            }
+            budget.charge_calls(&calls);
             references = synthesis.into_iter().chain(rest).collect();
             calls
         }
@@ -480,7 +473,7 @@ async fn aggregate(
         let Some(fallback) = fallback else {
             return Err(error);
         };
-        let layer = layers.last().map_or(0, |l| l.layer);
+        let layer = reference_layer;
         ctx.emit(RunEvent::Fallback {
             layer,
             model: fallback.model.clone(),
@@ -572,13 +565,11 @@ async fn aggregate(
             }
         }
     }
-    let mut trace = finish(plan, options, ctx, layers, outcomes, degraded);
+    let mut trace = finish(plan, ctx, layers, outcomes, degraded);
     trace.warnings = warnings;
-    if !repairs.is_empty() || !windows.is_empty() {
-        trace.repairs = repairs;
-        trace.windows = windows;
-        trace.tally(&options.prices);
-    }
+    trace.repairs = repairs;
+    trace.windows = windows;
+    trace.tally(&options.prices);
     Ok(trace)
 }
 
@@ -743,10 +734,10 @@ fn capped(layer: Option<usize>, model: &str, cap: u32, budget: &Budget) -> Degra
     }
 }
 
-/// The trace of a run whose aggregator (or early exit) gave `outcomes`, one per choice.
+/// The trace of a run whose aggregator (or early exit) gave `outcomes`, one per choice; the
+/// caller adds what else the run made, then tallies it.
 fn finish(
     plan: &Plan,
-    options: &RunOptions,
     ctx: &CallContext,
     layers: Vec<LayerTrace>,
     outcomes: Vec<CallTrace>,
@@ -756,7 +747,7 @@ fn finish(
     let outcome = outcomes
         .next()
         .unwrap_or_else(|| unreachable!("n is at least one"));
-    let mut trace = Trace {
+    Trace {
         preset: plan.preset.clone(),
         layers,
         answer: outcome.answer.clone().unwrap_or_default(),
@@ -772,7 +763,5 @@ fn finish(
         cost_by_model: Default::default(),
         cost: None,
         elapsed_ms: millis(ctx.started.elapsed()),
-    };
-    trace.tally(&options.prices);
-    trace
+    }
 }
