@@ -357,11 +357,10 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Result<Re
 }
 
 async fn chat_run(
-    state: &Arc<AppState>,
+    state: &AppState,
     request: Request,
     served: &mut Option<String>,
 ) -> Result<Response, ApiError> {
-    let state = state.clone();
     // Everything that can be refused from the headers is refused before the body is read.
     let (parts, body) = request.into_parts();
     let request_id = parts
@@ -369,9 +368,9 @@ async fn chat_run(
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
-    authorize(&state, &parts.headers)?;
+    authorize(state, &parts.headers)?;
     guard::json_body(&parts.headers)?;
-    let body = read_body(&state, body).await?;
+    let body = read_body(state, body).await?;
     let request = wire::ChatRequest::parse(&body).map_err(ApiError::bad_request)?;
     if request.run.messages.is_empty() {
         return Err(ApiError::bad_request("`messages` is empty"));
@@ -449,31 +448,22 @@ async fn chat_run(
     // Every upstream call carries the request's id.
     let mut request = request;
     request.run.request_id = Some(request_id.clone());
-    let in_flight = state.metrics.run_started();
-    let started = std::time::Instant::now();
+    let recorder = Recorder {
+        metrics: state.metrics.clone(),
+        preset: request.model.clone(),
+        request_id,
+        started: std::time::Instant::now(),
+        _in_flight: state.metrics.run_started(),
+        _permit: permit,
+    };
     if request.stream {
-        let record = Recorder {
-            metrics: state.metrics.clone(),
-            preset: request.model.clone(),
-            request_id,
-            started,
-            _in_flight: in_flight,
-        };
         let info = RunInfo {
             preset: request.model.clone(),
             stream: true,
             tokens: None,
             cost: None,
         };
-        let mut response = stream(
-            moa,
-            request,
-            env,
-            (permit, record),
-            &state.config,
-            plan_json,
-        )
-        .await?;
+        let mut response = stream(moa, request, env, recorder, &state.config, plan_json).await?;
         response.extensions_mut().insert(info);
         return Ok(response);
     }
@@ -482,10 +472,8 @@ async fn chat_run(
         .await
         .map_err(|_| run_timeout())?
         .map_err(|e| ApiError::from_run(&e))?;
-    drop(permit);
-    let seconds = started.elapsed().as_secs_f64();
-    state.metrics.run(&request.model, seconds, &trace);
-    drop(in_flight);
+    recorder.done(&trace);
+    drop(recorder);
     let moa = wire::moa_block(&trace, include_proposals, plan_json.as_ref());
     let mut response = Json(wire::completion(&env, &trace, moa)).into_response();
     response.extensions_mut().insert(RunInfo {
@@ -497,13 +485,41 @@ async fn chat_run(
     Ok(response)
 }
 
-/// Records a run in the metrics when it ends, and counts it in flight until then.
+/// A run from its start to its end: it holds the run's place among those the server allows,
+/// counts it in flight, and records it in the metrics when it is done.
 struct Recorder {
     metrics: Arc<metrics::Metrics>,
     preset: String,
     request_id: String,
     started: std::time::Instant,
     _in_flight: metrics::InFlight,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Recorder {
+    /// The run finished with `trace`; returns its seconds.
+    fn done(&self, trace: &moa_core::Trace) -> f64 {
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.metrics.run(&self.preset, seconds, trace);
+        seconds
+    }
+}
+
+/// A stream after its response began: the run, what is queued for the client, and the clocks.
+struct Live {
+    run: moa_core::RunStream,
+    env: Envelope,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    keep_alive: tokio::time::Interval,
+    pending: std::collections::VecDeque<Bytes>,
+    ended: bool,
+    /// Holds the run's recorder (and so its place and in-flight count) until the stream ends.
+    streamed: Streamed,
+}
+
+/// A failure after a stream began: an error frame, then the end.
+fn error_frame(error: &ApiError) -> Bytes {
+    Bytes::from(format!("data: {}\n\ndata: [DONE]\n\n", error.body()))
 }
 
 /// What the client gets for one run event while streaming: frames, and whether the stream ends.
@@ -547,8 +563,7 @@ impl Streamed {
             }
             Ok(RunEvent::Done(trace)) => {
                 let r = &self.recorder;
-                let seconds = r.started.elapsed().as_secs_f64();
-                r.metrics.run(&r.preset, seconds, &trace);
+                let seconds = r.done(&trace);
                 tracing::info!(
                     target: "moa::run",
                     request_id = %r.request_id,
@@ -578,11 +593,7 @@ impl Streamed {
                     .flatten();
                 (frame, false)
             }
-            Err(error) => {
-                let body = ApiError::from_run(&error).body();
-                let frame = Bytes::from(format!("data: {body}\n\ndata: [DONE]\n\n"));
-                (Some(frame), true)
-            }
+            Err(error) => (Some(error_frame(&ApiError::from_run(&error))), true),
         }
     }
 
@@ -616,7 +627,7 @@ async fn stream(
     moa: Moa,
     request: wire::ChatRequest,
     env: Envelope,
-    (permit, recorder): (OwnedSemaphorePermit, Recorder),
+    recorder: Recorder,
     config: &ServerConfig,
     plan_json: Option<serde_json::Value>,
 ) -> Result<Response, ApiError> {
@@ -659,11 +670,25 @@ async fn stream(
         .keep_alive
         .clamp(Duration::from_millis(1), Duration::from_secs(86_400));
     let keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    let state = (
-        run, env, permit, deadline, keep_alive, pending, ended, streamed,
-    );
-    let frames = futures::stream::unfold(state, |mut st| async move {
-        let (run, env, _permit, deadline, keep_alive, pending, ended, streamed) = &mut st;
+    let live = Live {
+        run,
+        env,
+        deadline,
+        keep_alive,
+        pending,
+        ended,
+        streamed,
+    };
+    let frames = futures::stream::unfold(live, |mut st| async move {
+        let Live {
+            run,
+            env,
+            deadline,
+            keep_alive,
+            pending,
+            ended,
+            streamed,
+        } = &mut st;
         if let Some(frame) = pending.pop_front() {
             return Some((Ok::<_, std::convert::Infallible>(frame), st));
         }
@@ -675,8 +700,7 @@ async fn stream(
                 event = run.next() => event,
                 () = &mut *deadline => {
                     *ended = true;
-                    let frame = format!("data: {}\n\ndata: [DONE]\n\n", run_timeout().body());
-                    return Some((Ok(Bytes::from(frame)), st));
+                    return Some((Ok(error_frame(&run_timeout())), st));
                 }
                 _ = keep_alive.tick() => {
                     return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), st));
