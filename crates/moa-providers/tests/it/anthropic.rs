@@ -184,14 +184,7 @@ async fn tool_use_goes_both_ways() {
             Reply::tool_calls(&[("toolu_3", "get_weather", r#"{"city":"Tromsø"}"#)])
                 .with_chunk_chars(4),
         );
-        // Streamed, the chunks are gathered as the engine gathers them.
-        let provider = client(&fake, 0);
-        let c = match stream {
-            true => moa_core::provider::collect("p".into(), provider.stream(r.clone()))
-                .await
-                .unwrap(),
-            false => provider.complete(r.clone()).await.unwrap(),
-        };
+        let c = crate::answer(&client(&fake, 0), r.clone(), stream).await;
         let (text, calls, reason) = (c.text, c.tool_calls, c.finish_reason);
         assert_eq!(text, "", "stream: {stream}");
         assert_eq!(reason.as_deref(), Some("tool_calls"));

@@ -314,14 +314,7 @@ async fn tool_use_goes_both_ways() {
             HAIKU,
             Reply::tool_calls(&[("t2", "get_weather", r#"{"city":"Bergen"}"#)]).with_chunk_chars(3),
         );
-        // Streamed, the chunks are gathered as the engine gathers them.
-        let provider = sigv4(&fake, 0);
-        let c = match stream {
-            true => moa_core::provider::collect("p".into(), provider.stream(r.clone()))
-                .await
-                .unwrap(),
-            false => provider.complete(r.clone()).await.unwrap(),
-        };
+        let c = crate::answer(&sigv4(&fake, 0), r.clone(), stream).await;
         let (text, calls, reason) = (c.text, c.tool_calls, c.finish_reason);
         assert_eq!(text, "", "stream: {stream}");
         assert_eq!(reason.as_deref(), Some("tool_calls"));

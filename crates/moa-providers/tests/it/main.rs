@@ -57,6 +57,20 @@ pub async fn assert_reads_cached_tokens(provider: &dyn Provider, request: moa_co
     assert_eq!((whole.prompt_tokens, whole.cached_tokens), (1000, 600));
 }
 
+/// The whole answer to `request`, from `complete` or (`stream`) from the chunks gathered as
+/// the engine gathers them.
+pub async fn answer(
+    provider: &dyn Provider,
+    request: moa_core::ChatRequest,
+    stream: bool,
+) -> moa_core::Completion {
+    match stream {
+        true => moa_core::provider::collect("p".into(), provider.stream(request)).await,
+        false => provider.complete(request).await,
+    }
+    .unwrap()
+}
+
 pub async fn collect_stream(
     provider: &dyn Provider,
     request: moa_core::ChatRequest,

@@ -854,17 +854,16 @@ async fn tool_loop_through(dialect: moa_providers::Dialect) -> Vec<Value> {
         std::time::Duration::from_secs(1),
     ));
     let http = reqwest::Client::new();
+    let post = |body: Value| {
+        let request = http.post(&url).json(&body);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
 
     let mut messages = json!([{"role": "user", "content": "Weather in Oslo?"}]);
-    let first: Value = http
-        .post(&url)
-        .json(&json!({"model": "mixed", "messages": messages, "tools": weather_tool(), "stream": false}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first = post(
+        json!({"model": "mixed", "messages": messages, "tools": weather_tool(), "stream": false}),
+    )
+    .await;
     let message = &first["choices"][0]["message"];
     assert_eq!(
         first["choices"][0]["finish_reason"], "tool_calls",
@@ -879,15 +878,8 @@ async fn tool_loop_through(dialect: moa_providers::Dialect) -> Vec<Value> {
         .as_array_mut()
         .unwrap()
         .push(json!({"role": "tool", "tool_call_id": "toolu_1", "content": "-3C, snow"}));
-    let second: Value = http
-        .post(&url)
-        .json(&json!({"model": "mixed", "messages": messages, "tools": weather_tool()}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let second =
+        post(json!({"model": "mixed", "messages": messages, "tools": weather_tool()})).await;
     assert_eq!(
         second["choices"][0]["message"]["content"], "It is -3C in Oslo.",
         "{second}"

@@ -660,6 +660,24 @@ async fn metrics_count_requests_calls_tokens_and_latency() {
 #[derive(Clone, Default)]
 struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
 
+impl LogBuffer {
+    /// JSON log lines of this thread into a buffer, while the guard lives. A test on tokio's
+    /// default (one-thread) runtime captures the server's tasks too.
+    fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let buffer = Self::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        (buffer, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn lines(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
 impl std::io::Write for LogBuffer {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(bytes);
@@ -674,14 +692,7 @@ impl std::io::Write for LogBuffer {
 /// stream's tokens in its own line when it ends; never the key or the prompt.
 #[tokio::test]
 async fn every_request_gets_an_access_line_without_secrets() {
-    let buffer = LogBuffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || writer.clone())
-        .finish();
-    // This test's runtime has one thread, so the server's tasks log here too.
-    let _log = tracing::subscriber::set_default(subscriber);
+    let (buffer, _log) = LogBuffer::capture();
     let s = start(ServerConfig {
         api_key: Some("sk-server-secret".into()),
         ..ServerConfig::default()
@@ -700,7 +711,7 @@ async fn every_request_gets_an_access_line_without_secrets() {
         assert_eq!(response.status(), 200);
         response.text().await.unwrap();
     }
-    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let text = buffer.lines();
     assert!(!text.contains("sk-server-secret"), "{text}");
     assert!(!text.contains("Why?"), "no prompt in the log: {text}");
     let lines: Vec<Value> = text
@@ -732,20 +743,14 @@ async fn every_request_gets_an_access_line_without_secrets() {
 /// With `log_prompts`, the last message is logged, under its own target.
 #[tokio::test]
 async fn prompts_are_logged_only_when_asked() {
-    let buffer = LogBuffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || writer.clone())
-        .finish();
-    let _log = tracing::subscriber::set_default(subscriber);
+    let (buffer, _log) = LogBuffer::capture();
     let s = start(ServerConfig {
         log_prompts: true,
         ..ServerConfig::default()
     })
     .await;
     assert_eq!(s.post(&body(false)).await.status(), 200);
-    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let text = buffer.lines();
     let prompt = text
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
