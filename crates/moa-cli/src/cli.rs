@@ -340,6 +340,9 @@ pub struct ServeArgs {
     /// Count nothing for /metrics (which then answers 404).
     #[arg(long)]
     pub no_metrics: bool,
+    /// Serve no playground page at / (which then answers 404); the API is unchanged.
+    #[arg(long)]
+    pub no_ui: bool,
     /// Log each request's last message (first 2,000 characters); prompts are never logged
     /// otherwise.
     #[arg(long)]

@@ -133,6 +133,9 @@ pub struct CallTrace {
     /// The provider reported no usage, so `usage` is moa's estimate (four characters a token).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub usage_estimated: bool,
+    /// US dollars for this call, when its model has a price (set when the run is tallied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
     /// When the call started, from the start of the run.
     pub started_ms: u64,
     /// Time to the first text, if any arrived.
@@ -155,6 +158,7 @@ impl CallTrace {
             logprobs: None,
             usage: None,
             usage_estimated: false,
+            cost: None,
             started_ms: 0,
             first_token_ms: None,
             latency_ms: 0,
@@ -248,14 +252,15 @@ impl Trace {
         let mut total = Usage::default();
         let calls = self
             .layers
-            .iter()
-            .flat_map(|l| l.calls.iter())
-            .chain(std::iter::once(&self.aggregator))
-            .chain(self.other_choices.iter())
-            .chain(self.windows.iter())
-            .chain(self.repairs.iter());
+            .iter_mut()
+            .flat_map(|l| l.calls.iter_mut())
+            .chain(std::iter::once(&mut self.aggregator))
+            .chain(self.other_choices.iter_mut())
+            .chain(self.windows.iter_mut())
+            .chain(self.repairs.iter_mut());
         for call in calls {
             if let Some(usage) = &call.usage {
+                call.cost = prices.cost(&call.model, usage);
                 by_model.entry(call.model.clone()).or_default().add(usage);
                 total.add(usage);
             }

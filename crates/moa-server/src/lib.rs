@@ -1,13 +1,15 @@
 //! `moa serve`: MoA presets behind an OpenAI-compatible API, so any OpenAI client can use a preset
 //! as if it were a model. Streaming forwards the aggregator's tokens as they arrive.
 //!
-//! Routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`. The server holds no
+//! Routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`, `GET /metrics`, and
+//! the playground page at `/` (see `ui.rs`). The server holds no
 //! conversation state: every request carries its messages, so replicas scale out behind any load
 //! balancer. It holds no MoA logic either: requests become engine runs, events become chunks.
 
 mod error;
 mod guard;
 pub mod metrics;
+mod ui;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -86,6 +88,8 @@ pub struct ServerConfig {
     pub keep_alive: Duration,
     /// Count requests and runs for `/metrics` (off: no counting, and `/metrics` is 404).
     pub metrics: bool,
+    /// Serve the playground page at `/` (off: `/` is 404).
+    pub ui: bool,
     /// Log each request's last message (its first 2,000 characters) in a `moa::prompt` line.
     /// Off by default: prompts are the users' data.
     pub log_prompts: bool,
@@ -107,6 +111,7 @@ impl Default for ServerConfig {
             keep_alive: Duration::from_secs(15),
             fixed_presets: false,
             metrics: true,
+            ui: true,
             log_prompts: false,
         }
     }
@@ -125,6 +130,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("keep_alive", &self.keep_alive)
             .field("fixed_presets", &self.fixed_presets)
             .field("metrics", &self.metrics)
+            .field("ui", &self.ui)
             .field("log_prompts", &self.log_prompts)
             .finish()
     }
@@ -147,7 +153,12 @@ pub fn router(engines: impl Engines, config: ServerConfig) -> Router {
         metrics: Arc::new(metrics::Metrics::new(config.metrics)),
         config,
     });
+    let page = match state.config.ui {
+        true => ui::routes(),
+        false => Router::new(),
+    };
     Router::new()
+        .merge(page)
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))

@@ -470,26 +470,42 @@ fn usage_json(usage: &Usage) -> Value {
 
 /// The extension's block: every proposer's answer and usage per model.
 pub fn proposals(trace: &Trace) -> Value {
-    // A failed call says how it failed in the client's terms, never what an upstream wrote.
-    let mut layers = json!(trace.layers);
-    for (layer, trace_layer) in trace.layers.iter().enumerate() {
-        for (index, call) in trace_layer.calls.iter().enumerate() {
-            if call.error.is_some() {
-                let summary = call
-                    .failure
-                    .as_ref()
-                    .map_or_else(|| call.error.clone().unwrap_or_default(), |f| f.summary());
-                layers[layer]["calls"][index]["error"] = json!(summary);
-            }
-        }
+    let layers: Vec<Value> = trace
+        .layers
+        .iter()
+        .map(|layer| {
+            let calls: Vec<Value> = layer.calls.iter().map(call_json).collect();
+            json!({"layer": layer.layer, "calls": calls, "elapsed_ms": layer.elapsed_ms})
+        })
+        .collect();
+    // The aggregator's call without its answer (that is the response's content).
+    let mut aggregator = call_json(&trace.aggregator);
+    if let Some(call) = aggregator.as_object_mut() {
+        call.remove("answer");
+        call.remove("logprobs");
     }
     json!({
         "preset": trace.preset,
         "layers": layers,
+        "aggregator": aggregator,
         "usage_by_model": trace.usage_by_model,
         "cost_by_model": trace.cost_by_model,
         "cost": trace.cost,
     })
+}
+
+/// One call as the client sees it: a failed call says how it failed in the client's terms,
+/// never what an upstream wrote.
+fn call_json(call: &CallTrace) -> Value {
+    let mut value = json!(call);
+    if call.error.is_some() {
+        let summary = call
+            .failure
+            .as_ref()
+            .map_or_else(|| call.error.clone().unwrap_or_default(), |f| f.summary());
+        value["error"] = json!(summary);
+    }
+    value
 }
 
 /// The answer's message: its text, and the tools the aggregator called (content `null` when

@@ -10,11 +10,14 @@
 //!   check moa and the fakes against it.
 //! - [`python::venv`]: a Python venv with pinned PyPI packages (the official openai SDK), to
 //!   run real clients against moa.
+//! - [`browser::Browser`]: headless Chromium over the DevTools protocol, for the playground
+//!   page's tests.
 //! - [`ScriptedProvider`]: the same scripts served in-process through the provider trait, for
 //!   engine tests and benchmarks that should not pay for HTTP.
 
 mod anthropic;
 pub mod bedrock;
+pub mod browser;
 pub mod llamacpp;
 pub mod measure;
 mod openai;

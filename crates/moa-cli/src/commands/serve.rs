@@ -165,6 +165,7 @@ pub async fn run(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<
         },
         fixed_presets: args.fixed_presets,
         metrics: !args.no_metrics,
+        ui: !args.no_ui,
         log_prompts: args.log_prompts,
         request_timeout: Duration::try_from_secs_f64(args.request_timeout).unwrap_or(Duration::MAX),
         keep_alive: Duration::try_from_secs_f64(args.keep_alive).unwrap_or(Duration::MAX),
@@ -185,6 +186,9 @@ pub async fn run(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<
             ""
         }
     );
+    if server_config.ui {
+        eprintln!("moa: playground at http://{address}/");
+    }
     // Bound once; a request's sampling fields travel in its RunRequest, and a request that
     // changes a preset's models is bound against the registry.
     let engines = PresetEngines { registry, presets };

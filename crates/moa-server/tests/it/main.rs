@@ -81,6 +81,7 @@ impl Setup {
     }
 }
 
+mod browser;
 mod contract;
 mod sdk;
 mod sockets;
@@ -478,6 +479,72 @@ async fn a_silent_stream_gets_keep_alive_comments() {
     // Standard clients skip comments: the content is whole.
     let content = streamed_content(&text);
     assert_eq!(content, "The final answer.");
+}
+
+#[tokio::test]
+async fn the_playground_is_served_with_a_strict_policy_and_off_with_no_ui() {
+    let s = start(ServerConfig {
+        api_key: Some("sk-server".into()),
+        ..ServerConfig::default()
+    })
+    .await;
+    // The page is static and asks for the key itself: it loads without one.
+    let page = s.http.get(format!("{}/", s.base)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let h = page.headers();
+    assert_eq!(h["content-type"], "text/html; charset=utf-8");
+    let policy = h["content-security-policy"].to_str().unwrap();
+    assert!(policy.contains("script-src 'self'") && policy.contains("connect-src 'self'"));
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"<script src="/ui/app.js""#), "{html}");
+    for (path, kind) in [
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let asset = s
+            .http
+            .get(format!("{}{path}", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(asset.status(), 200, "{path}");
+        assert!(asset.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with(kind));
+    }
+    // Another Host (DNS rebinding) gets no page either.
+    let rebound = s
+        .http
+        .get(format!("{}/", s.base))
+        .header("host", "attacker.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
+
+    let off = start(ServerConfig {
+        ui: false,
+        ..ServerConfig::default()
+    })
+    .await;
+    for path in ["/", "/ui/app.js"] {
+        let response = off
+            .http
+            .get(format!("{}{path}", off.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+    }
+    let models = off
+        .http
+        .get(format!("{}/v1/models", off.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200, "the API stays");
 }
 
 #[tokio::test]
