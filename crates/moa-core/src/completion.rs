@@ -25,9 +25,18 @@ pub struct ChatRequest {
     /// The first this many messages are a prefix that stays the same across calls (the
     /// `appended` prompt style): dialects with explicit prompt caching mark its end.
     pub cache_prefix: Option<usize>,
-    /// The id of the request this call serves (a server's `X-Request-Id`), sent upstream as
-    /// `X-Request-Id` so that logs on both sides can be joined.
+    /// Which request and trace this call serves, sent upstream as headers.
+    pub correlation: Correlation,
+}
+
+/// What ties a call to the request it serves, sent upstream as headers so that logs and
+/// traces on both sides join.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Correlation {
+    /// The request's id (a server's `X-Request-Id`), sent as `X-Request-Id`.
     pub request_id: Option<String>,
+    /// The W3C `traceparent` of this call (see [`crate::TraceContext`]).
+    pub traceparent: Option<String>,
 }
 
 /// A function the model may call: OpenAI's function tool.
@@ -119,7 +128,7 @@ impl ChatRequest {
             max_tokens: None,
             extra: Map::new(),
             cache_prefix: None,
-            request_id: None,
+            correlation: Correlation::default(),
             tools: None,
             response_format: None,
         }
@@ -168,6 +177,9 @@ pub enum Chunk {
     /// Log probabilities of the tokens just sent (OpenAI's `choices[].logprobs.content` of a
     /// chunk), when the request asked for them.
     Logprobs(Vec<TokenLogprob>),
+    /// The answer comes from attempt `n` (n > 1) after earlier attempts failed and were
+    /// retried: sent first, and only then.
+    Attempts(u32),
     /// The end of the answer: sent once, last.
     Finished {
         finish_reason: Option<String>,
@@ -187,6 +199,9 @@ pub struct Completion {
     pub logprobs: Option<Vec<TokenLogprob>>,
     /// The tools the model called, in order.
     pub tool_calls: Vec<ToolCall>,
+    /// Which attempt answered (1, or 0 when not told); more than 1 means the earlier ones
+    /// failed and were retried.
+    pub attempts: u32,
 }
 
 impl Completion {
@@ -201,6 +216,7 @@ impl Completion {
                 arguments,
             } => self.push_tool_call(index, id, name, &arguments),
             Chunk::Logprobs(tokens) => self.logprobs.get_or_insert_with(Vec::new).extend(tokens),
+            Chunk::Attempts(n) => self.attempts = n,
             Chunk::Finished {
                 finish_reason,
                 usage,

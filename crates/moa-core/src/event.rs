@@ -106,6 +106,22 @@ pub enum CallStatus {
     Skipped,
 }
 
+fn is_first(attempts: &u32) -> bool {
+    *attempts <= 1
+}
+
+impl CallStatus {
+    /// The status as a lowercase word (`ok`, `failed`, `cancelled`, `skipped`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallStatus::Ok => "ok",
+            CallStatus::Failed => "failed",
+            CallStatus::Cancelled => "cancelled",
+            CallStatus::Skipped => "skipped",
+        }
+    }
+}
+
 /// One model call of a run.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CallTrace {
@@ -136,6 +152,14 @@ pub struct CallTrace {
     /// US dollars for this call, when its model has a price (set when the run is tallied).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<f64>,
+    /// Which attempt answered: more than 1 when the provider retried (a 429, a 5xx, a broken
+    /// connection) before it succeeded. 0 for calls that did not answer.
+    #[serde(skip_serializing_if = "is_first")]
+    pub attempts: u32,
+    /// The call's span id in the run's trace, when the run gave calls spans
+    /// ([`crate::RunRequest::call_spans`]).
+    #[serde(skip)]
+    pub span_id: Option<u64>,
     /// When the call started, from the start of the run.
     pub started_ms: u64,
     /// Time to the first text, if any arrived.
@@ -159,6 +183,8 @@ impl CallTrace {
             usage: None,
             usage_estimated: false,
             cost: None,
+            attempts: 0,
+            span_id: None,
             started_ms: 0,
             first_token_ms: None,
             latency_ms: 0,
@@ -246,6 +272,18 @@ pub enum DegradedKind {
 }
 
 impl Trace {
+    /// Every call of the run: the proposers layer by layer, then the aggregator, its other
+    /// choices, its earlier windows and its repairs.
+    pub fn calls(&self) -> impl Iterator<Item = &CallTrace> {
+        self.layers
+            .iter()
+            .flat_map(|l| &l.calls)
+            .chain(std::iter::once(&self.aggregator))
+            .chain(&self.other_choices)
+            .chain(&self.windows)
+            .chain(&self.repairs)
+    }
+
     /// Sums usage and cost per model and in total from the calls.
     pub(crate) fn tally(&mut self, prices: &PriceTable) {
         let mut by_model: BTreeMap<String, Usage> = BTreeMap::new();

@@ -18,9 +18,11 @@ pub mod preset;
 pub mod price;
 pub mod prompt;
 pub mod provider;
+pub mod tracecontext;
 
 pub use completion::{
-    ChatRequest, Chunk, Completion, TokenLogprob, ToolChoice, ToolDef, Tools, TopLogprob, Usage,
+    ChatRequest, Chunk, Completion, Correlation, TokenLogprob, ToolChoice, ToolDef, Tools,
+    TopLogprob, Usage,
 };
 pub use engine::{
     BoundAgent, CallOverrides, Moa, Plan, RunOptions, RunRequest, RunStream, EMPTY_ANSWER,
@@ -34,3 +36,4 @@ pub use preset::{AgentSpec, ModelRef, Preset, PresetChanges, PresetError};
 pub use price::{Price, PriceTable, PRICES_AS_OF};
 pub use prompt::{inject_references, text_view, PromptStyle, Reference, AGGREGATOR_SYSTEM_PROMPT};
 pub use provider::{BoxChunkStream, Provider, ProviderError};
+pub use tracecontext::TraceContext;

@@ -162,6 +162,25 @@ impl ProviderError {
         }
     }
 
+    /// The kind of failure in one word, for metrics and traces' `error.type`: the HTTP status
+    /// (`429`), or `connection`, `timeout`, `stalled`, `malformed`, `upstream`, `too_large`,
+    /// `empty_stream`, `invalid_request`, `missing_api_key`, `other`.
+    pub fn kind(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            ProviderError::Status { status, .. } => status.to_string().into(),
+            ProviderError::MissingApiKey { .. } => "missing_api_key".into(),
+            ProviderError::Connection { .. } => "connection".into(),
+            ProviderError::Timeout { .. } => "timeout".into(),
+            ProviderError::Malformed { .. } => "malformed".into(),
+            ProviderError::Upstream { .. } => "upstream".into(),
+            ProviderError::TooLarge { .. } => "too_large".into(),
+            ProviderError::Stalled { .. } => "stalled".into(),
+            ProviderError::EmptyStream { .. } => "empty_stream".into(),
+            ProviderError::InvalidRequest { .. } => "invalid_request".into(),
+            ProviderError::Other { .. } => "other".into(),
+        }
+    }
+
     /// The call ran out of time (in all, or waiting for the next bytes).
     pub fn is_timeout(&self) -> bool {
         matches!(

@@ -40,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match chunk? {
             Chunk::Delta(t) => print!("{t}"),
             // The local model is given no tools and returns no log probabilities.
-            Chunk::ToolCall { .. } | Chunk::Logprobs(_) => {}
+            Chunk::ToolCall { .. } | Chunk::Logprobs(_) | Chunk::Attempts(_) => {}
             Chunk::Finished {
                 usage,
                 finish_reason,

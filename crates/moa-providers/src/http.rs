@@ -188,8 +188,9 @@ impl Transport {
         })
     }
 
-    /// Runs `attempt` until it succeeds, fails for good, or retries run out.
-    pub async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> Result<T, ProviderError>
+    /// Runs `attempt` until it succeeds (with the number of the attempt that did), fails for
+    /// good, or retries run out.
+    pub async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> Result<(T, u32), ProviderError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
@@ -199,7 +200,7 @@ impl Transport {
         loop {
             attempts += 1;
             let failure = match attempt().await {
-                Ok(value) => return Ok(value),
+                Ok(value) => return Ok((value, attempts)),
                 Err(failure) => failure,
             };
             let too_long = failure
@@ -224,15 +225,18 @@ impl Transport {
         Fut: Future<Output = Result<reqwest::Response, Failure>>,
     {
         let _permit = self.permit().await;
-        self.with_retries(|| async {
-            let bytes = self.read_body(send().await?).await?;
-            parse(&bytes).map_err(|error| Failure {
-                retry: matches!(error, ProviderError::Malformed { .. }),
-                error,
-                retry_after: None,
+        let (mut completion, attempts) = self
+            .with_retries(|| async {
+                let bytes = self.read_body(send().await?).await?;
+                parse(&bytes).map_err(|error| Failure {
+                    retry: matches!(error, ProviderError::Malformed { .. }),
+                    error,
+                    retry_after: None,
+                })
             })
-        })
-        .await
+            .await?;
+        completion.attempts = attempts;
+        Ok(completion)
     }
 
     /// Reads a whole successful response body, up to the response limit; a body that breaks
@@ -345,7 +349,7 @@ where
         let permit = transport.permit().await;
         let mut retries = 0;
         loop {
-            let response = transport.with_retries(|| open(inner.clone())).await?;
+            let (response, attempts) = transport.with_retries(|| open(inner.clone())).await?;
             let mut chunks = ChunkStream::new(
                 transport.name.clone(),
                 response,
@@ -362,7 +366,11 @@ where
                 return Err(with_attempts(error.clone(), retries + 1));
             }
             chunks._permit = permit;
-            return Ok::<_, ProviderError>(futures::stream::iter(first).chain(chunks));
+            // Told first, so the call's trace says it was retried.
+            let attempts = attempts + retries;
+            let told = (attempts > 1).then_some(Ok(Chunk::Attempts(attempts)));
+            let head = futures::stream::iter(told.into_iter().chain(first));
+            return Ok::<_, ProviderError>(head.chain(chunks));
         }
     })
     .flat_map(|opened| match opened {
@@ -751,15 +759,19 @@ pub const OPENAI_ONLY_FIELDS: [&str; 8] = [
     "verbosity",
 ];
 
-/// `request` with the run's request id as `X-Request-Id`, when there is one.
-pub fn with_request_id(
-    request: reqwest::RequestBuilder,
-    id: Option<&str>,
+/// `request` with what ties it to the run: its request id as `X-Request-Id` and its trace
+/// context as `traceparent`, when there are.
+pub fn with_correlation(
+    mut request: reqwest::RequestBuilder,
+    correlation: &moa_core::Correlation,
 ) -> reqwest::RequestBuilder {
-    match id {
-        Some(id) => request.header("x-request-id", id),
-        None => request,
+    if let Some(id) = &correlation.request_id {
+        request = request.header("x-request-id", id);
     }
+    if let Some(traceparent) = &correlation.traceparent {
+        request = request.header("traceparent", traceparent);
+    }
+    request
 }
 
 #[cfg(test)]

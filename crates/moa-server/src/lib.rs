@@ -9,6 +9,9 @@
 mod error;
 mod guard;
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
+mod spans;
 mod ui;
 mod wire;
 
@@ -31,6 +34,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use error::ApiError;
 pub use guard::Hosts;
+pub use spans::{RunSpan, SpanSink};
 use wire::Envelope;
 
 /// The engines served, by preset name. A request's changes to a run (the client's sampling
@@ -90,6 +94,10 @@ pub struct ServerConfig {
     pub metrics: bool,
     /// Serve the playground page at `/` (off: `/` is 404).
     pub ui: bool,
+    /// Where each finished run goes as spans (the `otel` feature's OTLP exporter). With it,
+    /// every upstream call is a span of its own and its `traceparent` names that span;
+    /// without, a client's `traceparent` is passed upstream as it came.
+    pub spans: Option<Arc<dyn SpanSink>>,
     /// Log each request's last message (its first 2,000 characters) in a `moa::prompt` line.
     /// Off by default: prompts are the users' data.
     pub log_prompts: bool,
@@ -112,6 +120,7 @@ impl Default for ServerConfig {
             fixed_presets: false,
             metrics: true,
             ui: true,
+            spans: None,
             log_prompts: false,
         }
     }
@@ -131,6 +140,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("fixed_presets", &self.fixed_presets)
             .field("metrics", &self.metrics)
             .field("ui", &self.ui)
+            .field("spans", &self.spans.is_some())
             .field("log_prompts", &self.log_prompts)
             .finish()
     }
@@ -205,6 +215,12 @@ async fn check_hosts(
         return Ok(response);
     }
     request.extensions_mut().insert(RequestId(id.clone()));
+    let client_trace = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(moa_core::TraceContext::parse);
+    request.extensions_mut().insert(ClientTrace(client_trace));
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
     let started = std::time::Instant::now();
     let mut response = next.run(request).await;
@@ -234,6 +250,10 @@ async fn check_hosts(
 /// The request's id (`X-Request-Id`, taken from the client or made here): returned and logged.
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
+
+/// The trace context a client sent (`traceparent`), if it was well formed.
+#[derive(Clone, Copy, Debug)]
+struct ClientTrace(Option<moa_core::TraceContext>);
 
 /// What the access log says about a chat request's run (a stream's tokens and cost come in its
 /// `moa::run` line when it ends).
@@ -379,6 +399,7 @@ async fn chat_run(
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
+    let client_trace = parts.extensions.get::<ClientTrace>().and_then(|t| t.0);
     authorize(state, &parts.headers)?;
     guard::json_body(&parts.headers)?;
     let body = read_body(state, body).await?;
@@ -456,14 +477,31 @@ async fn chat_run(
         request.model.clone(),
     );
     let timeout = state.config.request_timeout;
-    // Every upstream call carries the request's id.
+    // Every upstream call carries the request's id and its place in the client's trace; with
+    // a span sink, the run is a span of its own and each call one under it.
     let mut request = request;
     request.run.request_id = Some(request_id.clone());
+    let span = state.config.spans.clone().map(|sink| {
+        let run = client_trace.map_or_else(|| moa_core::TraceContext::root(true), |c| c.child());
+        request.run.call_spans = true;
+        let span = RunSpan {
+            context: run,
+            parent: client_trace.map(|c| c.span_id),
+            preset: request.model.clone(),
+            request_id: request_id.clone(),
+            stream: request.stream,
+            started: std::time::SystemTime::now(),
+        };
+        (sink, span)
+    });
+    request.run.trace = span.as_ref().map(|(_, s)| s.context).or(client_trace);
     let recorder = Recorder {
         metrics: state.metrics.clone(),
         preset: request.model.clone(),
         request_id,
         started: std::time::Instant::now(),
+        span,
+        recorded: std::cell::Cell::new(false),
         _in_flight: state.metrics.run_started(),
         _permit: permit,
     };
@@ -481,8 +519,9 @@ async fn chat_run(
     let include_proposals = request.include_proposals;
     let trace = tokio::time::timeout(timeout, moa.run_request_to_end(request.run))
         .await
-        .map_err(|_| run_timeout())?
-        .map_err(|e| ApiError::from_run(&e))?;
+        .map_err(|_| run_timeout())
+        .and_then(|run| run.map_err(|e| ApiError::from_run(&e)))
+        .inspect_err(|e| recorder.failed(&e.message))?;
     recorder.done(&trace);
     drop(recorder);
     let moa = wire::moa_block(&trace, include_proposals, plan_json.as_ref());
@@ -497,12 +536,15 @@ async fn chat_run(
 }
 
 /// A run from its start to its end: it holds the run's place among those the server allows,
-/// counts it in flight, and records it in the metrics when it is done.
+/// counts it in flight, and records it in the metrics (and as spans) when it is done.
 struct Recorder {
     metrics: Arc<metrics::Metrics>,
     preset: String,
     request_id: String,
     started: std::time::Instant,
+    span: Option<(Arc<dyn SpanSink>, RunSpan)>,
+    /// Its end was recorded (done or failed); if not when dropped, the run was cut short.
+    recorded: std::cell::Cell<bool>,
     _in_flight: metrics::InFlight,
     _permit: OwnedSemaphorePermit,
 }
@@ -512,7 +554,27 @@ impl Recorder {
     fn done(&self, trace: &moa_core::Trace) -> f64 {
         let seconds = self.started.elapsed().as_secs_f64();
         self.metrics.run(&self.preset, seconds, trace);
+        if let Some((sink, span)) = &self.span {
+            sink.run(span, Ok(trace));
+        }
+        self.recorded.set(true);
         seconds
+    }
+
+    /// The run failed with `error` (in the client's terms).
+    fn failed(&self, error: &str) {
+        if let Some((sink, span)) = &self.span {
+            sink.run(span, Err(error));
+        }
+        self.recorded.set(true);
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if !self.recorded.get() {
+            self.failed("the run did not finish: it failed, timed out or its client went away");
+        }
     }
 }
 
@@ -604,7 +666,11 @@ impl Streamed {
                     .flatten();
                 (frame, false)
             }
-            Err(error) => (Some(error_frame(&ApiError::from_run(&error))), true),
+            Err(error) => {
+                let error = ApiError::from_run(&error);
+                self.recorder.failed(&error.message);
+                (Some(error_frame(&error)), true)
+            }
         }
     }
 
@@ -665,7 +731,11 @@ async fn stream(
         match event {
             Some(Ok(event)) if streamed.shows(&event) => break Some(Ok(event)),
             Some(Ok(_)) => continue,
-            Some(Err(error)) => return Err(ApiError::from_run(&error)),
+            Some(Err(error)) => {
+                let error = ApiError::from_run(&error);
+                streamed.recorder.failed(&error.message);
+                return Err(error);
+            }
             None => break None,
         }
     };

@@ -123,21 +123,14 @@ impl Metrics {
             let ttft = (trace.aggregator.started_ms + first) as f64 / 1000.0;
             entry(&mut f.ttft, preset_label()).observe(ttft);
         }
-        let calls = trace
-            .layers
-            .iter()
-            .flat_map(|l| &l.calls)
-            .chain(std::iter::once(&trace.aggregator))
-            .chain(&trace.other_choices)
-            .chain(&trace.windows)
-            .chain(&trace.repairs);
-        for call in calls {
+        for call in trace.calls() {
+            if call.status == CallStatus::Skipped {
+                continue;
+            }
             let (provider, model) = call.model.split_once(':').unwrap_or(("", &call.model));
             let outcome = match call.status {
-                CallStatus::Ok => "ok",
-                CallStatus::Failed => "failed",
-                CallStatus::Cancelled => "cancelled",
-                CallStatus::Skipped => continue,
+                CallStatus::Ok if call.attempts > 1 => "retried",
+                status => status.as_str(),
             };
             let labels = vec![
                 ("provider", provider.to_string()),
@@ -173,7 +166,7 @@ impl Metrics {
         counter(
             &mut out,
             "moa_upstream_calls_total",
-            "Model calls by provider, model and outcome (ok, failed, cancelled).",
+            "Model calls by provider, model and outcome (ok; retried: succeeded after a retry; failed; cancelled).",
             &f.upstream,
         );
         counter(

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use moa_core::{Moa, Preset};
@@ -153,7 +154,9 @@ pub async fn run(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<
         );
     }
     let header_timeout = Duration::try_from_secs_f64(args.header_timeout).unwrap_or(Duration::MAX);
+    let spans = tracing_export()?;
     let server_config = ServerConfig {
+        spans: spans.clone().map(|s| s as Arc<dyn moa_server::SpanSink>),
         api_key,
         max_body_bytes: args.max_body_kb * 1024,
         max_concurrent_runs: args.max_concurrent,
@@ -204,6 +207,56 @@ pub async fn run(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<
         connections,
     )
     .await?;
+    if let Some(spans) = spans {
+        // The last spans go out before the process ends.
+        let flushed = tokio::task::spawn_blocking(move || spans.shutdown()).await;
+        if let Ok(Err(e)) = flushed {
+            eprintln!("moa: could not send the last spans: {e}");
+        }
+    }
     eprintln!("moa: stopped");
     Ok(())
+}
+
+/// The OTLP exporter the OTEL_* variables ask for (the `otel` feature).
+#[cfg(feature = "otel")]
+fn tracing_export() -> anyhow::Result<Option<Arc<moa_server::otel::Otlp>>> {
+    let otlp = moa_server::otel::Otlp::from_env().map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(otlp) = &otlp {
+        eprintln!("moa: exporting spans to {} (OTLP/HTTP)", otlp.endpoint);
+    }
+    Ok(otlp.map(Arc::new))
+}
+
+/// Without the `otel` feature there is nothing to export with: say so if it was asked for.
+#[cfg(not(feature = "otel"))]
+fn tracing_export() -> anyhow::Result<Option<Arc<NoSpans>>> {
+    let asked = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some());
+    if asked {
+        eprintln!(
+            "moa: this moa was built without the `otel` feature, so the OTEL_* variables are              ignored; build with `--features otel` to export spans"
+        );
+    }
+    Ok(None)
+}
+
+/// What a build without the `otel` feature exports: nothing.
+#[cfg(not(feature = "otel"))]
+struct NoSpans;
+
+#[cfg(not(feature = "otel"))]
+impl NoSpans {
+    fn shutdown(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+#[cfg(not(feature = "otel"))]
+impl moa_server::SpanSink for NoSpans {
+    fn run(&self, _: &moa_server::RunSpan, _: Result<&moa_core::Trace, &str>) {}
 }

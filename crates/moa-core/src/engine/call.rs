@@ -36,6 +36,9 @@ pub(super) struct CallContext {
     pub deadline: Option<Instant>,
     /// The run's request id, put on every call.
     pub request_id: Option<String>,
+    /// The run's trace; with `call_spans`, each call is a new span in it.
+    pub trace: Option<crate::TraceContext>,
+    pub call_spans: bool,
 }
 
 impl CallContext {
@@ -62,7 +65,12 @@ pub(super) async fn call(
     stream: bool,
 ) -> CallTrace {
     let mut request = request;
-    request.request_id.clone_from(&ctx.request_id);
+    request.correlation.request_id.clone_from(&ctx.request_id);
+    let span = ctx.trace.map(|t| match ctx.call_spans {
+        true => t.child(),
+        false => t,
+    });
+    request.correlation.traceparent = span.map(|s| s.header());
     let started = Instant::now();
     let mut first_token = None;
     // Counted before the request moves; used only if the provider reports no usage.
@@ -112,6 +120,7 @@ pub(super) async fn call(
         started_ms: ctx.since_start(started),
         first_token_ms: first_token.map(|t| millis(t.duration_since(started))),
         latency_ms,
+        span_id: span.filter(|_| ctx.call_spans).map(|s| s.span_id),
         ..CallTrace::new(agent.spec.model.clone())
     };
     match result {
@@ -127,6 +136,7 @@ pub(super) async fn call(
             trace.tool_calls = completion.tool_calls;
             trace.finish_reason = completion.finish_reason;
             trace.logprobs = completion.logprobs;
+            trace.attempts = completion.attempts.max(1);
             trace
         }
         Err(error) => {
@@ -187,7 +197,7 @@ fn event_of(chunk: &Chunk, slot: Slot) -> (bool, Option<RunEvent>) {
             });
             (false, event)
         }
-        Chunk::Finished { .. } => (false, None),
+        Chunk::Finished { .. } | Chunk::Attempts(_) => (false, None),
     }
 }
 

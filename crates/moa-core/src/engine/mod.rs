@@ -68,7 +68,7 @@ impl BoundAgent {
             response_format: None,
             // The conversation as sent is the stable prefix; the references come after it.
             cache_prefix: (style == PromptStyle::Appended).then_some(messages.len()),
-            request_id: None,
+            correlation: Default::default(),
         }
     }
 }
@@ -241,8 +241,14 @@ pub struct RunRequest {
     pub response_format: Option<crate::format::ResponseFormat>,
     /// Stream the proposers' answers as they come ([`RunOptions::stream_proposers`] if `None`).
     pub stream_proposers: Option<bool>,
-    /// Sent with every model call of the run (see [`ChatRequest::request_id`]).
+    /// Sent with every model call of the run (see [`crate::Correlation::request_id`]).
     pub request_id: Option<String>,
+    /// The distributed trace the run belongs to: every call sends a `traceparent` in it.
+    pub trace: Option<crate::TraceContext>,
+    /// Give each call a span id of its own under [`Self::trace`] (kept in
+    /// [`crate::CallTrace::span_id`]) for a tracer that exports calls as spans; otherwise calls
+    /// send `trace` as it is.
+    pub call_spans: bool,
 }
 
 impl RunRequest {

@@ -41,6 +41,8 @@ impl RunStream {
             timeout: options.timeout,
             deadline: plan.policy.deadline.map(|d| started + d),
             request_id: request.request_id.clone(),
+            trace: request.trace,
+            call_spans: request.call_spans,
         };
         Self {
             driver: Some(drive(plan, options, request, ctx).boxed()),

@@ -107,7 +107,11 @@ impl Anthropic {
 }
 
 impl Inner {
-    async fn send(&self, body: Vec<u8>, id: Option<&str>) -> Result<reqwest::Response, Failure> {
+    async fn send(
+        &self,
+        body: Vec<u8>,
+        id: &moa_core::Correlation,
+    ) -> Result<reqwest::Response, Failure> {
         let mut request = self
             .transport
             .http
@@ -122,7 +126,7 @@ impl Inner {
             request = request.header(name, value);
         }
         self.transport
-            .send(crate::http::with_request_id(request, id))
+            .send(crate::http::with_correlation(request, id))
             .await
     }
 
@@ -131,7 +135,7 @@ impl Inner {
         let body = wire::request_body(&request, false);
         self.transport
             .complete(
-                || self.send(body.clone(), request.request_id.as_deref()),
+                || self.send(body.clone(), &request.correlation),
                 |bytes| self.parse_completion(bytes),
             )
             .await
@@ -181,6 +185,7 @@ impl Inner {
             usage,
             tool_calls,
             logprobs: None, // the API offers none
+            attempts: 1,
         })
     }
 }
@@ -195,10 +200,10 @@ impl Provider for Anthropic {
             return Box::pin(futures::stream::iter([Err(error)]));
         }
         let body = wire::request_body(&request, true);
-        let id = request.request_id;
+        let id = request.correlation;
         open_stream::<_, stream::Decoder, _, _>(self.inner.clone(), move |inner: Arc<Inner>| {
             let (body, id) = (body.clone(), id.clone());
-            async move { inner.send(body, id.as_deref()).await }
+            async move { inner.send(body, &id).await }
         })
     }
 

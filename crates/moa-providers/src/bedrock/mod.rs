@@ -136,7 +136,7 @@ impl Inner {
         model: &str,
         operation: &str,
         body: Vec<u8>,
-        id: Option<&str>,
+        id: &moa_core::Correlation,
     ) -> Result<reqwest::Response, Failure> {
         let url = format!(
             "{}/model/{}/{operation}",
@@ -183,7 +183,7 @@ impl Inner {
             }
         }
         // Unsigned, which SigV4 allows: only the signed headers must match.
-        let request = crate::http::with_request_id(request, id);
+        let request = crate::http::with_correlation(request, id);
         self.transport.send(request.body(body)).await
     }
 
@@ -193,7 +193,7 @@ impl Inner {
         self.transport
             .complete(
                 || {
-                    let id = request.request_id.as_deref();
+                    let id = &request.correlation;
                     self.send(&request.model, "converse", body.clone(), id)
                 },
                 |bytes| self.parse_completion(bytes),
@@ -231,6 +231,7 @@ impl Inner {
             usage: response.usage.map(Into::into),
             tool_calls,
             logprobs: None, // the API offers none
+            attempts: 1,
         })
     }
 }
@@ -248,14 +249,10 @@ impl Provider for Bedrock {
             Ok(body) => body,
             Err(error) => return Box::pin(futures::stream::iter([Err(error)])),
         };
-        let (model, id) = (request.model, request.request_id);
+        let (model, id) = (request.model, request.correlation);
         open_stream::<_, stream::Decoder, _, _>(self.inner.clone(), move |inner: Arc<Inner>| {
             let (body, model, id) = (body.clone(), model.clone(), id.clone());
-            async move {
-                inner
-                    .send(&model, "converse-stream", body, id.as_deref())
-                    .await
-            }
+            async move { inner.send(&model, "converse-stream", body, &id).await }
         })
     }
 

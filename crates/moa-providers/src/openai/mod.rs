@@ -120,7 +120,11 @@ impl OpenAiCompatible {
 
 impl Inner {
     /// Sends `body` once.
-    async fn send(&self, body: Vec<u8>, id: Option<&str>) -> Result<reqwest::Response, Failure> {
+    async fn send(
+        &self,
+        body: Vec<u8>,
+        id: &moa_core::Correlation,
+    ) -> Result<reqwest::Response, Failure> {
         let mut request = self
             .transport
             .http
@@ -134,7 +138,7 @@ impl Inner {
             request = request.header(name, value);
         }
         self.transport
-            .send(crate::http::with_request_id(request, id))
+            .send(crate::http::with_correlation(request, id))
             .await
     }
 
@@ -142,7 +146,7 @@ impl Inner {
         let body = wire::request_body(&request, false, false);
         self.transport
             .complete(
-                || self.send(body.clone(), request.request_id.as_deref()),
+                || self.send(body.clone(), &request.correlation),
                 |bytes| parse_completion(&self.config.name, bytes),
             )
             .await
@@ -184,6 +188,7 @@ fn parse_completion(provider: &str, bytes: &[u8]) -> Result<Completion, Provider
         finish_reason: choice.finish_reason.filter(|r| !r.is_empty()),
         usage: response.usage.map(Into::into),
         tool_calls,
+        attempts: 1,
     })
 }
 
@@ -194,10 +199,10 @@ impl Provider for OpenAiCompatible {
 
     fn stream(&self, request: ChatRequest) -> BoxChunkStream {
         let body = wire::request_body(&request, true, self.inner.config.stream_usage);
-        let id = request.request_id;
+        let id = request.correlation;
         open_stream::<_, stream::Decoder, _, _>(self.inner.clone(), move |inner: Arc<Inner>| {
             let (body, id) = (body.clone(), id.clone());
-            async move { inner.send(body, id.as_deref()).await }
+            async move { inner.send(body, &id).await }
         })
     }
 

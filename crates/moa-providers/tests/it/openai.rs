@@ -166,9 +166,11 @@ async fn honours_retry_after_on_429() {
     let fake = FakeOpenAi::start().await;
     fake.push("m", Reply::rate_limited(1));
     fake.push("m", Reply::text("after the wait"));
-    let (text, _, err) = collect_stream(&client(&fake, 3), request("m")).await;
+    let (text, chunks, err) = collect_stream(&client(&fake, 3), request("m")).await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!(text, "after the wait");
+    // The stream says first that its answer is the second attempt's.
+    assert_eq!(chunks[0], Chunk::Attempts(2));
     let requests = fake.requests();
     assert_eq!(requests.len(), 2);
     // The backoff alone would wait at most 20 ms; the server asked for a second.
@@ -187,6 +189,7 @@ async fn retries_408_5xx_and_retry_after_ms() {
     fake.push("m", Reply::text("third time"));
     let completion = client(&fake, 3).complete(request("m")).await.unwrap();
     assert_eq!(completion.text, "third time");
+    assert_eq!(completion.attempts, 3);
     let requests = fake.requests();
     assert_eq!(requests.len(), 3);
     assert!(requests[1].received_at - requests[0].received_at >= Duration::from_millis(50));

@@ -35,6 +35,10 @@ async fn start(config: ServerConfig) -> Setup {
 }
 
 async fn start_with(config: ServerConfig, connections: Connections) -> Setup {
+    start_full(config, connections, RetryPolicy::none()).await
+}
+
+async fn start_full(config: ServerConfig, connections: Connections, retry: RetryPolicy) -> Setup {
     let fake = FakeOpenAi::start().await;
     fake.respond_with(|r| {
         if r.model == "agg" {
@@ -45,7 +49,7 @@ async fn start_with(config: ServerConfig, connections: Connections) -> Setup {
     });
     let mut registry = Registry::new(Arc::new(|_| None));
     let mut endpoint = Endpoint::custom("up", &fake.base_url());
-    endpoint.retry = RetryPolicy::none();
+    endpoint.retry = retry;
     registry.insert_endpoint(endpoint);
     let moa = Moa::new(registry.bind(&preset()).unwrap(), RunOptions::default());
     let engines = FixedEngines(BTreeMap::from([("mini".to_string(), moa)]));
@@ -632,6 +636,42 @@ async fn browsers_get_cors_and_every_response_an_id() {
     assert!(id.starts_with("req-"), "{id}");
 }
 
+/// Without a tracer, a client's `traceparent` reaches every upstream call as it came (so the
+/// upstream's spans join the client's trace); a malformed one, or none, sends none.
+#[tokio::test]
+async fn a_clients_traceparent_is_passed_upstream() {
+    let s = start(ServerConfig::default()).await;
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    for (sent, expected) in [
+        (Some(traceparent), Some(traceparent)),
+        (
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331"),
+            None,
+        ),
+        (None, None),
+    ] {
+        let before = s.fake.requests().len();
+        let mut request = s
+            .http
+            .post(format!("{}/v1/chat/completions", s.base))
+            .json(&body(false));
+        if let Some(sent) = sent {
+            request = request.header("traceparent", sent);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 200);
+        let calls = s.fake.requests();
+        assert_eq!(calls.len(), before + 3);
+        for call in &calls[before..] {
+            assert_eq!(
+                call.header("traceparent"),
+                expected,
+                "{sent:?} {}",
+                call.model
+            );
+        }
+    }
+}
+
 /// `/metrics` read by a Prometheus text-format parser, after a whole, a streamed and a refused
 /// request.
 #[tokio::test]
@@ -721,23 +761,69 @@ async fn metrics_count_requests_calls_tokens_and_latency() {
         2.0
     );
     assert_eq!(value("moa_runs_in_flight", &[]), 0.0);
+
+    // A call that succeeded after a retry counts as `retried`, not `ok`.
+    let retrying = RetryPolicy {
+        max_retries: 1,
+        base_delay: Duration::ZERO,
+        ..RetryPolicy::default()
+    };
+    let r = start_full(ServerConfig::default(), Connections::default(), retrying).await;
+    r.fake.push("p1", Reply::rate_limited(0));
+    assert_eq!(r.post(&body(false)).await.status(), 200);
+    assert_eq!(r.post(&body(true)).await.status(), 200);
+    let text = r
+        .http
+        .get(format!("{}/metrics", r.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = |outcome: &str| {
+        format!("moa_upstream_calls_total{{provider=\"up\",model=\"p1\",outcome=\"{outcome}\"}} 1")
+    };
+    assert!(text.contains(&line("retried")), "{text}");
+    assert!(text.contains(&line("ok")), "{text}");
 }
 
-/// A shared buffer the test's log subscriber writes into.
+/// A shared buffer the test's log lines are written into.
 #[derive(Clone, Default)]
 struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
 
+thread_local! {
+    /// The buffer this thread's log lines go to, while a test captures them.
+    static CAPTURING: std::cell::RefCell<Option<LogBuffer>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Stops a capture when dropped.
+struct Capture;
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        CAPTURING.with(|c| c.borrow_mut().take());
+    }
+}
+
 impl LogBuffer {
     /// JSON log lines of this thread into a buffer, while the guard lives. A test on tokio's
-    /// default (one-thread) runtime captures the server's tasks too.
-    fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+    /// default (one-thread) runtime captures the server's tasks too. One global subscriber
+    /// serves every test and writes each line to its thread's buffer, if any: a subscriber per
+    /// test (`set_default`) loses lines when another test's threads meet a log call site
+    /// first, because tracing caches whether a call site is wanted.
+    fn capture() -> (Self, Capture) {
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .json()
+                .with_writer(|| ThreadBuffer)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).unwrap();
+        });
         let buffer = Self::default();
-        let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_writer(move || writer.clone())
-            .finish();
-        (buffer, tracing::subscriber::set_default(subscriber))
+        CAPTURING.with(|c| *c.borrow_mut() = Some(buffer.clone()));
+        (buffer, Capture)
     }
 
     fn lines(&self) -> String {
@@ -745,9 +831,16 @@ impl LogBuffer {
     }
 }
 
-impl std::io::Write for LogBuffer {
+/// Writes to the calling thread's capture buffer; lines of threads not capturing are dropped.
+struct ThreadBuffer;
+
+impl std::io::Write for ThreadBuffer {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
+        CAPTURING.with(|c| {
+            if let Some(buffer) = c.borrow().as_ref() {
+                buffer.0.lock().unwrap().extend_from_slice(bytes);
+            }
+        });
         Ok(bytes.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
