@@ -75,6 +75,45 @@ impl TraceContext {
     }
 }
 
+/// A random (version 4) UUID in its usual form, `8-4-4-4-12` lowercase hex digits: a request
+/// id every upstream takes.
+pub fn new_uuid() -> String {
+    let high = random_id();
+    let low = random_id();
+    // Version 4 in the 13th digit, the RFC 4122 variant in the 17th.
+    let high = (high & !0xf000) | 0x4000;
+    let low = (low & !(0xc << 60)) | (0x8 << 60);
+    let hex = format!("{high:016x}{low:016x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// Whether `id` is a UUID as written usually (`8-4-4-4-12` hex digits) or as 32 hex digits.
+/// Only such ids are sent upstream: llama-cpp-python's server refuses any other
+/// `X-Request-Id` with a 400.
+pub fn is_uuid(id: &str) -> bool {
+    let b = id.as_bytes();
+    let hex = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_hexdigit);
+    match b.len() {
+        32 => hex(0..32),
+        36 => {
+            [8, 13, 18, 23].iter().all(|&i| b[i] == b'-')
+                && hex(0..8)
+                && hex(9..13)
+                && hex(14..18)
+                && hex(19..23)
+                && hex(24..36)
+        }
+        _ => false,
+    }
+}
+
 /// A random non-zero 64-bit id: the standard library's per-process random hash keys over a
 /// counter, so ids differ across processes and calls without a random-number crate.
 pub fn random_id() -> u64 {
@@ -118,6 +157,28 @@ mod tests {
             "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
             assert_eq!(TraceContext::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn new_uuids_are_version_4_and_only_uuids_pass_the_check() {
+        let (a, b) = (new_uuid(), new_uuid());
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            assert!(is_uuid(id), "{id}");
+            assert_eq!(id.len(), 36);
+            assert_eq!(&id[14..15], "4", "{id}");
+            assert!("89ab".contains(&id[19..20]), "{id}");
+        }
+        assert!(is_uuid("6F9619FF8B864011B42D00C04FD430C8"));
+        for bad in [
+            "",
+            "req-1",
+            "trace-42.a",
+            "6f9619ff-8b86-4011-b42d-00c04fd430cg",
+            "6f9619ff-8b86-4011-b42d00c04fd430c8-",
+        ] {
+            assert!(!is_uuid(bad), "{bad}");
         }
     }
 

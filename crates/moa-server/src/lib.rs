@@ -197,13 +197,7 @@ async fn check_hosts(
     next: Next,
 ) -> Result<Response, ApiError> {
     state.config.hosts.check(request.headers())?;
-    let id = guard::request_id(request.headers()).unwrap_or_else(|| {
-        format!(
-            "req-{:x}-{}",
-            now(),
-            state.counter.fetch_add(1, Ordering::Relaxed)
-        )
-    });
+    let id = guard::request_id(request.headers()).unwrap_or_else(moa_core::tracecontext::new_uuid);
     // An allowed browser origin (the check above passed) gets CORS headers; its preflight is
     // answered here, before any key is asked for, as browsers send none with it.
     let origin = request.headers().get(header::ORIGIN).cloned();
@@ -479,8 +473,11 @@ async fn chat_run(
     let timeout = state.config.request_timeout;
     // Every upstream call carries the request's id and its place in the client's trace; with
     // a span sink, the run is a span of its own and each call one under it.
+    // The id goes upstream only if it is a UUID (ours always are): llama-cpp-python's server
+    // refuses any other `X-Request-Id` with a 400.
     let mut request = request;
-    request.run.request_id = Some(request_id.clone());
+    request.run.request_id =
+        Some(request_id.clone()).filter(|id| moa_core::tracecontext::is_uuid(id));
     let span = state.config.spans.clone().map(|sink| {
         let run = client_trace.map_or_else(|| moa_core::TraceContext::root(true), |c| c.child());
         request.run.call_spans = true;

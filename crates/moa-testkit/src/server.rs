@@ -42,6 +42,8 @@ pub type FakeOpenAi = FakeServer;
 struct AppState {
     script: Arc<Script>,
     dialect: Dialect,
+    /// Refuse an `X-Request-Id` that is not a UUID, as llama-cpp-python's server does.
+    uuid_request_ids: bool,
 }
 
 impl FakeServer {
@@ -60,13 +62,25 @@ impl FakeServer {
         Self::start_dialect(Dialect::Bedrock).await
     }
 
+    /// Starts an OpenAI-compatible server with llama-cpp-python's front door (0.3.36, checked
+    /// against it): a request whose `X-Request-Id` is not a UUID gets 400 with an empty body
+    /// before any model sees it (its starlette-context request-id plugin).
+    pub async fn llamacpp() -> Self {
+        Self::start_with(Dialect::OpenAi, true).await
+    }
+
     pub async fn start_dialect(dialect: Dialect) -> Self {
+        Self::start_with(dialect, false).await
+    }
+
+    async fn start_with(dialect: Dialect, uuid_request_ids: bool) -> Self {
         let script = Script::new();
         let app = Router::new()
             .fallback(axum::routing::post(chat))
             .with_state(AppState {
                 script: script.clone(),
                 dialect,
+                uuid_request_ids,
             });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -173,13 +187,38 @@ fn model_from_path(path: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Whether Python's `uuid.UUID(text)` takes `text`: an optional `urn:` / `uuid:` prefix and
+/// braces, hyphens anywhere, then 32 hex digits.
+fn python_uuid(text: &str) -> bool {
+    let text = text.trim();
+    let text = text.strip_prefix("urn:").unwrap_or(text);
+    let text = text.strip_prefix("uuid:").unwrap_or(text);
+    let text = text.trim_matches(|c| c == '{' || c == '}');
+    let digits: Vec<char> = text.chars().filter(|c| *c != '-').collect();
+    digits.len() == 32 && digits.iter().all(char::is_ascii_hexdigit)
+}
+
 async fn chat(
     State(state): State<AppState>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let AppState { script, dialect } = state;
+    let AppState {
+        script,
+        dialect,
+        uuid_request_ids,
+    } = state;
+    if uuid_request_ids {
+        let id = headers
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap_or(""));
+        if id.is_some_and(|id| !python_uuid(id)) {
+            let mut refused = Response::new(Body::empty());
+            *refused.status_mut() = StatusCode::BAD_REQUEST;
+            return refused;
+        }
+    }
     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = match dialect {
         Dialect::Bedrock => model_from_path(uri.path()).unwrap_or_default(),

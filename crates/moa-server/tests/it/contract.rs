@@ -887,7 +887,7 @@ async fn tool_loop_through(dialect: moa_providers::Dialect) -> Vec<Value> {
     // The server's request id reached the vendor with every call (Bedrock: unsigned).
     for call in upstream.requests() {
         let id = call.header("x-request-id").unwrap_or_default();
-        assert!(id.starts_with("req-"), "{id:?}");
+        assert!(moa_core::tracecontext::is_uuid(id), "{id:?}");
     }
     upstream.requests().into_iter().map(|r| r.json).collect()
 }

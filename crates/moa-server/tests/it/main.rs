@@ -35,11 +35,16 @@ async fn start(config: ServerConfig) -> Setup {
 }
 
 async fn start_with(config: ServerConfig, connections: Connections) -> Setup {
-    start_full(config, connections, RetryPolicy::none()).await
+    let fake = FakeOpenAi::start().await;
+    start_full(config, connections, RetryPolicy::none(), fake).await
 }
 
-async fn start_full(config: ServerConfig, connections: Connections, retry: RetryPolicy) -> Setup {
-    let fake = FakeOpenAi::start().await;
+async fn start_full(
+    config: ServerConfig,
+    connections: Connections,
+    retry: RetryPolicy,
+    fake: FakeOpenAi,
+) -> Setup {
     fake.respond_with(|r| {
         if r.model == "agg" {
             Reply::text("The final answer.").with_usage(100, 4)
@@ -598,12 +603,13 @@ async fn browsers_get_cors_and_every_response_an_id() {
     assert_eq!(foreign.status(), 403);
 
     // The real request: CORS headers, and the client's id echoed.
+    let uuid = "0f8fad5b-d9cb-469f-a165-70867728950e";
     let response = s
         .http
         .post(&url)
         .header("origin", "https://app.example.com")
         .header("authorization", "Bearer sk-server")
-        .header("x-request-id", "trace-42.a")
+        .header("x-request-id", uuid)
         .json(&body(false))
         .send()
         .await
@@ -613,15 +619,10 @@ async fn browsers_get_cors_and_every_response_an_id() {
         response.headers()["access-control-allow-origin"],
         "https://app.example.com"
     );
-    assert_eq!(response.headers()["x-request-id"], "trace-42.a");
+    assert_eq!(response.headers()["x-request-id"], uuid);
     // ... and sent upstream with every model call of the run.
     for call in s.fake.requests() {
-        assert_eq!(
-            call.header("x-request-id"),
-            Some("trace-42.a"),
-            "{}",
-            call.model
-        );
+        assert_eq!(call.header("x-request-id"), Some(uuid), "{}", call.model);
     }
     // An id that cannot be passed on is replaced; errors get one too.
     let response = s
@@ -633,7 +634,52 @@ async fn browsers_get_cors_and_every_response_an_id() {
         .unwrap();
     assert_eq!(response.status(), 401);
     let id = response.headers()["x-request-id"].to_str().unwrap();
-    assert!(id.starts_with("req-"), "{id}");
+    assert!(moa_core::tracecontext::is_uuid(id), "{id}");
+}
+
+/// llama-cpp-python's server refuses an `X-Request-Id` that is not a UUID (400, empty body):
+/// a client's own id of another shape is echoed and logged but not sent upstream, and the
+/// ids the server makes are UUIDs, so runs through `moa serve` reach it either way.
+#[tokio::test]
+async fn request_ids_upstream_are_uuids_so_llamacpp_takes_them() {
+    let fake = FakeOpenAi::llamacpp().await;
+    let s = start_full(
+        ServerConfig::default(),
+        Connections::default(),
+        RetryPolicy::none(),
+        fake,
+    )
+    .await;
+    for id in [Some("trace-42.a"), None] {
+        let mut request = s
+            .http
+            .post(format!("{}/v1/chat/completions", s.base))
+            .json(&body(false));
+        if let Some(id) = id {
+            request = request.header("x-request-id", id);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "{id:?}");
+        let echoed = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(id.is_some(), echoed == "trace-42.a", "{echoed}");
+    }
+    let sent: Vec<Option<String>> = s
+        .fake
+        .requests()
+        .iter()
+        .map(|r| r.header("x-request-id").map(str::to_string))
+        .collect();
+    assert_eq!(sent.len(), 6);
+    assert!(sent[..3].iter().all(Option::is_none), "{sent:?}");
+    assert!(
+        sent[3..]
+            .iter()
+            .all(|id| id.as_deref().is_some_and(moa_core::tracecontext::is_uuid)),
+        "{sent:?}"
+    );
 }
 
 /// Without a tracer, a client's `traceparent` reaches every upstream call as it came (so the
@@ -768,7 +814,14 @@ async fn metrics_count_requests_calls_tokens_and_latency() {
         base_delay: Duration::ZERO,
         ..RetryPolicy::default()
     };
-    let r = start_full(ServerConfig::default(), Connections::default(), retrying).await;
+    let fake = FakeOpenAi::start().await;
+    let r = start_full(
+        ServerConfig::default(),
+        Connections::default(),
+        retrying,
+        fake,
+    )
+    .await;
     r.fake.push("p1", Reply::rate_limited(0));
     assert_eq!(r.post(&body(false)).await.status(), 200);
     assert_eq!(r.post(&body(true)).await.status(), 200);
