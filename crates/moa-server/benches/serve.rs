@@ -5,27 +5,15 @@
 //! Reports: successes, time to first token against the critical path (two layers of 200 ms),
 //! requests/s, the server's CPU per request (its threads only), and the process's peak RSS.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use moa_core::{AgentSpec, Moa, Preset, PromptStyle, RunOptions};
-use moa_providers::{Endpoint, Registry, RetryPolicy};
-use moa_server::{router, serve, FixedEngines, ServerConfig};
+use moa_server::ServerConfig;
 use moa_testkit::measure::{peak_rss_kib, thread_cpu_ns};
-use moa_testkit::{FakeOpenAi, Reply};
 
 const UPSTREAM_LATENCY: Duration = Duration::from_millis(200);
 
 mod common;
-use common::runtime;
-
-/// Whether an SSE text holds a chunk with non-empty content (the opening chunk's is empty).
-fn has_content(text: &str) -> bool {
-    text.match_indices("\"delta\":{\"content\":\"")
-        .any(|(i, m)| !text[i + m.len()..].starts_with('"'))
-}
+use common::{burst, fake_upstream, runtime, serve_bench};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -44,103 +32,22 @@ fn main() {
     let metrics = !args.iter().any(|a| a == "--no-metrics");
 
     let upstream = runtime("fake-upstream", 1);
-    let fake = upstream.block_on(FakeOpenAi::start());
-    let answer = "Here is a considered answer with a handful of words in it. ".repeat(3);
-    fake.respond_with(move |_| {
-        Reply::text(answer.clone())
-            .with_chunk_chars(24)
-            .with_delay(UPSTREAM_LATENCY)
-            .with_usage(50, 30)
-    });
-
+    let fake = fake_upstream(&upstream, UPSTREAM_LATENCY);
     let server = runtime("moa-server", 2);
-    let base = server.block_on(async {
-        let mut registry = Registry::new(Arc::new(|_| None));
-        let mut endpoint = Endpoint::custom("up", &fake.base_url());
-        endpoint.max_concurrency = 0;
-        endpoint.retry = RetryPolicy::none();
-        registry.insert_endpoint(endpoint);
-        let preset = Preset {
-            name: "bench".into(),
-            description: String::new(),
-            layers: vec![(0..4).map(|i| AgentSpec::new(format!("up:p{i}"))).collect()],
-            aggregator: AgentSpec::new("up:agg"),
-            prompt_style: PromptStyle::Reference,
-            policy: Default::default(),
-        };
-        let moa = Moa::new(
-            registry.bind(&preset).unwrap_or_else(|e| panic!("{e}")),
-            RunOptions {
-                // The server never forwards proposer deltas: whole answers cost it less.
-                stream_proposers: false,
-                ..RunOptions::default()
-            },
-        );
-        let app = router(
-            FixedEngines(BTreeMap::from([("bench".to_string(), moa)])),
-            ServerConfig {
-                metrics,
-                ..ServerConfig::default()
-            },
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let base = format!(
-            "http://{}/v1/chat/completions",
-            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
-        );
-        tokio::spawn(serve(
-            listener,
-            app,
-            std::future::pending(),
-            Duration::from_secs(1),
-        ));
-        base
-    });
-
+    let base = serve_bench(
+        &server,
+        &fake,
+        ServerConfig {
+            metrics,
+            ..ServerConfig::default()
+        },
+    );
     let client = runtime("bench-client", 1);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(requests)
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
-    let body = serde_json::json!({"model": "bench", "messages": [{"role": "user", "content": "Why is the sky blue?"}], "stream": true});
-    let burst = || {
-        client.block_on(async {
-            let calls = (0..requests).map(|_| {
-                let (http, base, body) = (http.clone(), base.clone(), body.clone());
-                tokio::spawn(async move {
-                    let sent = Instant::now();
-                    let response = http
-                        .post(&base)
-                        .json(&body)
-                        .send()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if !response.status().is_success() {
-                        return Err(format!("status {}", response.status()));
-                    }
-                    let mut stream = response.bytes_stream();
-                    let (mut first_token, mut text) = (None, String::new());
-                    while let Some(chunk) = stream.next().await {
-                        text.push_str(&String::from_utf8_lossy(&chunk.map_err(|e| e.to_string())?));
-                        if first_token.is_none() && has_content(&text) {
-                            first_token = Some(sent.elapsed());
-                        }
-                    }
-                    if !text.ends_with("data: [DONE]\n\n") || text.contains("\"error\"") {
-                        return Err("incomplete or failed stream".into());
-                    }
-                    first_token.ok_or_else(|| "no content".to_string())
-                })
-            });
-            let mut out = Vec::new();
-            for handle in futures::future::join_all(calls).await {
-                out.push(handle.unwrap_or_else(|e| Err(e.to_string())));
-            }
-            out
-        })
-    };
+    let burst = || burst(&client, &http, &base, requests);
     // A first burst opens the connection pools, as a server that has been up a while has them.
     let warm = burst();
     let cpu_before = thread_cpu_ns("moa-server");
