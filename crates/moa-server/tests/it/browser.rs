@@ -308,3 +308,42 @@ fn with_an_api_key_the_playground_asks_for_it_and_keeps_it_in_memory_only() {
     assert_eq!(kept, format!("[0,0,\"\",\"\",\"{}/\",false]", page.base));
     drop(page.runtime);
 }
+
+#[test]
+fn the_playground_changes_the_mixture_for_a_request() {
+    let Some(mut browser) = launch() else { return };
+    let page = serve_page(ServerConfig::default());
+    browser.navigate(&format!("{}/", page.base)).unwrap();
+    browser.wait_for("document.body.dataset.ready").unwrap();
+    // One proposer layer of p2, and p1 as the aggregator, for this request only.
+    browser
+        .eval("document.getElementById('edit').open = true; document.getElementById('proposers').focus()")
+        .unwrap();
+    browser.type_text("up:p2").unwrap();
+    browser
+        .eval("document.getElementById('aggregator').focus()")
+        .unwrap();
+    browser.type_text("up:p1").unwrap();
+    browser
+        .eval("document.getElementById('layers').focus()")
+        .unwrap();
+    browser.type_text("2").unwrap();
+    ask(&mut browser, "Capital of France?");
+    browser
+        .wait_for("document.querySelector('.run[data-done]')")
+        .unwrap();
+    let models = browser
+        .eval("[...document.querySelectorAll('.pane .model')].map(m => m.textContent)")
+        .unwrap();
+    assert_eq!(models, serde_json::json!(["up:p2"]));
+    assert_eq!(
+        text(
+            &mut browser,
+            "document.querySelector('.answer').textContent"
+        ),
+        "p1 says Paris is the capital."
+    );
+    let sent = page.fake.requests_for("p1").pop().unwrap();
+    assert_eq!(sent.messages()[0].0, "system", "p1 aggregated");
+    drop(page.runtime);
+}
