@@ -13,24 +13,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use moa_core::{AgentSpec, Moa, Preset, PromptStyle, RunOptions};
-use moa_providers::{Endpoint, Registry, RetryPolicy};
-use moa_server::{router, serve, FixedEngines, ServerConfig};
+use moa_core::{AgentSpec, Preset, PromptStyle};
+use moa_server::ServerConfig;
 use moa_testkit::measure::{peak_rss_kib, rss_kib, trim_heap};
 use moa_testkit::{FakeOpenAi, Reply};
 
 const MIB: u64 = 1 << 20;
 
 mod common;
-use common::runtime;
-
-fn arg(args: &[String], name: &str, default: f64) -> f64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default)
-}
+use common::{arg, runtime, serve_preset};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -54,45 +45,15 @@ fn main() {
     let server = runtime("moa-server", 2);
     let config = ServerConfig::default();
     let max_body = config.max_body_bytes;
-    let base = server.block_on(async {
-        let mut registry = Registry::new(Arc::new(|_| None));
-        let mut endpoint = Endpoint::custom("up", &fake.base_url());
-        endpoint.retry = RetryPolicy::none();
-        registry.insert_endpoint(endpoint);
-        let preset = Preset {
-            name: "flood".into(),
-            description: String::new(),
-            layers: vec![vec![AgentSpec::new("up:p1"), AgentSpec::new("up:p2")]],
-            aggregator: AgentSpec::new("up:agg"),
-            prompt_style: PromptStyle::Reference,
-            policy: Default::default(),
-        };
-        let moa = Moa::new(
-            registry.bind(&preset).unwrap_or_else(|e| panic!("{e}")),
-            RunOptions {
-                stream_proposers: false,
-                ..RunOptions::default()
-            },
-        );
-        let app = router(
-            FixedEngines(BTreeMap::from([("flood".to_string(), moa)])),
-            config,
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let base = format!(
-            "http://{}/v1/chat/completions",
-            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
-        );
-        tokio::spawn(serve(
-            listener,
-            app,
-            std::future::pending(),
-            Duration::from_secs(1),
-        ));
-        base
-    });
+    let preset = Preset {
+        name: "flood".into(),
+        description: String::new(),
+        layers: vec![vec![AgentSpec::new("up:p1"), AgentSpec::new("up:p2")]],
+        aggregator: AgentSpec::new("up:agg"),
+        prompt_style: PromptStyle::Reference,
+        policy: Default::default(),
+    };
+    let base = serve_preset(&server, &fake, preset, config);
     let client = runtime("bench-client", 1);
     let http = reqwest::Client::new();
     let baseline = rss_kib();

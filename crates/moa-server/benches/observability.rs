@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moa_core::{AgentSpec, Moa, Plan, Preset, PresetError, PromptStyle, RunOptions, RunRequest};
+use moa_core::{Moa, Plan, PresetError, RunOptions, RunRequest};
 use moa_server::metrics::Metrics;
 use moa_server::ServerConfig;
 use moa_testkit::measure::thread_cpu_ns;
@@ -25,18 +25,10 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::Layer as _;
 
 mod common;
-use common::{burst, fake_upstream, runtime, serve_bench};
+use common::{arg, bench_preset, burst, client, fake_upstream, runtime, serve_bench};
 
 /// Whether log lines are written (on for the "on" bursts only).
 static LOGGING: AtomicBool = AtomicBool::new(false);
-
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -73,19 +65,16 @@ fn main() {
             ..ServerConfig::default()
         },
     );
-    let client = runtime("bench-client", 1);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(requests)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let clients = runtime("bench-client", 1);
+    let http = client(requests);
     // Warm both: connection pools open, allocator settled.
     for url in [&on, &off] {
-        burst(&client, &http, url, requests);
+        burst(&clients, &http, url, requests);
     }
     let measure = |url: &str, logging: bool| {
         LOGGING.store(logging, Ordering::Relaxed);
         let before = thread_cpu_ns("moa-server");
-        let results = burst(&client, &http, url, requests);
+        let results = burst(&clients, &http, url, requests);
         let cpu = thread_cpu_ns("moa-server") - before;
         let failed = results.iter().filter(|r| r.is_err()).count();
         assert_eq!(failed, 0, "{failed} requests failed");
@@ -143,15 +132,7 @@ fn main() {
 fn alone(n: u32) {
     let scripted = Arc::new(ScriptedProvider::new("up"));
     scripted.respond_with(|_| Reply::text("An answer of a few words.").with_usage(50, 30));
-    let preset = Preset {
-        name: "bench".into(),
-        description: String::new(),
-        layers: vec![(0..4).map(|i| AgentSpec::new(format!("up:p{i}"))).collect()],
-        aggregator: AgentSpec::new("up:agg"),
-        prompt_style: PromptStyle::Reference,
-        policy: Default::default(),
-    };
-    let plan = Plan::bind(&preset, |_| Ok::<_, PresetError>(scripted.clone()))
+    let plan = Plan::bind(&bench_preset(), |_| Ok::<_, PresetError>(scripted.clone()))
         .unwrap_or_else(|e| panic!("{e}"));
     let moa = Moa::new(plan, RunOptions::default());
     let trace = runtime("bench-run", 1)

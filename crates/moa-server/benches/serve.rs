@@ -13,7 +13,7 @@ use moa_testkit::measure::{peak_rss_kib, thread_cpu_ns};
 const UPSTREAM_LATENCY: Duration = Duration::from_millis(200);
 
 mod common;
-use common::{burst, fake_upstream, runtime, serve_bench};
+use common::{arg, burst, client, fake_upstream, runtime, serve_bench};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -22,12 +22,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let full = args.iter().any(|a| a == "--bench");
-    let requests: usize = args
-        .iter()
-        .position(|a| a == "--requests")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(if full { 1000 } else { 20 });
+    let requests: usize = arg(&args, "--requests", if full { 1000 } else { 20 });
     // `--no-metrics`: the same run with /metrics' counting off, to see what it costs.
     let metrics = !args.iter().any(|a| a == "--no-metrics");
 
@@ -42,12 +37,9 @@ fn main() {
             ..ServerConfig::default()
         },
     );
-    let client = runtime("bench-client", 1);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(requests)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let burst = || burst(&client, &http, &base, requests);
+    let clients = runtime("bench-client", 1);
+    let http = client(requests);
+    let burst = || burst(&clients, &http, &base, requests);
     // A first burst opens the connection pools, as a server that has been up a while has them.
     let warm = burst();
     let cpu_before = thread_cpu_ns("moa-server");

@@ -37,11 +37,34 @@ pub fn fake_upstream(runtime: &tokio::runtime::Runtime, latency: Duration) -> Fa
     fake
 }
 
-/// Serves preset `bench` (4 proposers and an aggregator on `fake`) with `config`, on
-/// `runtime`; returns its chat completions URL.
+/// The preset the benches serve: 4 proposers and an aggregator, all models of provider `up`.
+pub fn bench_preset() -> Preset {
+    Preset {
+        name: "bench".into(),
+        description: String::new(),
+        layers: vec![(0..4).map(|i| AgentSpec::new(format!("up:p{i}"))).collect()],
+        aggregator: AgentSpec::new("up:agg"),
+        prompt_style: PromptStyle::Reference,
+        policy: Default::default(),
+    }
+}
+
+/// Serves preset `bench` ([`bench_preset`] on `fake`) with `config`, on `runtime`; returns its
+/// chat completions URL.
 pub fn serve_bench(
     runtime: &tokio::runtime::Runtime,
     fake: &FakeOpenAi,
+    config: ServerConfig,
+) -> String {
+    serve_preset(runtime, fake, bench_preset(), config)
+}
+
+/// Serves `preset` (its models are provider `up`, the fake) with `config`, on `runtime`;
+/// returns its chat completions URL.
+pub fn serve_preset(
+    runtime: &tokio::runtime::Runtime,
+    fake: &FakeOpenAi,
+    preset: Preset,
     config: ServerConfig,
 ) -> String {
     runtime.block_on(async {
@@ -50,14 +73,6 @@ pub fn serve_bench(
         endpoint.max_concurrency = 0;
         endpoint.retry = RetryPolicy::none();
         registry.insert_endpoint(endpoint);
-        let preset = Preset {
-            name: "bench".into(),
-            description: String::new(),
-            layers: vec![(0..4).map(|i| AgentSpec::new(format!("up:p{i}"))).collect()],
-            aggregator: AgentSpec::new("up:agg"),
-            prompt_style: PromptStyle::Reference,
-            policy: Default::default(),
-        };
         let moa = Moa::new(
             registry.bind(&preset).unwrap_or_else(|e| panic!("{e}")),
             RunOptions {
@@ -67,7 +82,7 @@ pub fn serve_bench(
             },
         );
         let app = router(
-            FixedEngines(BTreeMap::from([("bench".to_string(), moa)])),
+            FixedEngines(BTreeMap::from([(preset.name.clone(), moa)])),
             config,
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -85,6 +100,23 @@ pub fn serve_bench(
         ));
         base
     })
+}
+
+/// An HTTP client keeping up to `connections` idle connections to the server.
+pub fn client(connections: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The value after flag `name` on the command line, or `default`.
+pub fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Whether an SSE text holds a chunk with non-empty content (the opening chunk's is empty).
