@@ -1,9 +1,18 @@
 //! Quantized matrix products for the formats small GGUF models use (Q4_1, Q8_0), reading the
-//! weights where they lie in the memory-mapped file and keeping activations in f32.
+//! weights where they lie in the memory-mapped file.
 //!
-//! The AVX2+FMA versions are chosen at run time (`is_x86_feature_detected!`), so one binary runs
-//! everywhere and uses the vector units where they exist; the scalar versions are the fallback
-//! and the reference the tests hold the vector ones to.
+//! Three ways to compute, chosen at run time ([`Kernel::detect`]) so one binary runs everywhere:
+//! - [`Kernel::Avx2Q8`] (opt-in for now, see [`Kernel::detect`]): activations are quantized per block of 32
+//!   to 8 bits with an f32 scale, as llama.cpp does, and each block's dot product is integer
+//!   (`vpmaddubsw`): a quarter of the activation bytes to read and fewer instructions per block.
+//!   The quantization costs a little accuracy, measured by the local bench (logit drift).
+//! - [`Kernel::Avx2F32`] (the default where AVX2 is): f32 activations, each weight block
+//!   unpacked to f32 and multiplied with FMA; the exact product.
+//! - [`Kernel::Scalar`]: f32 everywhere, no vector instructions: the fallback, and the plain
+//!   reading the tests hold the others to.
+//!
+//! `MOA_KERNEL=scalar|avx2-f32|avx2-q8` forces one (for tests on every path, and for
+//! measuring); a kernel the CPU cannot run is refused, not ignored.
 #![allow(unsafe_code)] // SIMD intrinsics; each unsafe block says why it is sound.
 
 use half::f16;
@@ -90,8 +99,107 @@ impl<'a> QMatrix<'a> {
     }
 }
 
-/// Whether the vector kernels can run here.
-pub fn simd_available() -> bool {
+/// How a product is computed (see the module's documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Scalar,
+    Avx2F32,
+    Avx2Q8,
+}
+
+impl Kernel {
+    /// Every kernel, in the order `MOA_KERNEL` names them.
+    pub const ALL: [Kernel; 3] = [Kernel::Scalar, Kernel::Avx2F32, Kernel::Avx2Q8];
+
+    /// The name `MOA_KERNEL` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "scalar",
+            Kernel::Avx2F32 => "avx2-f32",
+            Kernel::Avx2Q8 => "avx2-q8",
+        }
+    }
+
+    /// Whether this CPU can run it.
+    pub fn available(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            Kernel::Avx2F32 | Kernel::Avx2Q8 => avx2_available(),
+        }
+    }
+
+    /// `MOA_KERNEL` if set (an error if it names no kernel or one this CPU cannot run), else
+    /// the fastest this CPU runs.
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("MOA_KERNEL") {
+            Ok(name) if !name.is_empty() => {
+                let kernel = Self::ALL
+                    .into_iter()
+                    .find(|k| k.name() == name)
+                    .ok_or_else(|| {
+                        format!("MOA_KERNEL={name}: not a kernel; use scalar, avx2-f32 or avx2-q8")
+                    })?;
+                match kernel.available() {
+                    true => Ok(kernel),
+                    false => Err(format!(
+                        "MOA_KERNEL={name}: this CPU lacks AVX2, FMA or F16C"
+                    )),
+                }
+            }
+            _ => Ok(Self::detect()),
+        }
+    }
+
+    /// The kernel used unless `MOA_KERNEL` says otherwise: the exact AVX2 one where the CPU
+    /// has it. The 8-bit one is faster (see docs/BENCHMARKS.md) but moves logits by up to ~2
+    /// and makes a prefill and the same tokens fed one by one differ slightly; it becomes the
+    /// default once its accuracy is measured on every format it will serve.
+    pub fn detect() -> Self {
+        match avx2_available() {
+            true => Kernel::Avx2F32,
+            false => Kernel::Scalar,
+        }
+    }
+}
+
+/// The kernel every product of this process uses: from `MOA_KERNEL` or the CPU when first
+/// asked (an unusable `MOA_KERNEL` falls back to the CPU's best with a warning on stderr), or
+/// as [`use_kernel`] set it.
+pub fn kernel() -> Kernel {
+    match CHOSEN.load(std::sync::atomic::Ordering::Relaxed) {
+        i if usize::from(i) < Kernel::ALL.len() => Kernel::ALL[usize::from(i)],
+        _ => {
+            let chosen = Kernel::from_env().unwrap_or_else(|e| {
+                eprintln!("moa: {e}; using {}", Kernel::detect().name());
+                Kernel::detect()
+            });
+            set(chosen);
+            chosen
+        }
+    }
+}
+
+/// Makes every later product use `kernel` (benchmarks compare kernels in one process).
+pub fn use_kernel(kernel: Kernel) -> Result<(), String> {
+    match kernel.available() {
+        true => {
+            set(kernel);
+            Ok(())
+        }
+        false => Err(format!("{} cannot run on this CPU", kernel.name())),
+    }
+}
+
+/// The chosen kernel's index in [`Kernel::ALL`]; anything else: not chosen yet.
+static CHOSEN: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+
+fn set(kernel: Kernel) {
+    let index = Kernel::ALL.iter().position(|k| *k == kernel).unwrap_or(0) as u8;
+    CHOSEN.store(index, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the AVX2 kernels can run here.
+fn avx2_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2")
@@ -104,24 +212,57 @@ pub fn simd_available() -> bool {
     }
 }
 
-/// `x` is `n × cols` (row-major); returns `n × rows`: every activation row times every weight row.
-pub fn matmul(w: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
-    matmul_with(w, x, n, simd_available())
+/// Activations quantized per block of 32: `a ≈ q * d`.
+struct Quantized {
+    q: Vec<i8>,
+    d: Vec<f32>,
 }
 
-/// [`matmul`], choosing the kernel explicitly (tests compare the two).
-pub fn matmul_with(w: &QMatrix, x: &[f32], n: usize, simd: bool) -> Vec<f32> {
+fn quantize(x: &[f32]) -> Quantized {
+    let mut q = vec![0i8; x.len()];
+    let d: Vec<f32> = x
+        .chunks_exact(BLOCK)
+        .zip(q.chunks_exact_mut(BLOCK))
+        .map(|(block, out)| {
+            let max = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = max / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for (o, v) in out.iter_mut().zip(block) {
+                *o = (v * inv).round() as i8;
+            }
+            d
+        })
+        .collect();
+    Quantized { q, d }
+}
+
+/// `x` is `n × cols` (row-major); returns `n × rows`: every activation row times every weight row.
+pub fn matmul(w: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
+    matmul_with(w, x, n, kernel())
+}
+
+/// [`matmul`] with `kernel` (tests compare them); `kernel` must be available.
+pub fn matmul_with(w: &QMatrix, x: &[f32], n: usize, kernel: Kernel) -> Vec<f32> {
     assert_eq!(x.len(), n * w.cols, "activation shape");
+    assert!(kernel.available(), "{} cannot run here", kernel.name());
     let blocks = w.cols / BLOCK;
     // Per-block sums of the activations carry Q4_1's `m` term.
     let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect();
+    let quantized = (kernel == Kernel::Avx2Q8).then(|| quantize(x));
+    let act = Activations {
+        x,
+        sums: &sums,
+        quantized: quantized.as_ref(),
+        blocks,
+        n,
+    };
     let mut y = vec![0.0f32; n * w.rows];
     // Small products are done here: handing them to other threads costs more than it saves.
     if w.rows * blocks * n < 16_384 {
         let mut out = vec![0.0f32; n];
         for r in 0..w.rows {
             out.fill(0.0);
-            row_dot(w, r, x, &sums, blocks, n, &mut out, simd);
+            row_dot(w, r, &act, &mut out, kernel);
             for (i, v) in out.iter().enumerate() {
                 y[i * w.rows + r] = *v;
             }
@@ -140,7 +281,7 @@ pub fn matmul_with(w: &QMatrix, x: &[f32], n: usize, simd: bool) -> Vec<f32> {
             let mut part = vec![0.0f32; (end - start) * n];
             for r in start..end {
                 let out = &mut part[(r - start) * n..(r - start + 1) * n];
-                row_dot(w, r, x, &sums, blocks, n, out, simd);
+                row_dot(w, r, &act, out, kernel);
             }
             (start, part)
         })
@@ -155,31 +296,42 @@ pub fn matmul_with(w: &QMatrix, x: &[f32], n: usize, simd: bool) -> Vec<f32> {
     y
 }
 
-#[allow(clippy::too_many_arguments)]
-fn row_dot(
-    w: &QMatrix,
-    r: usize,
-    x: &[f32],
-    sums: &[f32],
+/// The activations of one product, in every form a kernel reads.
+struct Activations<'a> {
+    x: &'a [f32],
+    sums: &'a [f32],
+    quantized: Option<&'a Quantized>,
     blocks: usize,
     n: usize,
-    out: &mut [f32],
-    simd: bool,
-) {
+}
+
+fn row_dot(w: &QMatrix, r: usize, act: &Activations, out: &mut [f32], kernel: Kernel) {
     let row = w.row(r);
+    let Activations {
+        x, sums, blocks, n, ..
+    } = *act;
     #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: `simd` is true only when simd_available() saw AVX2, FMA and F16C here; the
-        // slices have the lengths the kernels index (checked in QMatrix::new and matmul_with).
-        unsafe {
+    match (kernel, act.quantized) {
+        // SAFETY: the AVX2 kernels are chosen only when Kernel::available saw AVX2, FMA and
+        // F16C here (asserted in matmul_with); the slices have the lengths the kernels index
+        // (checked in QMatrix::new and matmul_with).
+        (Kernel::Avx2F32, _) => unsafe {
             match w.format {
                 Format::Q4_1 => avx2::q4_1_row(row, x, sums, blocks, n, out),
                 Format::Q8_0 => avx2::q8_0_row(row, x, blocks, n, out),
             }
-        }
-        return;
+            return;
+        },
+        (Kernel::Avx2Q8, Some(q)) => unsafe {
+            match w.format {
+                Format::Q4_1 => avx2::q4_1_row_q8(row, &q.q, &q.d, sums, blocks, n, out),
+                Format::Q8_0 => avx2::q8_0_row_q8(row, &q.q, &q.d, blocks, n, out),
+            }
+            return;
+        },
+        _ => {}
     }
-    let _ = simd;
+    let _ = kernel;
     scalar_row(w.format, row, x, sums, blocks, n, out);
 }
 
@@ -342,6 +494,92 @@ mod avx2 {
             i += lanes;
         }
     }
+
+    /// Sum of the products of 32 unsigned weight bytes with 32 signed activation bytes, as
+    /// eight i32 lanes (`vpmaddubsw` then `vpmaddwd`; no pair can overflow i16: 2 x 255 x 127).
+    #[inline(always)]
+    unsafe fn dot_u8_i8(w: __m256i, a: __m256i) -> __m256i {
+        let pairs = _mm256_maddubs_epi16(w, a);
+        _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+    }
+
+    /// One Q4_1 weight row against `n` activation rows quantized to 8 bits (`qa` with scales
+    /// `da` per block), four rows at a time: `w·a = d_w d_a Σ q_w q_a + m_w Σ a`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q4_1_row_q8(
+        row: &[u8],
+        qa: &[i8],
+        da: &[f32],
+        sums: &[f32],
+        blocks: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
+        let low = _mm256_set1_epi8(0x0F);
+        let mut i = 0;
+        while i < n {
+            let lanes = (n - i).min(4);
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut msum = [0.0f32; 4];
+            for b in 0..blocks {
+                let block = row.as_ptr().add(b * 20);
+                let d = f16_at(block);
+                let m = f16_at(block.add(2));
+                let qs = _mm_loadu_si128(block.add(4) as *const __m128i);
+                // Weights 0..16 are the low nibbles, 16..32 the high ones.
+                let both = _mm256_set_m128i(_mm_srli_epi16(qs, 4), qs);
+                let w = _mm256_and_si256(both, low);
+                for (l, (acc, msum)) in acc.iter_mut().zip(msum.iter_mut()).enumerate().take(lanes)
+                {
+                    let at = (i + l) * blocks + b;
+                    let a = _mm256_loadu_si256(qa.as_ptr().add(at * BLOCK) as *const __m256i);
+                    let dot = _mm256_cvtepi32_ps(dot_u8_i8(w, a));
+                    let scale = _mm256_set1_ps(d * *da.get_unchecked(at));
+                    *acc = _mm256_fmadd_ps(dot, scale, *acc);
+                    *msum += m * *sums.get_unchecked(at);
+                }
+            }
+            for (o, (acc, msum)) in out[i..i + lanes].iter_mut().zip(acc.iter().zip(&msum)) {
+                *o = hsum(*acc) + msum;
+            }
+            i += lanes;
+        }
+    }
+
+    /// One Q8_0 weight row against `n` activation rows quantized to 8 bits, four at a time.
+    /// `vpmaddubsw` wants one unsigned side: |w| times a with w's sign moved onto it.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q8_0_row_q8(
+        row: &[u8],
+        qa: &[i8],
+        da: &[f32],
+        blocks: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
+        let mut i = 0;
+        while i < n {
+            let lanes = (n - i).min(4);
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for b in 0..blocks {
+                let block = row.as_ptr().add(b * 34);
+                let d = f16_at(block);
+                let w = _mm256_loadu_si256(block.add(2) as *const __m256i);
+                let magnitude = _mm256_sign_epi8(w, w);
+                for (l, acc) in acc.iter_mut().enumerate().take(lanes) {
+                    let at = (i + l) * blocks + b;
+                    let a = _mm256_loadu_si256(qa.as_ptr().add(at * BLOCK) as *const __m256i);
+                    let dot = _mm256_cvtepi32_ps(dot_u8_i8(magnitude, _mm256_sign_epi8(a, w)));
+                    let scale = _mm256_set1_ps(d * *da.get_unchecked(at));
+                    *acc = _mm256_fmadd_ps(dot, scale, *acc);
+                }
+            }
+            for (o, acc) in out[i..i + lanes].iter_mut().zip(&acc) {
+                *o = hsum(*acc);
+            }
+            i += lanes;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -388,25 +626,59 @@ mod tests {
         y
     }
 
+    /// [`reference`] without Q4_1's `m` (offset) term: the product with `q * d` alone.
+    fn reference_without_m(w: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
+        let mut data = w.data.to_vec();
+        if w.format == Format::Q4_1 {
+            for block in data.chunks_exact_mut(20) {
+                block[2..4].copy_from_slice(&f16::from_f32(0.0).to_le_bytes());
+            }
+        }
+        let plain = QMatrix::new(w.format, w.rows, w.cols, &data).unwrap();
+        reference(&plain, x, n)
+    }
+
     #[test]
-    fn both_kernels_match_the_dequantized_product() {
+    fn every_kernel_matches_the_dequantized_product() {
         for format in [Format::Q4_1, Format::Q8_0] {
-            for (rows, cols, n) in [(37, 64, 1), (70, 96, 5), (16, 32, 9)] {
+            for (rows, cols, n) in [(37, 64, 1), (70, 96, 5), (16, 32, 9), (600, 64, 7)] {
                 let data = random_matrix(format, rows, cols, rows as u64);
                 let w = QMatrix::new(format, rows, cols, &data).unwrap();
                 let x: Vec<f32> = (0..n * cols)
                     .map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0)
                     .collect();
-                let expected = reference(&w, &x, n);
-                let mut runs = vec![matmul_with(&w, &x, n, false)];
-                if simd_available() {
-                    runs.push(matmul_with(&w, &x, n, true));
-                }
-                for got in runs {
+                // The 8-bit kernel is held to the product with its own (quantized)
+                // activations: its integer arithmetic must be exact up to float rounding. What
+                // the quantization itself costs is measured on the model (the local bench).
+                let q = quantize(&x);
+                let xq: Vec<f32> =
+                    q.q.chunks_exact(BLOCK)
+                        .zip(&q.d)
+                        .flat_map(|(block, d)| block.iter().map(move |v| f32::from(*v) * d))
+                        .collect();
+                for kernel in Kernel::ALL.into_iter().filter(|k| k.available()) {
+                    let got = matmul_with(&w, &x, n, kernel);
+                    let expected = match kernel {
+                        Kernel::Avx2Q8 if format == Format::Q8_0 => reference(&w, &xq, n),
+                        // Q4_1's `m` term uses the exact activation sums.
+                        Kernel::Avx2Q8 => {
+                            let exact = reference(&w, &x, n);
+                            let scaled = reference_without_m(&w, &x, n);
+                            let scaled_q = reference_without_m(&w, &xq, n);
+                            // The scaled term over quantized activations, the `m` term exact.
+                            exact
+                                .iter()
+                                .zip(scaled.iter().zip(&scaled_q))
+                                .map(|(e, (s, sq))| sq + (e - s))
+                                .collect()
+                        }
+                        _ => reference(&w, &x, n),
+                    };
                     for (a, b) in got.iter().zip(&expected) {
                         assert!(
                             (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
-                            "{format:?} {rows}x{cols} n={n}: {a} vs {b}"
+                            "{} {format:?} {rows}x{cols} n={n}: {a} vs {b}",
+                            kernel.name()
                         );
                     }
                 }
