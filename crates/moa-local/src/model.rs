@@ -561,7 +561,7 @@ impl Model {
         let mut x = self.embed.rows(map, tokens)?.unsqueeze(0)?;
         let cos = self.cos.narrow(0, pos, seq)?;
         let sin = self.sin.narrow(0, pos, seq)?;
-        let mask = causal_mask(seq, pos)?;
+        let mask = causal_mask(seq, pos, c.heads / c.kv_heads)?;
         for (block, slot) in self.blocks.iter().zip(cache.kv.iter_mut()) {
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, c.eps as f32)?;
             let heads = |t: Tensor, n: usize| {
@@ -693,6 +693,9 @@ impl Model {
 }
 
 /// Grouped-query attention of `q` ([1, heads, seq, d]) over `k`, `v` ([1, kv_heads, total, d]).
+/// The query heads that share a key/value head are stacked as rows of one product with it
+/// (heads `g*repeat .. (g+1)*repeat` read kv head `g`), so the cache is never copied out
+/// per query head. `mask` is [repeat * seq, total] (see [`causal_mask`]).
 fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -702,16 +705,7 @@ fn attention(
 ) -> candle_core::Result<Tensor> {
     let seq = q.dim(2)?;
     let repeat = c.heads / c.kv_heads;
-    let expand = |t: &Tensor| -> candle_core::Result<Tensor> {
-        if repeat == 1 {
-            return Ok(t.clone());
-        }
-        let (b, n, total, d) = t.dims4()?;
-        t.unsqueeze(2)?
-            .expand((b, n, repeat, total, d))?
-            .reshape((b, n * repeat, total, d))
-    };
-    let (k, v) = (expand(k)?, expand(v)?);
+    let q = q.reshape((1, c.kv_heads, repeat * seq, c.head_dim))?;
     let scale = 1.0 / (c.head_dim as f64).sqrt();
     let mut scores = (q.matmul(&k.t()?)? * scale)?;
     if let Some(mask) = mask {
@@ -719,21 +713,26 @@ fn attention(
     }
     let weights = candle_nn::ops::softmax_last_dim(&scores)?;
     weights
-        .matmul(&v.contiguous()?)?
+        .matmul(v)?
+        .reshape((1, c.heads, seq, c.head_dim))?
         .transpose(1, 2)?
         .reshape((1, seq, c.heads * c.head_dim))
 }
 
-/// -inf above the diagonal, offset by the `pos` tokens already cached; none for one token.
-fn causal_mask(seq: usize, pos: usize) -> candle_core::Result<Option<Tensor>> {
+/// -inf above the diagonal, offset by the `pos` tokens already cached, for each of the
+/// `repeat` query heads stacked per key/value head (see [`attention`]); none for one token.
+fn causal_mask(seq: usize, pos: usize, repeat: usize) -> candle_core::Result<Option<Tensor>> {
     if seq <= 1 {
         return Ok(None);
     }
     let total = pos + seq;
-    let data: Vec<f32> = (0..seq)
-        .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+    let data: Vec<f32> = (0..repeat * seq)
+        .flat_map(|row| {
+            let i = row % seq;
+            (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
+        })
         .collect();
-    Tensor::from_vec(data, (seq, total), &Device::Cpu).map(Some)
+    Tensor::from_vec(data, (repeat * seq, total), &Device::Cpu).map(Some)
 }
 
 fn rope_tables(c: &ModelConfig, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {

@@ -18,10 +18,16 @@ async fn start() -> String {
     let path = tiny::write_with_context(dir.path(), "llama", 2048);
     let provider: Arc<dyn Provider> = Arc::new(LocalProvider::new(dir.path()));
     let agent = AgentSpec::new(format!("local:{}", path.display()));
+    // Proposals of at most 128 tokens: the random model rarely stops by itself, and two of 512
+    // re-encoded as references can outgrow the aggregator's context.
+    let proposer = AgentSpec {
+        max_tokens: Some(128),
+        ..agent.clone()
+    };
     let preset = Preset {
         name: "tiny".into(),
         description: String::new(),
-        layers: vec![vec![agent.clone(), agent.clone()]],
+        layers: vec![vec![proposer.clone(), proposer]],
         aggregator: agent,
         prompt_style: PromptStyle::Reference,
         policy: Default::default(),
