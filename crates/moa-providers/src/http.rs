@@ -759,13 +759,15 @@ pub const OPENAI_ONLY_FIELDS: [&str; 8] = [
     "verbosity",
 ];
 
-/// `request` with what ties it to the run: its request id as `X-Request-Id` and its trace
-/// context as `traceparent`, when there are.
+/// `request` with what ties it to the run: its request id as `X-Request-Id` when it is a UUID
+/// (llama-cpp-python's server refuses any other `X-Request-Id` with a 400), and its trace
+/// context as `traceparent`.
 pub fn with_correlation(
     mut request: reqwest::RequestBuilder,
     correlation: &moa_core::Correlation,
 ) -> reqwest::RequestBuilder {
-    if let Some(id) = &correlation.request_id {
+    let id = correlation.request_id.as_deref();
+    if let Some(id) = id.filter(|id| moa_core::tracecontext::is_uuid(id)) {
         request = request.header("x-request-id", id);
     }
     if let Some(traceparent) = &correlation.traceparent {

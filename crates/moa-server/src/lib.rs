@@ -473,11 +473,9 @@ async fn chat_run(
     let timeout = state.config.request_timeout;
     // Every upstream call carries the request's id and its place in the client's trace; with
     // a span sink, the run is a span of its own and each call one under it.
-    // The id goes upstream only if it is a UUID (ours always are): llama-cpp-python's server
-    // refuses any other `X-Request-Id` with a 400.
+    // (The providers send the id upstream only if it is a UUID, as ours always are.)
     let mut request = request;
-    request.run.request_id =
-        Some(request_id.clone()).filter(|id| moa_core::tracecontext::is_uuid(id));
+    request.run.request_id = Some(request_id.clone());
     let span = state.config.spans.clone().map(|sink| {
         let run = client_trace.map_or_else(|| moa_core::TraceContext::root(true), |c| c.child());
         request.run.call_spans = true;

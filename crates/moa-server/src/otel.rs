@@ -146,11 +146,6 @@ impl Otlp {
         self.provider.force_flush().map_err(|e| e.to_string())
     }
 
-    /// Sends the spans still queued and stops.
-    pub fn shutdown(&self) -> Result<(), String> {
-        self.provider.shutdown().map_err(|e| e.to_string())
-    }
-
     /// Builds and ends one span with the given ids, parent and times.
     #[allow(clippy::too_many_arguments)]
     fn span(
@@ -190,6 +185,10 @@ impl Otlp {
 }
 
 impl SpanSink for Otlp {
+    fn shutdown(&self) -> Result<(), String> {
+        self.provider.shutdown().map_err(|e| e.to_string())
+    }
+
     fn run(&self, run: &RunSpan, outcome: Result<&Trace, &str>) {
         let trace_id = TraceId::from(run.context.trace_id);
         let sampled = run.context.sampled;

@@ -25,4 +25,9 @@ pub struct RunSpan {
 pub trait SpanSink: Send + Sync {
     /// One run ended: with its trace, or failed with an error in the client's terms.
     fn run(&self, span: &RunSpan, outcome: Result<&Trace, &str>);
+
+    /// Sends what is still queued and stops (the server is shutting down).
+    fn shutdown(&self) -> Result<(), String> {
+        Ok(())
+    }
 }

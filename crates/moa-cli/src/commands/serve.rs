@@ -156,7 +156,7 @@ pub async fn run(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<
     let header_timeout = Duration::try_from_secs_f64(args.header_timeout).unwrap_or(Duration::MAX);
     let spans = tracing_export()?;
     let server_config = ServerConfig {
-        spans: spans.clone().map(|s| s as Arc<dyn moa_server::SpanSink>),
+        spans: spans.clone(),
         api_key,
         max_body_bytes: args.max_body_kb * 1024,
         max_concurrent_runs: args.max_concurrent,
@@ -220,17 +220,17 @@ pub async fn run(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<
 
 /// The OTLP exporter the OTEL_* variables ask for (the `otel` feature).
 #[cfg(feature = "otel")]
-fn tracing_export() -> anyhow::Result<Option<Arc<moa_server::otel::Otlp>>> {
+fn tracing_export() -> anyhow::Result<Option<Arc<dyn moa_server::SpanSink>>> {
     let otlp = moa_server::otel::Otlp::from_env().map_err(|e| anyhow::anyhow!(e))?;
     if let Some(otlp) = &otlp {
         eprintln!("moa: exporting spans to {} (OTLP/HTTP)", otlp.endpoint);
     }
-    Ok(otlp.map(Arc::new))
+    Ok(otlp.map(|o| Arc::new(o) as Arc<dyn moa_server::SpanSink>))
 }
 
 /// Without the `otel` feature there is nothing to export with: say so if it was asked for.
 #[cfg(not(feature = "otel"))]
-fn tracing_export() -> anyhow::Result<Option<Arc<NoSpans>>> {
+fn tracing_export() -> anyhow::Result<Option<Arc<dyn moa_server::SpanSink>>> {
     let asked = [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -239,24 +239,9 @@ fn tracing_export() -> anyhow::Result<Option<Arc<NoSpans>>> {
     .any(|v| std::env::var_os(v).is_some());
     if asked {
         eprintln!(
-            "moa: this moa was built without the `otel` feature, so the OTEL_* variables are              ignored; build with `--features otel` to export spans"
+            "moa: this moa was built without the `otel` feature, so the OTEL_* variables are \
+             ignored; build with `--features otel` to export spans"
         );
     }
     Ok(None)
-}
-
-/// What a build without the `otel` feature exports: nothing.
-#[cfg(not(feature = "otel"))]
-struct NoSpans;
-
-#[cfg(not(feature = "otel"))]
-impl NoSpans {
-    fn shutdown(&self) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-#[cfg(not(feature = "otel"))]
-impl moa_server::SpanSink for NoSpans {
-    fn run(&self, _: &moa_server::RunSpan, _: Result<&moa_core::Trace, &str>) {}
 }
