@@ -5,17 +5,20 @@
 //! shared by every concurrent request; generation runs on blocking threads, never on the async
 //! runtime's workers, and stops as soon as its stream is dropped.
 //!
-//! - [`model`]: llama / qwen2 forward pass on candle, KV cache.
+//! - [`model`]: llama / qwen2 loading and forward pass; [`attention`] and its in-place KV
+//!   cache, [`ops`], [`kernels`] (the quantized products, chosen for the CPU at run time).
 //! - [`tokenizer`], [`template`]: both read from the GGUF itself.
 //! - [`sampler`]: temperature, top-p, seed.
 //! - [`catalog`], [`fetch`]: known models, their verified download.
 
+mod attention;
 pub mod batch;
 pub mod catalog;
 pub mod fetch;
 pub mod gguf;
 pub mod kernels;
 pub mod model;
+mod ops;
 pub mod request;
 pub mod sampler;
 pub mod template;

@@ -1,6 +1,7 @@
-//! A llama-family transformer (llama, qwen2) read from GGUF and run on candle's CPU backend.
-//! The file is memory-mapped; Q4_1 and Q8_0 weights are used in place by [`crate::kernels`],
-//! other quantized types through candle's own kernels.
+//! A llama-family transformer (llama, qwen2) read from GGUF. The file is memory-mapped; Q4_1
+//! and Q8_0 weights are used in place by [`crate::kernels`], other quantized types through
+//! candle's kernels. The forward pass runs on plain f32 buffers ([`crate::ops`]) with an
+//! in-place KV cache ([`crate::attention`]).
 
 use std::fs::File;
 use std::path::Path;
@@ -9,7 +10,10 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
+pub use crate::attention::Cache;
+use crate::attention::{self, Row};
 use crate::kernels::{self, Format, QMatrix};
+use crate::ops::{self, RopeStyle};
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 
@@ -174,29 +178,33 @@ impl Weight {
         }
     }
 
-    /// `x` ([1, seq, cols]) times the transposed weights: [1, seq, rows].
-    fn forward(&self, map: &[u8], x: &Tensor) -> candle_core::Result<Tensor> {
+    /// `x` (`n × cols`) times the transposed weights: `n × rows`.
+    fn forward(&self, map: &[u8], x: &[f32], n: usize) -> candle_core::Result<Vec<f32>> {
         match (self, self.matrix(map)) {
-            (Weight::Candle(m), _) => m.forward(x),
-            (_, Some(w)) => {
-                let seq = x.dim(1)?;
-                let input = x.flatten_all()?.to_vec1::<f32>()?;
-                let y = kernels::matmul(&w, &input, seq);
-                Tensor::from_vec(y, (1, seq, w.rows), &Device::Cpu)
+            (Weight::Candle(m), _) => {
+                let cols = x.len() / n.max(1);
+                let x = Tensor::from_slice(x, (n, cols), &Device::Cpu)?;
+                m.forward(&x)?
+                    .flatten_all()?
+                    .to_dtype(DType::F32)?
+                    .to_vec1()
             }
+            (_, Some(w)) => Ok(kernels::matmul(&w, x, n)),
             (_, None) => candle_core::bail!("weight outside the mapped file"),
         }
     }
 
-    /// Rows `ids` as f32 ([seq, cols]): the embedding lookup.
-    fn rows(&self, map: &[u8], ids: &[u32]) -> candle_core::Result<Tensor> {
+    /// Rows `ids` as f32 (`ids.len() × cols`): the embedding lookup.
+    fn rows(&self, map: &[u8], ids: &[u32]) -> candle_core::Result<Vec<f32>> {
         match (self, self.matrix(map)) {
             (Weight::Candle(m), _) => {
                 let rows = match m {
                     QMatMul::QTensor(t) => t.dequantize(&Device::Cpu)?,
                     QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
                 };
-                rows.index_select(&Tensor::new(ids, &Device::Cpu)?, 0)
+                rows.index_select(&Tensor::new(ids, &Device::Cpu)?, 0)?
+                    .flatten_all()?
+                    .to_vec1()
             }
             (_, Some(w)) => {
                 let mut out = vec![0.0f32; ids.len() * w.cols];
@@ -206,7 +214,7 @@ impl Weight {
                     }
                     w.dequantize_row(*id as usize, &mut out[i * w.cols..(i + 1) * w.cols]);
                 }
-                Tensor::from_vec(out, (ids.len(), w.cols), &Device::Cpu)
+                Ok(out)
             }
             (_, None) => candle_core::bail!("weight outside the mapped file"),
         }
@@ -215,26 +223,26 @@ impl Weight {
 
 struct Linear {
     weight: Weight,
-    bias: Option<Tensor>,
+    bias: Option<Vec<f32>>,
 }
 
 impl Linear {
-    fn forward(&self, map: &[u8], x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.weight.forward(map, x)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
+    fn forward(&self, map: &[u8], x: &[f32], n: usize) -> candle_core::Result<Vec<f32>> {
+        let mut y = self.weight.forward(map, x, n)?;
+        if let Some(b) = &self.bias {
+            ops::add_rows(&mut y, b);
         }
+        Ok(y)
     }
 }
 
 struct Block {
-    attn_norm: Tensor,
+    attn_norm: Vec<f32>,
     q: Linear,
     k: Linear,
     v: Linear,
     o: Linear,
-    ffn_norm: Tensor,
+    ffn_norm: Vec<f32>,
     gate: Weight,
     up: Weight,
     down: Weight,
@@ -250,19 +258,10 @@ pub struct Model {
     map: memmap2::Mmap,
     embed: Weight,
     blocks: Vec<Block>,
-    norm: Tensor,
+    norm: Vec<f32>,
     output: Weight,
-    cos: Tensor,
-    sin: Tensor,
-}
-
-/// The attention keys and values of one sequence so far. Cloning is cheap (tensors are shared
-/// and never written in place), so sequences with one prompt can share its prefill.
-#[derive(Clone)]
-pub struct Cache {
-    kv: Vec<Option<(Tensor, Tensor)>>,
-    /// Tokens already in the cache.
-    pub len: usize,
+    /// The rotary embedding's frequency for each pair of a head's dimensions.
+    inv_freq: Vec<f32>,
 }
 
 struct Gguf<'a> {
@@ -482,7 +481,11 @@ impl Model {
             // Tied embeddings (SmolLM2): the output head is the embedding matrix.
             false => weight("token_embd.weight", &mut tensor)?,
         };
-        let dense = |t: QTensor| t.dequantize(&device).map_err(fail);
+        let dense = |t: QTensor| {
+            t.dequantize(&device)
+                .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                .map_err(fail)
+        };
         let has = |name: &str| content.tensor_infos.contains_key(name);
         let mut blocks = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
@@ -518,7 +521,13 @@ impl Model {
             });
         }
         let norm = dense(tensor("output_norm.weight")?)?;
-        let (cos, sin) = rope_tables(&config, &device).map_err(fail)?;
+        let inv_freq = (0..config.head_dim / 2)
+            .map(|i| {
+                1.0 / config
+                    .rope_base
+                    .powf(2.0 * i as f32 / config.head_dim as f32)
+            })
+            .collect();
         Ok(Model {
             map,
             embed,
@@ -528,72 +537,22 @@ impl Model {
             blocks,
             norm,
             output,
-            cos,
-            sin,
+            inv_freq,
         })
     }
 
     /// An empty cache for a new sequence.
     pub fn new_cache(&self) -> Cache {
-        Cache {
-            kv: (0..self.config.layers).map(|_| None).collect(),
-            len: 0,
-        }
+        let c = &self.config;
+        Cache::new(c.layers, c.kv_heads, c.head_dim, c.context)
     }
 
     /// Runs `tokens` after what `cache` holds and returns the logits of the last one.
     pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> candle_core::Result<Vec<f32>> {
-        // On a pool thread, the many parallel products of one pass split with cheap work
-        // stealing instead of each waking the pool from outside (measured: a quarter of the time).
-        rayon::scope(|_| self.forward_here(tokens, cache))
+        let mut logits = self.step(tokens, &vec![0; tokens.len()], &mut [cache])?;
+        Ok(logits.pop().unwrap_or_default())
     }
 
-    fn forward_here(&self, tokens: &[u32], cache: &mut Cache) -> candle_core::Result<Vec<f32>> {
-        let c = &self.config;
-        let (seq, pos) = (tokens.len(), cache.len);
-        if pos + seq > c.context {
-            candle_core::bail!(
-                "the conversation is longer than the model's context of {} tokens",
-                c.context
-            );
-        }
-        let map = &self.map[..];
-        let mut x = self.embed.rows(map, tokens)?.unsqueeze(0)?;
-        let cos = self.cos.narrow(0, pos, seq)?;
-        let sin = self.sin.narrow(0, pos, seq)?;
-        let mask = causal_mask(seq, pos, c.heads / c.kv_heads)?;
-        for (block, slot) in self.blocks.iter().zip(cache.kv.iter_mut()) {
-            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, c.eps as f32)?;
-            let heads = |t: Tensor, n: usize| {
-                t.reshape((1, seq, n, c.head_dim))?
-                    .transpose(1, 2)?
-                    .contiguous()
-            };
-            let q = heads(block.q.forward(map, &h)?, c.heads)?;
-            let k = heads(block.k.forward(map, &h)?, c.kv_heads)?;
-            let v = heads(block.v.forward(map, &h)?, c.kv_heads)?;
-            let (q, k) = (self.rotate(&q, &cos, &sin)?, self.rotate(&k, &cos, &sin)?);
-            let (k, v) = match slot.take() {
-                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                None => (k, v),
-            };
-            *slot = Some((k.clone(), v.clone()));
-            let y = attention(&q, &k, &v, mask.as_ref(), c)?;
-            x = (x + block.o.forward(map, &y)?)?;
-            x = (&x + self.feed_forward(block, &x)?)?;
-        }
-        cache.len += seq;
-        let last = x.narrow(1, seq - 1, 1)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.norm, c.eps as f32)?;
-        self.output
-            .forward(map, &last)?
-            .flatten_all()?
-            .to_dtype(DType::F32)?
-            .to_vec1()
-    }
-}
-
-impl Model {
     /// Runs one new token for each of several sequences, each after its own cache, and returns
     /// each one's logits. The products with the weights are done once for all of them, so a batch
     /// costs little more than one sequence; attention stays per sequence.
@@ -605,145 +564,105 @@ impl Model {
         if tokens.len() != caches.len() {
             candle_core::bail!("{} tokens for {} sequences", tokens.len(), caches.len());
         }
-        rayon::scope(|_| self.forward_batch_here(tokens, caches))
+        let owners: Vec<usize> = (0..tokens.len()).collect();
+        self.step(tokens, &owners, caches)
     }
 
-    fn forward_batch_here(
+    /// One pass over the weights for `tokens`, token `i` following what `caches[owners[i]]`
+    /// holds (and the earlier tokens of the same owner). Returns the logits of each cache's
+    /// last token, in cache order.
+    fn step(
         &self,
         tokens: &[u32],
+        owners: &[usize],
+        caches: &mut [&mut Cache],
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        // On a pool thread, the many parallel products of one pass split with cheap work
+        // stealing instead of each waking the pool from outside (measured: a quarter of the time).
+        rayon::scope(|_| self.step_here(tokens, owners, caches))
+    }
+
+    fn step_here(
+        &self,
+        tokens: &[u32],
+        owners: &[usize],
         caches: &mut [&mut Cache],
     ) -> candle_core::Result<Vec<Vec<f32>>> {
         let c = &self.config;
         let n = tokens.len();
-        if let Some(full) = caches.iter().find(|cache| cache.len + 1 > c.context) {
+        if n == 0 {
+            candle_core::bail!("no tokens to run");
+        }
+        // Each token's place: its cache and its position there.
+        let mut ends: Vec<usize> = caches.iter().map(|cache| cache.len).collect();
+        let mut rows = Vec::with_capacity(n);
+        for &owner in owners {
+            let end = ends
+                .get_mut(owner)
+                .ok_or_else(|| candle_core::Error::Msg(format!("no sequence {owner}")))?;
+            rows.push(Row {
+                cache: owner,
+                position: *end,
+            });
+            *end += 1;
+        }
+        if let Some(end) = ends.iter().find(|end| **end > c.context) {
             candle_core::bail!(
-                "the conversation is longer than the model's context of {} tokens ({})",
-                c.context,
-                full.len
+                "the conversation is longer than the model's context of {} tokens ({end})",
+                c.context
             );
         }
+        for (cache, end) in caches.iter_mut().zip(&ends) {
+            cache.reserve(*end);
+        }
+        let positions: Vec<usize> = rows.iter().map(|r| r.position).collect();
+        let (cos, sin) = ops::rope_angles(&positions, &self.inv_freq);
+        let style = match c.arch {
+            Arch::Llama => RopeStyle::Interleaved,
+            Arch::Qwen2 => RopeStyle::Halves,
+        };
+        let (eps, kv_width) = (c.eps as f32, c.kv_heads * c.head_dim);
         let map = &self.map[..];
-        let mut x = self.embed.rows(map, tokens)?.unsqueeze(0)?;
+        let mut x = self.embed.rows(map, tokens)?;
+        let mut h = vec![0.0f32; x.len()];
         for (layer, block) in self.blocks.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, c.eps as f32)?;
-            let (q, k, v) = (
-                block.q.forward(map, &h)?,
-                block.k.forward(map, &h)?,
-                block.v.forward(map, &h)?,
-            );
-            let mut ys = Vec::with_capacity(n);
-            for (b, cache) in caches.iter_mut().enumerate() {
-                let one = |t: &Tensor, heads: usize| {
-                    t.narrow(1, b, 1)?
-                        .reshape((1, 1, heads, c.head_dim))?
-                        .transpose(1, 2)?
-                        .contiguous()
-                };
-                let (qb, kb, vb) = (
-                    one(&q, c.heads)?,
-                    one(&k, c.kv_heads)?,
-                    one(&v, c.kv_heads)?,
-                );
-                let cos = self.cos.narrow(0, cache.len, 1)?;
-                let sin = self.sin.narrow(0, cache.len, 1)?;
-                let (qb, kb) = (self.rotate(&qb, &cos, &sin)?, self.rotate(&kb, &cos, &sin)?);
-                let slot = &mut cache.kv[layer];
-                let (kb, vb) = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &kb], 2)?, Tensor::cat(&[&pv, &vb], 2)?),
-                    None => (kb, vb),
-                };
-                *slot = Some((kb.clone(), vb.clone()));
-                ys.push(attention(&qb, &kb, &vb, None, c)?);
+            ops::rms_norm(&x, &block.attn_norm, eps, &mut h);
+            let mut q = block.q.forward(map, &h, n)?;
+            let mut k = block.k.forward(map, &h, n)?;
+            let v = block.v.forward(map, &h, n)?;
+            ops::rope(&mut q, c.head_dim, &cos, &sin, style);
+            ops::rope(&mut k, c.head_dim, &cos, &sin, style);
+            for (i, row) in rows.iter().enumerate() {
+                let at = i * kv_width..(i + 1) * kv_width;
+                caches[row.cache].write(layer, row.position, &k[at.clone()], &v[at]);
             }
-            let y = Tensor::cat(&ys, 1)?;
-            x = (x + block.o.forward(map, &y)?)?;
-            x = (&x + self.feed_forward(block, &x)?)?;
+            let shared: Vec<&Cache> = caches.iter().map(|cache| &**cache).collect();
+            let y = attention::attend(&q, &rows, &shared, layer, c.heads);
+            ops::add(&mut x, &block.o.forward(map, &y, n)?);
+            ops::rms_norm(&x, &block.ffn_norm, eps, &mut h);
+            let mut gate = block.gate.forward(map, &h, n)?;
+            ops::silu_mul(&mut gate, &block.up.forward(map, &h, n)?);
+            ops::add(&mut x, &block.down.forward(map, &gate, n)?);
         }
-        for cache in caches.iter_mut() {
-            cache.len += 1;
+        for (cache, end) in caches.iter_mut().zip(ends) {
+            cache.len = end;
         }
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, c.eps as f32)?;
-        let logits = self
-            .output
-            .forward(map, &x)?
-            .to_dtype(DType::F32)?
-            .squeeze(0)?;
-        logits.to_vec2()
-    }
-}
-
-impl Model {
-    /// The rotary position embedding of this architecture: interleaved pairs (llama GGUFs) or
-    /// halves (qwen2).
-    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-        match self.config.arch {
-            Arch::Llama => candle_nn::rotary_emb::rope_i(x, cos, sin),
-            Arch::Qwen2 => candle_nn::rotary_emb::rope(x, cos, sin),
+        // The last token of each sequence gives its logits.
+        let hidden = c.hidden;
+        let mut last = Vec::with_capacity(caches.len() * hidden);
+        for owner in 0..caches.len() {
+            let i = owners
+                .iter()
+                .rposition(|o| *o == owner)
+                .ok_or_else(|| candle_core::Error::Msg(format!("sequence {owner} has no token")))?;
+            last.extend_from_slice(&x[i * hidden..(i + 1) * hidden]);
         }
+        let mut normed = vec![0.0f32; last.len()];
+        ops::rms_norm(&last, &self.norm, eps, &mut normed);
+        let logits = self.output.forward(map, &normed, caches.len())?;
+        Ok(logits
+            .chunks_exact(logits.len() / caches.len())
+            .map(<[f32]>::to_vec)
+            .collect())
     }
-
-    /// The block's SwiGLU feed-forward of `x`, normalised first.
-    fn feed_forward(&self, block: &Block, x: &Tensor) -> candle_core::Result<Tensor> {
-        let map = &self.map[..];
-        let h = candle_nn::ops::rms_norm(x, &block.ffn_norm, self.config.eps as f32)?;
-        let gated =
-            (candle_nn::ops::silu(&block.gate.forward(map, &h)?)? * block.up.forward(map, &h)?)?;
-        block.down.forward(map, &gated)
-    }
-}
-
-/// Grouped-query attention of `q` ([1, heads, seq, d]) over `k`, `v` ([1, kv_heads, total, d]).
-/// The query heads that share a key/value head are stacked as rows of one product with it
-/// (heads `g*repeat .. (g+1)*repeat` read kv head `g`), so the cache is never copied out
-/// per query head. `mask` is [repeat * seq, total] (see [`causal_mask`]).
-fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Option<&Tensor>,
-    c: &ModelConfig,
-) -> candle_core::Result<Tensor> {
-    let seq = q.dim(2)?;
-    let repeat = c.heads / c.kv_heads;
-    let q = q.reshape((1, c.kv_heads, repeat * seq, c.head_dim))?;
-    let scale = 1.0 / (c.head_dim as f64).sqrt();
-    let mut scores = (q.matmul(&k.t()?)? * scale)?;
-    if let Some(mask) = mask {
-        scores = scores.broadcast_add(mask)?;
-    }
-    let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-    weights
-        .matmul(v)?
-        .reshape((1, c.heads, seq, c.head_dim))?
-        .transpose(1, 2)?
-        .reshape((1, seq, c.heads * c.head_dim))
-}
-
-/// -inf above the diagonal, offset by the `pos` tokens already cached, for each of the
-/// `repeat` query heads stacked per key/value head (see [`attention`]); none for one token.
-fn causal_mask(seq: usize, pos: usize, repeat: usize) -> candle_core::Result<Option<Tensor>> {
-    if seq <= 1 {
-        return Ok(None);
-    }
-    let total = pos + seq;
-    let data: Vec<f32> = (0..repeat * seq)
-        .flat_map(|row| {
-            let i = row % seq;
-            (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
-        })
-        .collect();
-    Tensor::from_vec(data, (repeat * seq, total), &Device::Cpu).map(Some)
-}
-
-fn rope_tables(c: &ModelConfig, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-    let half = c.head_dim / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0 / c.rope_base.powf(2.0 * i as f32 / c.head_dim as f32))
-        .collect();
-    let inv = Tensor::from_vec(inv, (1, half), device)?;
-    let positions = Tensor::arange(0u32, c.context as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((c.context, 1))?;
-    let freqs = positions.broadcast_mul(&inv)?;
-    Ok((freqs.cos()?, freqs.sin()?))
 }

@@ -4,5 +4,6 @@
 
 mod crafted;
 mod provider;
+mod reference;
 mod serve;
 mod tiny;
