@@ -1,18 +1,20 @@
 //! Quantized matrix products for the formats small GGUF models use (Q4_1, Q8_0), reading the
 //! weights where they lie in the memory-mapped file.
 //!
-//! Three ways to compute, chosen at run time ([`Kernel::detect`]) so one binary runs everywhere:
-//! - [`Kernel::Avx2Q8`] (opt-in for now, see [`Kernel::detect`]): activations are quantized per block of 32
-//!   to 8 bits with an f32 scale, as llama.cpp does, and each block's dot product is integer
-//!   (`vpmaddubsw`): a quarter of the activation bytes to read and fewer instructions per block.
-//!   The quantization costs a little accuracy, measured by the local bench (logit drift).
-//! - [`Kernel::Avx2F32`] (the default where AVX2 is): f32 activations, each weight block
-//!   unpacked to f32 and multiplied with FMA; the exact product.
+//! Four ways to compute, chosen at run time ([`Kernel::detect`]) so one binary runs everywhere:
+//! - [`Kernel::Avx512Vnni`] (the default where the CPU has AVX-512 VNNI) and
+//!   [`Kernel::Avx2Q8`] (the default where it has AVX2): activations are quantized per block
+//!   of 32 to 8 bits with an f32 scale, as llama.cpp does, and each block's dot product is
+//!   integer (`vpdpbusd`, or `vpmaddubsw` + `vpmaddwd`), in tiles of several weight and
+//!   activation rows. The quantization costs a little accuracy, measured by the local bench
+//!   (logit drift and the likelihood of a fixed text).
+//! - [`Kernel::Avx2F32`]: f32 activations, each weight block unpacked to f32 and multiplied
+//!   with FMA; the exact product, slower.
 //! - [`Kernel::Scalar`]: f32 everywhere, no vector instructions: the fallback, and the plain
 //!   reading the tests hold the others to.
 //!
-//! `MOA_KERNEL=scalar|avx2-f32|avx2-q8` forces one (for tests on every path, and for
-//! measuring); a kernel the CPU cannot run is refused, not ignored.
+//! `MOA_KERNEL=scalar|avx2-f32|avx2-q8|avx512-vnni` forces one (for tests on every path, and
+//! for measuring); a kernel the CPU cannot run is refused, not ignored.
 #![allow(unsafe_code)] // SIMD intrinsics; each unsafe block says why it is sound.
 
 use half::f16;
@@ -70,8 +72,12 @@ impl<'a> QMatrix<'a> {
         })
     }
 
+    fn row_bytes(&self) -> usize {
+        self.cols / BLOCK * self.format.block_bytes()
+    }
+
     fn row(&self, r: usize) -> &'a [u8] {
-        let len = self.cols / BLOCK * self.format.block_bytes();
+        let len = self.row_bytes();
         &self.data[r * len..(r + 1) * len]
     }
 
@@ -105,11 +111,17 @@ pub enum Kernel {
     Scalar,
     Avx2F32,
     Avx2Q8,
+    Avx512Vnni,
 }
 
 impl Kernel {
     /// Every kernel, in the order `MOA_KERNEL` names them.
-    pub const ALL: [Kernel; 3] = [Kernel::Scalar, Kernel::Avx2F32, Kernel::Avx2Q8];
+    pub const ALL: [Kernel; 4] = [
+        Kernel::Scalar,
+        Kernel::Avx2F32,
+        Kernel::Avx2Q8,
+        Kernel::Avx512Vnni,
+    ];
 
     /// The name `MOA_KERNEL` takes.
     pub fn name(self) -> &'static str {
@@ -117,6 +129,7 @@ impl Kernel {
             Kernel::Scalar => "scalar",
             Kernel::Avx2F32 => "avx2-f32",
             Kernel::Avx2Q8 => "avx2-q8",
+            Kernel::Avx512Vnni => "avx512-vnni",
         }
     }
 
@@ -125,6 +138,7 @@ impl Kernel {
         match self {
             Kernel::Scalar => true,
             Kernel::Avx2F32 | Kernel::Avx2Q8 => avx2_available(),
+            Kernel::Avx512Vnni => vnni_available(),
         }
     }
 
@@ -137,12 +151,12 @@ impl Kernel {
                     .into_iter()
                     .find(|k| k.name() == name)
                     .ok_or_else(|| {
-                        format!("MOA_KERNEL={name}: not a kernel; use scalar, avx2-f32 or avx2-q8")
+                        format!("MOA_KERNEL={name}: not a kernel; use scalar, avx2-f32, avx2-q8 or avx512-vnni")
                     })?;
                 match kernel.available() {
                     true => Ok(kernel),
                     false => Err(format!(
-                        "MOA_KERNEL={name}: this CPU lacks AVX2, FMA or F16C"
+                        "MOA_KERNEL={name}: this CPU lacks the instructions it needs (AVX2, FMA and F16C; AVX-512 VNNI for avx512-vnni)"
                     )),
                 }
             }
@@ -150,14 +164,16 @@ impl Kernel {
         }
     }
 
-    /// The kernel used unless `MOA_KERNEL` says otherwise: the exact AVX2 one where the CPU
-    /// has it. The 8-bit one is faster (see docs/BENCHMARKS.md) but moves logits by up to ~2
-    /// and makes a prefill and the same tokens fed one by one differ slightly; it becomes the
-    /// default once its accuracy is measured on every format it will serve.
+    /// The kernel used unless `MOA_KERNEL` says otherwise: the fastest this CPU runs, with
+    /// 8-bit activations as llama.cpp computes (their cost in accuracy is in
+    /// docs/BENCHMARKS.md; `avx2-f32` is the exact product).
     pub fn detect() -> Self {
-        match avx2_available() {
-            true => Kernel::Avx2F32,
-            false => Kernel::Scalar,
+        if vnni_available() {
+            Kernel::Avx512Vnni
+        } else if avx2_available() {
+            Kernel::Avx2Q8
+        } else {
+            Kernel::Scalar
         }
     }
 }
@@ -198,6 +214,21 @@ fn set(kernel: Kernel) {
     CHOSEN.store(index, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Whether the AVX-512 VNNI kernel can run here (its 256-bit forms: AVX512VL).
+fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx2_available()
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the AVX2 kernels can run here.
 fn avx2_available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -220,6 +251,17 @@ struct Quantized {
 
 fn quantize(x: &[f32]) -> Quantized {
     let mut q = vec![0i8; x.len()];
+    #[cfg(target_arch = "x86_64")]
+    if avx2_available() {
+        let mut d = vec![0.0f32; x.len() / BLOCK];
+        // SAFETY: AVX2 was checked just above; `q` and `d` are sized for `x`'s blocks.
+        unsafe { avx2::quantize(x, &mut q, &mut d) };
+        return Quantized { q, d };
+    }
+    quantize_scalar(x, q)
+}
+
+fn quantize_scalar(x: &[f32], mut q: Vec<i8>) -> Quantized {
     let d: Vec<f32> = x
         .chunks_exact(BLOCK)
         .zip(q.chunks_exact_mut(BLOCK))
@@ -236,6 +278,16 @@ fn quantize(x: &[f32]) -> Quantized {
     Quantized { q, d }
 }
 
+/// The sum of each block of 32 activations.
+fn block_sums(x: &[f32]) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_available() {
+        // SAFETY: AVX2 was checked just above.
+        return unsafe { avx2::block_sums(x) };
+    }
+    x.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect()
+}
+
 /// `x` is `n × cols` (row-major); returns `n × rows`: every activation row times every weight row.
 pub fn matmul(w: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
     matmul_with(w, x, n, kernel())
@@ -247,8 +299,8 @@ pub fn matmul_with(w: &QMatrix, x: &[f32], n: usize, kernel: Kernel) -> Vec<f32>
     assert!(kernel.available(), "{} cannot run here", kernel.name());
     let blocks = w.cols / BLOCK;
     // Per-block sums of the activations carry Q4_1's `m` term.
-    let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect();
-    let quantized = (kernel == Kernel::Avx2Q8).then(|| quantize(x));
+    let sums = block_sums(x);
+    let quantized = matches!(kernel, Kernel::Avx2Q8 | Kernel::Avx512Vnni).then(|| quantize(x));
     let act = Activations {
         x,
         sums: &sums,
@@ -256,36 +308,26 @@ pub fn matmul_with(w: &QMatrix, x: &[f32], n: usize, kernel: Kernel) -> Vec<f32>
         blocks,
         n,
     };
+    // Tiny products are done here: handing them to the other thread costs more than it saves.
+    // (A token's 576 × 576 products are not tiny: splitting them too made generation about a
+    // third faster than at a threshold four times this, measured with `--profile decode`.)
+    // Otherwise each task computes a range of weight rows for all activation rows, [row][i].
+    let parts: Vec<(usize, Vec<f32>)> = if w.rows * blocks * n < 4_096 {
+        vec![(0, rows_dot(w, 0..w.rows, &act, kernel))]
+    } else {
+        let threads = rayon::current_num_threads().max(1);
+        let chunk = w.rows.div_ceil(threads * 2).max(16).next_multiple_of(4);
+        (0..w.rows)
+            .step_by(chunk)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|start| {
+                let end = (start + chunk).min(w.rows);
+                (start, rows_dot(w, start..end, &act, kernel))
+            })
+            .collect()
+    };
     let mut y = vec![0.0f32; n * w.rows];
-    // Small products are done here: handing them to other threads costs more than it saves.
-    if w.rows * blocks * n < 16_384 {
-        let mut out = vec![0.0f32; n];
-        for r in 0..w.rows {
-            out.fill(0.0);
-            row_dot(w, r, &act, &mut out, kernel);
-            for (i, v) in out.iter().enumerate() {
-                y[i * w.rows + r] = *v;
-            }
-        }
-        return y;
-    }
-    let threads = rayon::current_num_threads().max(1);
-    let chunk = w.rows.div_ceil(threads * 2).max(16);
-    // Each task computes a range of weight rows for all activation rows, stored [row][i].
-    let parts: Vec<(usize, Vec<f32>)> = (0..w.rows)
-        .step_by(chunk)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|start| {
-            let end = (start + chunk).min(w.rows);
-            let mut part = vec![0.0f32; (end - start) * n];
-            for r in start..end {
-                let out = &mut part[(r - start) * n..(r - start + 1) * n];
-                row_dot(w, r, &act, out, kernel);
-            }
-            (start, part)
-        })
-        .collect();
     for (start, part) in parts {
         for (k, values) in part.chunks_exact(n).enumerate() {
             for (i, v) in values.iter().enumerate() {
@@ -305,34 +347,54 @@ struct Activations<'a> {
     n: usize,
 }
 
-fn row_dot(w: &QMatrix, r: usize, act: &Activations, out: &mut [f32], kernel: Kernel) {
-    let row = w.row(r);
+/// Weight rows `rows` times every activation row: `rows.len() × n`, stored [row][i].
+fn rows_dot(
+    w: &QMatrix,
+    rows: std::ops::Range<usize>,
+    act: &Activations,
+    kernel: Kernel,
+) -> Vec<f32> {
     let Activations {
         x, sums, blocks, n, ..
     } = *act;
+    let mut out = vec![0.0f32; rows.len() * n];
     #[cfg(target_arch = "x86_64")]
-    match (kernel, act.quantized) {
-        // SAFETY: the AVX2 kernels are chosen only when Kernel::available saw AVX2, FMA and
-        // F16C here (asserted in matmul_with); the slices have the lengths the kernels index
-        // (checked in QMatrix::new and matmul_with).
-        (Kernel::Avx2F32, _) => unsafe {
-            match w.format {
-                Format::Q4_1 => avx2::q4_1_row(row, x, sums, blocks, n, out),
-                Format::Q8_0 => avx2::q8_0_row(row, x, blocks, n, out),
+    if let (Kernel::Avx2Q8 | Kernel::Avx512Vnni, Some(q)) = (kernel, act.quantized) {
+        let data = &w.data[rows.start * w.row_bytes()..rows.end * w.row_bytes()];
+        let a = avx2::Act8 {
+            q: &q.q,
+            d: &q.d,
+            sums,
+            blocks,
+            n,
+        };
+        // SAFETY: these kernels are chosen only where Kernel::available saw their instructions
+        // (asserted in matmul_with); `data` holds whole rows of `blocks` blocks and the
+        // activations `n` rows of `blocks` blocks (checked in QMatrix::new and matmul_with).
+        unsafe {
+            match kernel {
+                Kernel::Avx512Vnni => avx2::rows_vnni(w.format, data, &a, &mut out),
+                _ => avx2::rows_q8(w.format, data, &a, &mut out),
             }
-            return;
-        },
-        (Kernel::Avx2Q8, Some(q)) => unsafe {
-            match w.format {
-                Format::Q4_1 => avx2::q4_1_row_q8(row, &q.q, &q.d, sums, blocks, n, out),
-                Format::Q8_0 => avx2::q8_0_row_q8(row, &q.q, &q.d, blocks, n, out),
-            }
-            return;
-        },
-        _ => {}
+        }
+        return out;
     }
-    let _ = kernel;
-    scalar_row(w.format, row, x, sums, blocks, n, out);
+    for (r, out) in rows.zip(out.chunks_exact_mut(n)) {
+        let row = w.row(r);
+        #[cfg(target_arch = "x86_64")]
+        if kernel == Kernel::Avx2F32 {
+            // SAFETY: as above, for AVX2, FMA and F16C.
+            unsafe {
+                match w.format {
+                    Format::Q4_1 => avx2::q4_1_row(row, x, sums, blocks, n, out),
+                    Format::Q8_0 => avx2::q8_0_row(row, x, blocks, n, out),
+                }
+            }
+            continue;
+        }
+        scalar_row(w.format, row, x, sums, blocks, n, out);
+    }
+    out
 }
 
 fn scalar_row(
@@ -376,7 +438,7 @@ fn scalar_row(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::BLOCK;
+    use super::{Format, BLOCK};
 
     /// An f16 stored little-endian at `p`, as f32, with the F16C instruction.
     #[inline(always)]
@@ -495,90 +557,203 @@ mod avx2 {
         }
     }
 
-    /// Sum of the products of 32 unsigned weight bytes with 32 signed activation bytes, as
-    /// eight i32 lanes (`vpmaddubsw` then `vpmaddwd`; no pair can overflow i16: 2 x 255 x 127).
+    /// The sum of each block of 32 activations.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn block_sums(x: &[f32]) -> Vec<f32> {
+        x.chunks_exact(BLOCK)
+            .map(|block| {
+                let p = block.as_ptr();
+                let a = _mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+                let b = _mm256_add_ps(_mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24)));
+                hsum(_mm256_add_ps(a, b))
+            })
+            .collect()
+    }
+
+    /// Each block of 32 activations as bytes `q` and a scale `d` (`max |a| / 127`), rounding
+    /// to nearest.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn quantize(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+        let sign = _mm256_set1_ps(-0.0);
+        // packs interleave the 128-bit halves; this puts the 32 bytes back in order.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for ((block, out), d) in x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)).zip(d) {
+            let p = block.as_ptr();
+            let v = [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ];
+            let mut max = _mm256_andnot_ps(sign, v[0]);
+            for v in &v[1..] {
+                max = _mm256_max_ps(max, _mm256_andnot_ps(sign, *v));
+            }
+            let m = _mm_max_ps(_mm256_castps256_ps128(max), _mm256_extractf128_ps(max, 1));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let m = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+            *d = m / 127.0;
+            let inv = _mm256_set1_ps(if m > 0.0 { 127.0 / m } else { 0.0 });
+            let i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v[0], inv));
+            let i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v[1], inv));
+            let i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v[2], inv));
+            let i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v[3], inv));
+            let bytes = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+            let bytes = _mm256_permutevar8x32_epi32(bytes, order);
+            _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, bytes);
+        }
+    }
+
+    /// Activations quantized to 8 bits: `n` rows of `blocks` blocks, each block's scale in
+    /// `d` and its exact f32 sum in `sums` (for Q4_1's offset).
+    pub struct Act8<'a> {
+        pub q: &'a [i8],
+        pub d: &'a [f32],
+        pub sums: &'a [f32],
+        pub blocks: usize,
+        pub n: usize,
+    }
+
+    /// Weight rows (`data`, whole rows of `format`) times every 8-bit activation row, into
+    /// `out[row * n + i]`, with AVX2's `vpmaddubsw`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn rows_q8(format: Format, data: &[u8], a: &Act8, out: &mut [f32]) {
+        match format {
+            Format::Q4_1 => rows::<Q4_1, false>(data, a, out),
+            Format::Q8_0 => rows::<Q8_0, false>(data, a, out),
+        }
+    }
+
+    /// [`rows_q8`] with AVX-512 VNNI's `vpdpbusd` (on 256-bit registers, so the sixteen extra
+    /// registers of AVX-512 hold the tile's accumulators).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    pub unsafe fn rows_vnni(format: Format, data: &[u8], a: &Act8, out: &mut [f32]) {
+        match format {
+            Format::Q4_1 => rows::<Q4_1, true>(data, a, out),
+            Format::Q8_0 => rows::<Q8_0, true>(data, a, out),
+        }
+    }
+
+    const Q4_1: u8 = 0;
+    const Q8_0: u8 = 1;
+
+    /// Walks the rows × activations in tiles of up to 4 × 4, so each unpacked weight block
+    /// serves up to four activation rows and each loaded activation block several weight rows.
+    /// Tiles are one weight row tall for a single activation row (generation: the weights
+    /// stream from memory, and four rows at once were a third slower in the model, though not
+    /// in the kernels bench where they sit in cache) and with AVX2 (its sixteen registers
+    /// spill a taller tile's accumulators).
     #[inline(always)]
-    unsafe fn dot_u8_i8(w: __m256i, a: __m256i) -> __m256i {
-        let pairs = _mm256_maddubs_epi16(w, a);
-        _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+    unsafe fn rows<const F: u8, const VNNI: bool>(data: &[u8], a: &Act8, out: &mut [f32]) {
+        let block_bytes = if F == Q4_1 { 20 } else { 34 };
+        let row_bytes = a.blocks * block_bytes;
+        let (rows, n) = (data.len() / row_bytes, a.n);
+        let step = if VNNI && n > 1 { 4 } else { 1 };
+        let mut r = 0;
+        while r < rows {
+            let height = if rows - r >= step { step } else { 1 };
+            let mut i = 0;
+            while i < n {
+                let wide = (n - i).min(4);
+                let at = |k: usize| data.as_ptr().add((r + k) * row_bytes);
+                macro_rules! tile {
+                    ($r:literal, $c:literal) => {{
+                        let w: [*const u8; $r] = std::array::from_fn(at);
+                        let y = tile::<F, VNNI, $r, $c>(w, a, i);
+                        for (k, y) in y.iter().enumerate() {
+                            out[(r + k) * n + i..][..$c].copy_from_slice(y);
+                        }
+                    }};
+                }
+                match (height, wide) {
+                    (4, 4) => tile!(4, 4),
+                    (4, 3) => tile!(4, 3),
+                    (4, 2) => tile!(4, 2),
+                    (4, _) => tile!(4, 1),
+                    (_, 4) => tile!(1, 4),
+                    (_, 3) => tile!(1, 3),
+                    (_, 2) => tile!(1, 2),
+                    (_, _) => tile!(1, 1),
+                }
+                i += wide;
+            }
+            r += height;
+        }
     }
 
-    /// One Q4_1 weight row against `n` activation rows quantized to 8 bits (`qa` with scales
-    /// `da` per block), four rows at a time: `w·a = d_w d_a Σ q_w q_a + m_w Σ a`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4_1_row_q8(
-        row: &[u8],
-        qa: &[i8],
-        da: &[f32],
-        sums: &[f32],
-        blocks: usize,
-        n: usize,
-        out: &mut [f32],
-    ) {
+    /// Sum of the products of 32 unsigned bytes with 32 signed bytes, as eight i32 lanes of
+    /// four products each (no pair overflows i16 in `vpmaddubsw`: weights here are at most
+    /// 127 after the sign trick, or 15).
+    #[inline(always)]
+    unsafe fn dot_u8_i8<const VNNI: bool>(w: __m256i, a: __m256i) -> __m256i {
+        if VNNI {
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
+        } else {
+            _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
+        }
+    }
+
+    /// `R` weight rows (at `w`) against activation rows `i..i + C`: per block,
+    /// `d_w d_a Σ q_w q_a`, plus `m_w Σ a` for Q4_1 (the exact activation sum).
+    #[inline(always)]
+    unsafe fn tile<const F: u8, const VNNI: bool, const R: usize, const C: usize>(
+        w: [*const u8; R],
+        a: &Act8,
+        i: usize,
+    ) -> [[f32; C]; R] {
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
         let low = _mm256_set1_epi8(0x0F);
-        let mut i = 0;
-        while i < n {
-            let lanes = (n - i).min(4);
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut msum = [0.0f32; 4];
-            for b in 0..blocks {
-                let block = row.as_ptr().add(b * 20);
-                let d = f16_at(block);
-                let m = f16_at(block.add(2));
-                let qs = _mm_loadu_si128(block.add(4) as *const __m128i);
-                // Weights 0..16 are the low nibbles, 16..32 the high ones.
-                let both = _mm256_set_m128i(_mm_srli_epi16(qs, 4), qs);
-                let w = _mm256_and_si256(both, low);
-                for (l, (acc, msum)) in acc.iter_mut().zip(msum.iter_mut()).enumerate().take(lanes)
-                {
-                    let at = (i + l) * blocks + b;
-                    let a = _mm256_loadu_si256(qa.as_ptr().add(at * BLOCK) as *const __m256i);
-                    let dot = _mm256_cvtepi32_ps(dot_u8_i8(w, a));
-                    let scale = _mm256_set1_ps(d * *da.get_unchecked(at));
-                    *acc = _mm256_fmadd_ps(dot, scale, *acc);
-                    *msum += m * *sums.get_unchecked(at);
+        let eighth = _mm256_set1_ps(0.125);
+        for b in 0..a.blocks {
+            // (Plain loops: closures would not inherit the target features, and their
+            // intrinsics would become calls.)
+            let mut at = [0usize; C];
+            let mut act = [_mm256_setzero_si256(); C];
+            let mut da = [_mm256_setzero_ps(); C];
+            for c in 0..C {
+                at[c] = (i + c) * a.blocks + b;
+                act[c] = _mm256_loadu_si256(a.q.as_ptr().add(at[c] * BLOCK) as *const __m256i);
+                da[c] = _mm256_set1_ps(*a.d.get_unchecked(at[c]));
+            }
+            for (row, acc) in w.iter().zip(acc.iter_mut()) {
+                if F == Q4_1 {
+                    let p = row.add(b * 20);
+                    // d and m, both f16, converted together.
+                    let dm =
+                        _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)));
+                    let d = _mm256_broadcastss_ps(dm);
+                    // m / 8 in every lane: the eight lanes' sum adds m Σ a once.
+                    let m = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), eighth);
+                    let qs = _mm_loadu_si128(p.add(4) as *const __m128i);
+                    // Weights 0..16 are the low nibbles, 16..32 the high ones.
+                    let wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), low);
+                    for c in 0..C {
+                        let dot = _mm256_cvtepi32_ps(dot_u8_i8::<VNNI>(wq, act[c]));
+                        acc[c] = _mm256_fmadd_ps(dot, _mm256_mul_ps(d, da[c]), acc[c]);
+                        let sum = _mm256_set1_ps(*a.sums.get_unchecked(at[c]));
+                        acc[c] = _mm256_fmadd_ps(m, sum, acc[c]);
+                    }
+                } else {
+                    let p = row.add(b * 34);
+                    let d = _mm256_set1_ps(f16_at(p));
+                    let wq = _mm256_loadu_si256(p.add(2) as *const __m256i);
+                    // One side must be unsigned: |w| times a with w's sign moved onto it.
+                    let magnitude = _mm256_sign_epi8(wq, wq);
+                    for c in 0..C {
+                        let signed = _mm256_sign_epi8(act[c], wq);
+                        let dot = _mm256_cvtepi32_ps(dot_u8_i8::<VNNI>(magnitude, signed));
+                        acc[c] = _mm256_fmadd_ps(dot, _mm256_mul_ps(d, da[c]), acc[c]);
+                    }
                 }
             }
-            for (o, (acc, msum)) in out[i..i + lanes].iter_mut().zip(acc.iter().zip(&msum)) {
-                *o = hsum(*acc) + msum;
-            }
-            i += lanes;
         }
-    }
-
-    /// One Q8_0 weight row against `n` activation rows quantized to 8 bits, four at a time.
-    /// `vpmaddubsw` wants one unsigned side: |w| times a with w's sign moved onto it.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q8_0_row_q8(
-        row: &[u8],
-        qa: &[i8],
-        da: &[f32],
-        blocks: usize,
-        n: usize,
-        out: &mut [f32],
-    ) {
-        let mut i = 0;
-        while i < n {
-            let lanes = (n - i).min(4);
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for b in 0..blocks {
-                let block = row.as_ptr().add(b * 34);
-                let d = f16_at(block);
-                let w = _mm256_loadu_si256(block.add(2) as *const __m256i);
-                let magnitude = _mm256_sign_epi8(w, w);
-                for (l, acc) in acc.iter_mut().enumerate().take(lanes) {
-                    let at = (i + l) * blocks + b;
-                    let a = _mm256_loadu_si256(qa.as_ptr().add(at * BLOCK) as *const __m256i);
-                    let dot = _mm256_cvtepi32_ps(dot_u8_i8(magnitude, _mm256_sign_epi8(a, w)));
-                    let scale = _mm256_set1_ps(d * *da.get_unchecked(at));
-                    *acc = _mm256_fmadd_ps(dot, scale, *acc);
-                }
+        let mut sums = [[0.0f32; C]; R];
+        for r in 0..R {
+            for c in 0..C {
+                sums[r][c] = hsum(acc[r][c]);
             }
-            for (o, acc) in out[i..i + lanes].iter_mut().zip(&acc) {
-                *o = hsum(*acc);
-            }
-            i += lanes;
         }
+        sums
     }
 }
 
@@ -641,7 +816,15 @@ mod tests {
     #[test]
     fn every_kernel_matches_the_dequantized_product() {
         for format in [Format::Q4_1, Format::Q8_0] {
-            for (rows, cols, n) in [(37, 64, 1), (70, 96, 5), (16, 32, 9), (600, 64, 7)] {
+            // Every tile shape and remainder, and the split across threads (the last two).
+            for (rows, cols, n) in [
+                (37, 64, 1),
+                (70, 96, 5),
+                (16, 32, 9),
+                (6, 32, 2),
+                (600, 64, 7),
+                (1001, 128, 6),
+            ] {
                 let data = random_matrix(format, rows, cols, rows as u64);
                 let w = QMatrix::new(format, rows, cols, &data).unwrap();
                 let x: Vec<f32> = (0..n * cols)
@@ -659,9 +842,11 @@ mod tests {
                 for kernel in Kernel::ALL.into_iter().filter(|k| k.available()) {
                     let got = matmul_with(&w, &x, n, kernel);
                     let expected = match kernel {
-                        Kernel::Avx2Q8 if format == Format::Q8_0 => reference(&w, &xq, n),
+                        Kernel::Avx2Q8 | Kernel::Avx512Vnni if format == Format::Q8_0 => {
+                            reference(&w, &xq, n)
+                        }
                         // Q4_1's `m` term uses the exact activation sums.
-                        Kernel::Avx2Q8 => {
+                        Kernel::Avx2Q8 | Kernel::Avx512Vnni => {
                             let exact = reference(&w, &x, n);
                             let scaled = reference_without_m(&w, &x, n);
                             let scaled_q = reference_without_m(&w, &xq, n);
@@ -684,6 +869,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn vector_quantization_matches_the_plain_one() {
+        let x: Vec<f32> = (0..32 * 40)
+            .map(|i| ((i as f32 * 0.7317).sin() * 3.0) * if i < 64 { 0.0 } else { 1.0 })
+            .collect();
+        let fast = quantize(&x);
+        let plain = quantize_scalar(&x, vec![0; x.len()]);
+        assert_eq!(fast.d, plain.d);
+        assert_eq!(fast.q, plain.q);
+        assert!(fast.q[64..].iter().any(|v| *v == 127 || *v == -127));
     }
 
     #[test]
