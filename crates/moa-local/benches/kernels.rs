@@ -21,7 +21,7 @@ fn main() -> Result<(), String> {
         "| format | rows × cols | activation rows | kernel | µs per product | GB/s of weights |"
     );
     println!("|---|---|---|---|---|---|");
-    for format in [Format::Q4_1, Format::Q8_0] {
+    for format in Format::ALL {
         for (rows, cols) in [(1536, 576), (576, 1536), (576, 576), (192, 576)] {
             let blocks = rows * cols / BLOCK;
             let mut data = Vec::with_capacity(blocks * format.block_bytes());
@@ -29,8 +29,8 @@ fn main() -> Result<(), String> {
                 // A small f16 scale (0x2000 ≈ 0.0078), Q4_1's offset (0xA000 ≈ -0.0078), then
                 // random quants.
                 let header: &[u8] = match format {
-                    Format::Q4_1 => &[0x00, 0x20, 0x00, 0xA0],
-                    Format::Q8_0 => &[0x00, 0x20],
+                    Format::Q4_1 | Format::Q5_1 => &[0x00, 0x20, 0x00, 0xA0],
+                    Format::Q4_0 | Format::Q5_0 | Format::Q8_0 => &[0x00, 0x20],
                 };
                 data.extend_from_slice(header);
                 data.extend((header.len()..format.block_bytes()).map(|_| byte()));

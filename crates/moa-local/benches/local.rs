@@ -548,6 +548,12 @@ fn report(path: &Path, kernels: &[Kernel], moa: &[Figures], llama: Option<(Strin
             Box::new(move |f: &Figures| f.runs[i].1),
             "s",
         ));
+        // Sampled answers differ in length between engines: time per generated token compares.
+        rows.push((
+            format!("local MoA run, \"{question}\": whole run per generated token"),
+            Box::new(move |f: &Figures| f.runs[i].0 * 1000.0 / f.runs[i].2.max(1) as f64),
+            "ms",
+        ));
     }
     for (label, pick, unit) in rows {
         let mut line = format!("| {label} |");
@@ -558,7 +564,7 @@ fn report(path: &Path, kernels: &[Kernel], moa: &[Figures], llama: Option<(Strin
         if let Some((_, peer)) = &llama {
             let theirs = pick(peer);
             let (best, ratio) = match unit {
-                "s" => {
+                "s" | "ms" => {
                     let best = values.iter().copied().fold(f64::INFINITY, f64::min);
                     (best, format!("{:.2}x the time", best / theirs))
                 }
@@ -592,6 +598,7 @@ fn report(path: &Path, kernels: &[Kernel], moa: &[Figures], llama: Option<(Strin
 fn shown(value: f64, unit: &str) -> String {
     match unit {
         "s" => format!("{value:.2} s"),
+        "ms" => format!("{value:.1} ms"),
         _ => format!("{value:.0} {unit}"),
     }
 }

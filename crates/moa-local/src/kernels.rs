@@ -23,22 +23,89 @@ use rayon::prelude::*;
 /// GGUF's block of 32 weights.
 pub const BLOCK: usize = 32;
 
-/// A quantized weight format this module computes with.
+/// A quantized weight format this module computes with. In every one, weights `0..16` of a
+/// block are the low nibbles of its 16 nibble bytes and `16..32` the high ones, and Q5's
+/// fifth bits are bit `j` of a little-endian u32 for weight `j`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
-    /// 32 weights as `d`, `m` (f16) and 16 bytes of nibbles: `w = q * d + m`.
+    /// `d` (f16), 16 nibble bytes: `w = (q - 8) d`.
+    Q4_0,
+    /// `d`, `m` (f16), 16 nibble bytes: `w = q d + m`.
     Q4_1,
-    /// 32 weights as `d` (f16) and 32 signed bytes: `w = q * d`.
+    /// `d` (f16), 4 bytes of fifth bits, 16 nibble bytes: `w = (q - 16) d`.
+    Q5_0,
+    /// `d`, `m` (f16), 4 bytes of fifth bits, 16 nibble bytes: `w = q d + m`.
+    Q5_1,
+    /// `d` (f16) and 32 signed bytes: `w = q d`.
     Q8_0,
 }
 
 impl Format {
+    /// Every format, for tests and benches.
+    pub const ALL: [Format; 5] = [
+        Format::Q4_0,
+        Format::Q4_1,
+        Format::Q5_0,
+        Format::Q5_1,
+        Format::Q8_0,
+    ];
+
     /// Bytes per block of 32 weights.
     pub fn block_bytes(self) -> usize {
         match self {
+            Format::Q4_0 => 18,
             Format::Q4_1 => 20,
+            Format::Q5_0 => 22,
+            Format::Q5_1 => 24,
             Format::Q8_0 => 34,
         }
+    }
+
+    /// One block's scale `d`, offset `m` and quants `q`, with `w = q d + m` (the offset of
+    /// Q4_0 and Q5_0 is `-8 d` and `-16 d`; Q8_0's quants are signed and its offset 0).
+    pub fn parts(self, block: &[u8]) -> (f32, f32, [i16; BLOCK]) {
+        let half = |at: usize| f16::from_le_bytes([block[at], block[at + 1]]).to_f32();
+        let d = half(0);
+        let mut q = [0i16; BLOCK];
+        let nibbles = |q: &mut [i16; BLOCK], at: usize| {
+            for (j, byte) in block[at..at + 16].iter().enumerate() {
+                q[j] = i16::from(byte & 0x0F);
+                q[j + 16] = i16::from(byte >> 4);
+            }
+        };
+        let fifth = |q: &mut [i16; BLOCK], at: usize| {
+            let bits = u32::from_le_bytes([block[at], block[at + 1], block[at + 2], block[at + 3]]);
+            for (j, q) in q.iter_mut().enumerate() {
+                *q |= (((bits >> j) & 1) as i16) << 4;
+            }
+        };
+        let m = match self {
+            Format::Q4_0 => {
+                nibbles(&mut q, 2);
+                -8.0 * d
+            }
+            Format::Q4_1 => {
+                nibbles(&mut q, 4);
+                half(2)
+            }
+            Format::Q5_0 => {
+                nibbles(&mut q, 6);
+                fifth(&mut q, 2);
+                -16.0 * d
+            }
+            Format::Q5_1 => {
+                nibbles(&mut q, 8);
+                fifth(&mut q, 4);
+                half(2)
+            }
+            Format::Q8_0 => {
+                for (q, byte) in q.iter_mut().zip(&block[2..34]) {
+                    *q = i16::from(*byte as i8);
+                }
+                0.0
+            }
+        };
+        (d, m, q)
     }
 }
 
@@ -84,22 +151,14 @@ impl<'a> QMatrix<'a> {
     /// One row of weights as f32 (for embedding lookups).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let bb = self.format.block_bytes();
-        for (b, block) in self.row(r).chunks_exact(bb).enumerate() {
-            let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
-            let dst = &mut out[b * BLOCK..(b + 1) * BLOCK];
-            match self.format {
-                Format::Q4_1 => {
-                    let m = f16::from_le_bytes([block[2], block[3]]).to_f32();
-                    for (j, q) in block[4..20].iter().enumerate() {
-                        dst[j] = f32::from(q & 0x0F) * d + m;
-                        dst[j + 16] = f32::from(q >> 4) * d + m;
-                    }
-                }
-                Format::Q8_0 => {
-                    for (j, q) in block[2..34].iter().enumerate() {
-                        dst[j] = f32::from(*q as i8) * d;
-                    }
-                }
+        for (block, dst) in self
+            .row(r)
+            .chunks_exact(bb)
+            .zip(out.chunks_exact_mut(BLOCK))
+        {
+            let (d, m, q) = self.format.parts(block);
+            for (w, q) in dst.iter_mut().zip(q) {
+                *w = f32::from(q) * d + m;
             }
         }
     }
@@ -381,13 +440,15 @@ fn rows_dot(
     }
     for (r, out) in rows.zip(out.chunks_exact_mut(n)) {
         let row = w.row(r);
+        // The exact AVX2 kernel has Q4_1 and Q8_0 (the formats of the files moa fetches); the
+        // other formats take the plain path there.
         #[cfg(target_arch = "x86_64")]
-        if kernel == Kernel::Avx2F32 {
+        if kernel == Kernel::Avx2F32 && matches!(w.format, Format::Q4_1 | Format::Q8_0) {
             // SAFETY: as above, for AVX2, FMA and F16C.
             unsafe {
                 match w.format {
                     Format::Q4_1 => avx2::q4_1_row(row, x, sums, blocks, n, out),
-                    Format::Q8_0 => avx2::q8_0_row(row, x, blocks, n, out),
+                    _ => avx2::q8_0_row(row, x, blocks, n, out),
                 }
             }
             continue;
@@ -410,22 +471,10 @@ fn scalar_row(
     let cols = blocks * BLOCK;
     let mut unpacked = [0.0f32; BLOCK];
     for (b, block) in row.chunks_exact(bb).enumerate() {
-        let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
-        let m = match format {
-            Format::Q4_1 => {
-                for (j, q) in block[4..20].iter().enumerate() {
-                    unpacked[j] = f32::from(q & 0x0F);
-                    unpacked[j + 16] = f32::from(q >> 4);
-                }
-                f16::from_le_bytes([block[2], block[3]]).to_f32()
-            }
-            Format::Q8_0 => {
-                for (j, q) in block[2..34].iter().enumerate() {
-                    unpacked[j] = f32::from(*q as i8);
-                }
-                0.0
-            }
-        };
+        let (d, m, q) = format.parts(block);
+        for (u, q) in unpacked.iter_mut().zip(q) {
+            *u = f32::from(q);
+        }
         for (i, o) in out.iter_mut().enumerate().take(n) {
             let a = &x[i * cols + b * BLOCK..i * cols + (b + 1) * BLOCK];
             let dot: f32 = unpacked.iter().zip(a).map(|(w, a)| w * a).sum();
@@ -619,7 +668,10 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn rows_q8(format: Format, data: &[u8], a: &Act8, out: &mut [f32]) {
         match format {
+            Format::Q4_0 => rows::<Q4_0, false>(data, a, out),
             Format::Q4_1 => rows::<Q4_1, false>(data, a, out),
+            Format::Q5_0 => rows::<Q5_0, false>(data, a, out),
+            Format::Q5_1 => rows::<Q5_1, false>(data, a, out),
             Format::Q8_0 => rows::<Q8_0, false>(data, a, out),
         }
     }
@@ -629,26 +681,60 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
     pub unsafe fn rows_vnni(format: Format, data: &[u8], a: &Act8, out: &mut [f32]) {
         match format {
+            Format::Q4_0 => rows::<Q4_0, true>(data, a, out),
             Format::Q4_1 => rows::<Q4_1, true>(data, a, out),
+            Format::Q5_0 => rows::<Q5_0, true>(data, a, out),
+            Format::Q5_1 => rows::<Q5_1, true>(data, a, out),
             Format::Q8_0 => rows::<Q8_0, true>(data, a, out),
         }
     }
 
-    const Q4_1: u8 = 0;
-    const Q8_0: u8 = 1;
+    const Q4_0: u8 = 0;
+    const Q4_1: u8 = 1;
+    const Q5_0: u8 = 2;
+    const Q5_1: u8 = 3;
+    const Q8_0: u8 = 4;
+
+    /// Bytes per block, and where the nibbles start, per format.
+    const fn layout(f: u8) -> (usize, usize) {
+        match f {
+            Q4_0 => (18, 2),
+            Q4_1 => (20, 4),
+            Q5_0 => (22, 6),
+            Q5_1 => (24, 8),
+            _ => (34, 2),
+        }
+    }
+
+    /// Bit `j` of the little-endian u32 at `p` as 0x10 in byte `j`: Q5's fifth bits.
+    #[inline(always)]
+    unsafe fn fifth_bits(p: *const u8) -> __m256i {
+        let bits = _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32));
+        // Byte j takes the byte holding bit j, then tests that bit.
+        let spread = _mm256_shuffle_epi8(
+            bits,
+            _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
+                3, 3, 3, 3,
+            ),
+        );
+        let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask);
+        _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+    }
 
     /// Walks the rows × activations in tiles of up to 4 × 4, so each unpacked weight block
     /// serves up to four activation rows and each loaded activation block several weight rows.
-    /// Tiles are one weight row tall for a single activation row (generation: the weights
-    /// stream from memory, and four rows at once were a third slower in the model, though not
-    /// in the kernels bench where they sit in cache) and with AVX2 (its sixteen registers
-    /// spill a taller tile's accumulators).
+    /// Tiles are one weight row tall for up to four activation rows (generation, alone or
+    /// batched: the weights stream from memory, and four rows at once were a third slower in
+    /// the model, though not in the kernels bench where they sit in cache) and with AVX2 (its
+    /// sixteen registers spill a taller tile's accumulators); four tall for prefill with VNNI.
     #[inline(always)]
     unsafe fn rows<const F: u8, const VNNI: bool>(data: &[u8], a: &Act8, out: &mut [f32]) {
-        let block_bytes = if F == Q4_1 { 20 } else { 34 };
+        let block_bytes = layout(F).0;
         let row_bytes = a.blocks * block_bytes;
         let (rows, n) = (data.len() / row_bytes, a.n);
-        let step = if VNNI && n > 1 { 4 } else { 1 };
+        let step = if VNNI && n > 4 { 4 } else { 1 };
         let mut r = 0;
         while r < rows {
             let height = if rows - r >= step { step } else { 1 };
@@ -683,7 +769,7 @@ mod avx2 {
 
     /// Sum of the products of 32 unsigned bytes with 32 signed bytes, as eight i32 lanes of
     /// four products each (no pair overflows i16 in `vpmaddubsw`: weights here are at most
-    /// 127 after the sign trick, or 15).
+    /// 128 after the sign trick, or 31).
     #[inline(always)]
     unsafe fn dot_u8_i8<const VNNI: bool>(w: __m256i, a: __m256i) -> __m256i {
         if VNNI {
@@ -716,17 +802,26 @@ mod avx2 {
                 da[c] = _mm256_set1_ps(*a.d.get_unchecked(at[c]));
             }
             for (row, acc) in w.iter().zip(acc.iter_mut()) {
-                if F == Q4_1 {
-                    let p = row.add(b * 20);
-                    // d and m, both f16, converted together.
+                if F != Q8_0 {
+                    let (size, nibbles) = layout(F);
+                    let p = row.add(b * size);
+                    // d and (for Q4_1, Q5_1) m, both f16, converted together.
                     let dm =
                         _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)));
                     let d = _mm256_broadcastss_ps(dm);
-                    // m / 8 in every lane: the eight lanes' sum adds m Σ a once.
-                    let m = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), eighth);
-                    let qs = _mm_loadu_si128(p.add(4) as *const __m128i);
+                    // The offset / 8 in every lane: the eight lanes' sum adds m Σ a once.
+                    let offset = match F {
+                        Q4_0 => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
+                        Q5_0 => _mm256_mul_ps(d, _mm256_set1_ps(-16.0)),
+                        _ => _mm256_broadcastss_ps(_mm_movehdup_ps(dm)),
+                    };
+                    let m = _mm256_mul_ps(offset, eighth);
+                    let qs = _mm_loadu_si128(p.add(nibbles) as *const __m128i);
                     // Weights 0..16 are the low nibbles, 16..32 the high ones.
-                    let wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), low);
+                    let mut wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), low);
+                    if F == Q5_0 || F == Q5_1 {
+                        wq = _mm256_or_si256(wq, fifth_bits(p.add(nibbles - 4)));
+                    }
                     for c in 0..C {
                         let dot = _mm256_cvtepi32_ps(dot_u8_i8::<VNNI>(wq, act[c]));
                         acc[c] = _mm256_fmadd_ps(dot, _mm256_mul_ps(d, da[c]), acc[c]);
@@ -773,49 +868,46 @@ mod tests {
         let blocks = rows * cols / BLOCK;
         let mut data = Vec::with_capacity(blocks * format.block_bytes());
         for _ in 0..blocks {
+            let start = data.len();
             let d = f16::from_f32((next() % 1000) as f32 / 20000.0 + 0.001);
             data.extend_from_slice(&d.to_le_bytes());
-            if format == Format::Q4_1 {
+            if matches!(format, Format::Q4_1 | Format::Q5_1) {
                 let m = f16::from_f32(-((next() % 1000) as f32) / 10000.0);
                 data.extend_from_slice(&m.to_le_bytes());
             }
-            let count = if format == Format::Q4_1 { 16 } else { 32 };
-            data.extend((0..count).map(|_| next() as u8));
+            let rest = format.block_bytes() - (data.len() - start);
+            data.extend((0..rest).map(|_| next() as u8));
         }
         data
     }
 
-    fn reference(w: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
-        let mut row = vec![0.0; w.cols];
+    /// Every activation row times every weight row, from [`Format::parts`]: the scaled term
+    /// over `scaled_x`, the offset term over `offset_x` (the 8-bit kernels use quantized
+    /// activations for the first and exact ones for the second).
+    fn reference(w: &QMatrix, scaled_x: &[f32], offset_x: &[f32], n: usize) -> Vec<f32> {
         let mut y = vec![0.0; n * w.rows];
+        let bb = w.format.block_bytes();
         for r in 0..w.rows {
-            w.dequantize_row(r, &mut row);
-            for i in 0..n {
-                y[i * w.rows + r] = row
-                    .iter()
-                    .zip(&x[i * w.cols..(i + 1) * w.cols])
-                    .map(|(a, b)| a * b)
-                    .sum();
+            for (b, block) in w.row(r).chunks_exact(bb).enumerate() {
+                let (d, m, q) = w.format.parts(block);
+                for i in 0..n {
+                    let at = i * w.cols + b * BLOCK;
+                    let scaled: f32 = q
+                        .iter()
+                        .zip(&scaled_x[at..at + BLOCK])
+                        .map(|(q, x)| f32::from(*q) * x)
+                        .sum();
+                    let sum: f32 = offset_x[at..at + BLOCK].iter().sum();
+                    y[i * w.rows + r] += d * scaled + m * sum;
+                }
             }
         }
         y
     }
 
-    /// [`reference`] without Q4_1's `m` (offset) term: the product with `q * d` alone.
-    fn reference_without_m(w: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
-        let mut data = w.data.to_vec();
-        if w.format == Format::Q4_1 {
-            for block in data.chunks_exact_mut(20) {
-                block[2..4].copy_from_slice(&f16::from_f32(0.0).to_le_bytes());
-            }
-        }
-        let plain = QMatrix::new(w.format, w.rows, w.cols, &data).unwrap();
-        reference(&plain, x, n)
-    }
-
     #[test]
     fn every_kernel_matches_the_dequantized_product() {
-        for format in [Format::Q4_1, Format::Q8_0] {
+        for format in Format::ALL {
             // Every tile shape and remainder, and the split across threads (the last two).
             for (rows, cols, n) in [
                 (37, 64, 1),
@@ -830,9 +922,9 @@ mod tests {
                 let x: Vec<f32> = (0..n * cols)
                     .map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0)
                     .collect();
-                // The 8-bit kernel is held to the product with its own (quantized)
-                // activations: its integer arithmetic must be exact up to float rounding. What
-                // the quantization itself costs is measured on the model (the local bench).
+                // The 8-bit kernels are held to the product with their own (quantized)
+                // activations: their integer arithmetic must be exact up to float rounding.
+                // What the quantization itself costs is measured on the model (the local bench).
                 let q = quantize(&x);
                 let xq: Vec<f32> =
                     q.q.chunks_exact(BLOCK)
@@ -842,22 +934,8 @@ mod tests {
                 for kernel in Kernel::ALL.into_iter().filter(|k| k.available()) {
                     let got = matmul_with(&w, &x, n, kernel);
                     let expected = match kernel {
-                        Kernel::Avx2Q8 | Kernel::Avx512Vnni if format == Format::Q8_0 => {
-                            reference(&w, &xq, n)
-                        }
-                        // Q4_1's `m` term uses the exact activation sums.
-                        Kernel::Avx2Q8 | Kernel::Avx512Vnni => {
-                            let exact = reference(&w, &x, n);
-                            let scaled = reference_without_m(&w, &x, n);
-                            let scaled_q = reference_without_m(&w, &xq, n);
-                            // The scaled term over quantized activations, the `m` term exact.
-                            exact
-                                .iter()
-                                .zip(scaled.iter().zip(&scaled_q))
-                                .map(|(e, (s, sq))| sq + (e - s))
-                                .collect()
-                        }
-                        _ => reference(&w, &x, n),
+                        Kernel::Avx2Q8 | Kernel::Avx512Vnni => reference(&w, &xq, &x, n),
+                        Kernel::Scalar | Kernel::Avx2F32 => reference(&w, &x, &x, n),
                     };
                     for (a, b) in got.iter().zip(&expected) {
                         assert!(
@@ -866,6 +944,42 @@ mod tests {
                             kernel.name()
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// [`Format::parts`] read against candle's own dequantization of blocks candle quantized.
+    #[test]
+    fn blocks_read_as_candle_reads_them() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let values: Vec<f32> = (0..BLOCK * 64)
+            .map(|i| (i as f32 * 0.377).sin() * (1.0 + (i % 7) as f32))
+            .collect();
+        let t = candle_core::Tensor::from_vec(values, (2, BLOCK * 32), &candle_core::Device::Cpu)
+            .unwrap();
+        for (format, dtype) in [
+            (Format::Q4_0, GgmlDType::Q4_0),
+            (Format::Q4_1, GgmlDType::Q4_1),
+            (Format::Q5_0, GgmlDType::Q5_0),
+            (Format::Q5_1, GgmlDType::Q5_1),
+            (Format::Q8_0, GgmlDType::Q8_0),
+        ] {
+            let q = QTensor::quantize(&t, dtype).unwrap();
+            let expected: Vec<f32> = q
+                .dequantize(&candle_core::Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let data = q.data().unwrap();
+            let w = QMatrix::new(format, 2, BLOCK * 32, &data).unwrap();
+            let mut row = vec![0.0; BLOCK * 32];
+            for r in 0..2 {
+                w.dequantize_row(r, &mut row);
+                for (a, b) in row.iter().zip(&expected[r * BLOCK * 32..]) {
+                    assert!((a - b).abs() < 1e-5, "{format:?}: {a} vs {b}");
                 }
             }
         }

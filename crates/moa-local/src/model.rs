@@ -1,13 +1,13 @@
-//! A llama-family transformer (llama, qwen2) read from GGUF. The file is memory-mapped; Q4_1
-//! and Q8_0 weights are used in place by [`crate::kernels`], other quantized types through
-//! candle's kernels. The forward pass runs on plain f32 buffers ([`crate::ops`]) with an
+//! A llama-family transformer (llama, qwen2) read from GGUF. The file is memory-mapped; Q4_0,
+//! Q4_1, Q5_0, Q5_1 and Q8_0 weights are used in place by [`crate::kernels`], other types (the
+//! K-quants, f16, f32) through candle's kernels. The forward pass runs on plain f32 buffers ([`crate::ops`]) with an
 //! in-place KV cache ([`crate::attention`]).
 
 use std::fs::File;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 pub use crate::attention::Cache;
@@ -197,15 +197,12 @@ impl Weight {
     /// Rows `ids` as f32 (`ids.len() × cols`): the embedding lookup.
     fn rows(&self, map: &[u8], ids: &[u32]) -> candle_core::Result<Vec<f32>> {
         match (self, self.matrix(map)) {
-            (Weight::Candle(m), _) => {
-                let rows = match m {
-                    QMatMul::QTensor(t) => t.dequantize(&Device::Cpu)?,
-                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
-                };
-                rows.index_select(&Tensor::new(ids, &Device::Cpu)?, 0)?
-                    .flatten_all()?
-                    .to_vec1()
-            }
+            (Weight::Candle(QMatMul::QTensor(t)), _) => qtensor_rows(t, ids),
+            (Weight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)), _) => t
+                .to_dtype(DType::F32)?
+                .index_select(&Tensor::new(ids, &Device::Cpu)?, 0)?
+                .flatten_all()?
+                .to_vec1(),
             (_, Some(w)) => {
                 let mut out = vec![0.0f32; ids.len() * w.cols];
                 for (i, id) in ids.iter().enumerate() {
@@ -219,6 +216,25 @@ impl Weight {
             (_, None) => candle_core::bail!("weight outside the mapped file"),
         }
     }
+}
+
+/// Rows `ids` of a quantized table, dequantized one by one: the whole table of a large
+/// vocabulary would be hundreds of megabytes of f32 per token.
+fn qtensor_rows(t: &QTensor, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
+    let (rows, cols) = t.shape().dims2()?;
+    let data = t.data()?;
+    let row_bytes = data.len() / rows.max(1);
+    let mut out = Vec::with_capacity(ids.len() * cols);
+    for id in ids {
+        if *id as usize >= rows {
+            candle_core::bail!("token {id} is outside the vocabulary");
+        }
+        let bytes = &data[*id as usize * row_bytes..][..row_bytes];
+        let storage = QStorage::from_data(bytes.into(), &Device::Cpu, t.dtype())?;
+        let row = QTensor::new(storage, (1, cols))?.dequantize(&Device::Cpu)?;
+        out.extend(row.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
 }
 
 struct Linear {
@@ -442,7 +458,10 @@ impl Model {
                 .get(name)
                 .ok_or_else(|| g.invalid(format!("tensor `{name}` is missing")))?;
             let format = match info.ggml_dtype {
+                GgmlDType::Q4_0 => Some(Format::Q4_0),
                 GgmlDType::Q4_1 => Some(Format::Q4_1),
+                GgmlDType::Q5_0 => Some(Format::Q5_0),
+                GgmlDType::Q5_1 => Some(Format::Q5_1),
                 GgmlDType::Q8_0 => Some(Format::Q8_0),
                 _ => None,
             };
@@ -664,5 +683,29 @@ impl Model {
             .chunks_exact(logits.len() / caches.len())
             .map(<[f32]>::to_vec)
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_of_a_k_quant_table_are_the_rows_of_the_whole_table() {
+        let values: Vec<f32> = (0..5 * 512).map(|i| (i as f32 * 0.31).cos()).collect();
+        let dense = Tensor::from_vec(values, (5, 512), &Device::Cpu).unwrap();
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            let t = QTensor::quantize(&dense, dtype).unwrap();
+            let whole = t
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let rows = qtensor_rows(&t, &[3, 0, 3]).unwrap();
+            assert_eq!(rows[..512], whole[3][..]);
+            assert_eq!(rows[512..1024], whole[0][..]);
+            assert_eq!(rows[1024..], whole[3][..]);
+            assert!(qtensor_rows(&t, &[5]).is_err());
+        }
     }
 }
