@@ -1,40 +1,30 @@
 //! The quantized matrix products alone, per format, kernel and number of activation rows, on
-//! SmolLM2-135M's shapes (576 → 1536 and back): what each kernel costs without the rest of the
-//! forward pass. Random weights; the time is what matters.
+//! SmolLM2-135M's shapes (576 → 1536 and back; the K-quants only where rows are a multiple of
+//! 256): what each kernel costs without the rest of the forward pass.
 //!
 //! `cargo bench -p moa-local --bench kernels`
 
 use std::time::Instant;
 
-use moa_local::kernels::{self, Format, Kernel, QMatrix, BLOCK};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use moa_local::kernels::{self, Format, Kernel, QMatrix};
 
-fn main() -> Result<(), String> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let full = std::env::args().any(|a| a == "--bench");
-    let mut state = 7u64;
-    let mut byte = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 33) as u8
-    };
-    println!(
-        "| format | rows × cols | activation rows | kernel | µs per product | GB/s of weights |"
-    );
-    println!("|---|---|---|---|---|---|");
+    println!("| format | rows × cols | activation rows | kernel | µs per product |");
+    println!("|---|---|---|---|---|");
     for format in Format::ALL {
         for (rows, cols) in [(1536, 576), (576, 1536), (576, 576), (192, 576)] {
-            let blocks = rows * cols / BLOCK;
-            let mut data = Vec::with_capacity(blocks * format.block_bytes());
-            for _ in 0..blocks {
-                // A small f16 scale (0x2000 ≈ 0.0078), Q4_1's offset (0xA000 ≈ -0.0078), then
-                // random quants.
-                let header: &[u8] = match format {
-                    Format::Q4_1 | Format::Q5_1 => &[0x00, 0x20, 0x00, 0xA0],
-                    Format::Q4_0 | Format::Q5_0 | Format::Q8_0 => &[0x00, 0x20],
-                };
-                data.extend_from_slice(header);
-                data.extend((header.len()..format.block_bytes()).map(|_| byte()));
+            if cols % format.block_len() != 0 {
+                continue;
             }
+            let values: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 7919) % 1000) as f32 / 10_000.0 - 0.05)
+                .collect();
+            let dense = Tensor::from_vec(values, (rows, cols), &Device::Cpu)?;
+            let quantized = QTensor::quantize(&dense, ggml(format))?;
+            let data = quantized.data()?;
             let w = QMatrix::new(format, rows, cols, &data)?;
             for n in [1, 3, 64] {
                 let x: Vec<f32> = (0..n * cols)
@@ -55,14 +45,27 @@ fn main() -> Result<(), String> {
                     let seconds =
                         rayon::scope(|_| (0..3).map(|_| run()).fold(f64::INFINITY, f64::min));
                     println!(
-                        "| {format:?} | {rows} × {cols} | {n} | {} | {:.1} | {:.1} |",
+                        "| {format:?} | {rows} × {cols} | {n} | {} | {:.1} |",
                         kernel.name(),
-                        seconds * 1e6,
-                        data.len() as f64 / seconds / 1e9
+                        seconds * 1e6
                     );
                 }
             }
         }
     }
     Ok(())
+}
+
+/// candle's name for each format (candle quantizes the bench's weights).
+fn ggml(format: Format) -> GgmlDType {
+    match format {
+        Format::Q4_0 => GgmlDType::Q4_0,
+        Format::Q4_1 => GgmlDType::Q4_1,
+        Format::Q5_0 => GgmlDType::Q5_0,
+        Format::Q5_1 => GgmlDType::Q5_1,
+        Format::Q8_0 => GgmlDType::Q8_0,
+        Format::Q4K => GgmlDType::Q4K,
+        Format::Q5K => GgmlDType::Q5K,
+        Format::Q6K => GgmlDType::Q6K,
+    }
 }

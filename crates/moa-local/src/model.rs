@@ -1,6 +1,6 @@
 //! A llama-family transformer (llama, qwen2) read from GGUF. The file is memory-mapped; Q4_0,
-//! Q4_1, Q5_0, Q5_1 and Q8_0 weights are used in place by [`crate::kernels`], other types (the
-//! K-quants, f16, f32) through candle's kernels. The forward pass runs on plain f32 buffers ([`crate::ops`]) with an
+//! Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K weights are used in place by
+//! [`crate::kernels`], other types (f16, f32, the rarer quantizations) through candle's. The forward pass runs on plain f32 buffers ([`crate::ops`]) with an
 //! in-place KV cache ([`crate::attention`]).
 
 use std::fs::File;
@@ -170,7 +170,7 @@ impl Weight {
                 cols,
                 offset,
             } => {
-                let len = rows * cols / kernels::BLOCK * format.block_bytes();
+                let len = rows * cols / format.block_len() * format.block_bytes();
                 // Offsets and lengths were checked against the file when the model loaded.
                 QMatrix::new(format, rows, cols, &map[offset..offset + len]).ok()
             }
@@ -463,17 +463,20 @@ impl Model {
                 GgmlDType::Q5_0 => Some(Format::Q5_0),
                 GgmlDType::Q5_1 => Some(Format::Q5_1),
                 GgmlDType::Q8_0 => Some(Format::Q8_0),
+                GgmlDType::Q4K => Some(Format::Q4K),
+                GgmlDType::Q5K => Some(Format::Q5K),
+                GgmlDType::Q6K => Some(Format::Q6K),
                 _ => None,
             };
             match (format, info.shape.dims()) {
-                (Some(format), &[rows, cols]) if cols % kernels::BLOCK == 0 => {
+                (Some(format), &[rows, cols]) if cols % format.block_len() == 0 => {
                     // Checked by gguf::validate already; checked again where it is used.
                     let offset = usize::try_from(content.tensor_data_offset)
                         .ok()
                         .and_then(|d| d.checked_add(usize::try_from(info.offset).ok()?));
                     let len = rows
                         .checked_mul(cols)
-                        .map(|n| n / kernels::BLOCK * format.block_bytes());
+                        .map(|n| n / format.block_len() * format.block_bytes());
                     let (Some(offset), Some(len)) = (offset, len) else {
                         return Err(g.invalid(format!("tensor `{name}` is out of range")));
                     };
