@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use moa_local::kernels::{self, Format, Kernel, QMatrix};
 
@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .map(|i| ((i * 7919) % 1000) as f32 / 10_000.0 - 0.05)
                 .collect();
             let dense = Tensor::from_vec(values, (rows, cols), &Device::Cpu)?;
-            let quantized = QTensor::quantize(&dense, ggml(format))?;
+            let quantized = QTensor::quantize(&dense, format.ggml())?;
             let data = quantized.data()?;
             let w = QMatrix::new(format, rows, cols, &data)?;
             for n in [1, 3, 64] {
@@ -54,18 +54,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
-}
-
-/// candle's name for each format (candle quantizes the bench's weights).
-fn ggml(format: Format) -> GgmlDType {
-    match format {
-        Format::Q4_0 => GgmlDType::Q4_0,
-        Format::Q4_1 => GgmlDType::Q4_1,
-        Format::Q5_0 => GgmlDType::Q5_0,
-        Format::Q5_1 => GgmlDType::Q5_1,
-        Format::Q8_0 => GgmlDType::Q8_0,
-        Format::Q4K => GgmlDType::Q4K,
-        Format::Q5K => GgmlDType::Q5K,
-        Format::Q6K => GgmlDType::Q6K,
-    }
 }

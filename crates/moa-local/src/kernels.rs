@@ -17,6 +17,7 @@
 //! for measuring); a kernel the CPU cannot run is refused, not ignored.
 #![allow(unsafe_code)] // SIMD intrinsics; each unsafe block says why it is sound.
 
+use candle_core::quantized::GgmlDType;
 use half::f16;
 use rayon::prelude::*;
 
@@ -62,6 +63,25 @@ impl Format {
         Format::Q5K,
         Format::Q6K,
     ];
+
+    /// The format of a GGUF tensor type, if this module computes with it.
+    pub fn from_ggml(dtype: GgmlDType) -> Option<Format> {
+        Format::ALL.into_iter().find(|f| f.ggml() == dtype)
+    }
+
+    /// The GGUF tensor type (candle's name for it).
+    pub fn ggml(self) -> GgmlDType {
+        match self {
+            Format::Q4_0 => GgmlDType::Q4_0,
+            Format::Q4_1 => GgmlDType::Q4_1,
+            Format::Q5_0 => GgmlDType::Q5_0,
+            Format::Q5_1 => GgmlDType::Q5_1,
+            Format::Q8_0 => GgmlDType::Q8_0,
+            Format::Q4K => GgmlDType::Q4K,
+            Format::Q5K => GgmlDType::Q5K,
+            Format::Q6K => GgmlDType::Q6K,
+        }
+    }
 
     /// Weights per block: 32, or 256 for the K-quants.
     pub fn block_len(self) -> usize {
@@ -1008,21 +1028,6 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    /// candle's type for each format.
-    fn ggml(format: Format) -> candle_core::quantized::GgmlDType {
-        use candle_core::quantized::GgmlDType;
-        match format {
-            Format::Q4_0 => GgmlDType::Q4_0,
-            Format::Q4_1 => GgmlDType::Q4_1,
-            Format::Q5_0 => GgmlDType::Q5_0,
-            Format::Q5_1 => GgmlDType::Q5_1,
-            Format::Q8_0 => GgmlDType::Q8_0,
-            Format::Q4K => GgmlDType::Q4K,
-            Format::Q5K => GgmlDType::Q5K,
-            Format::Q6K => GgmlDType::Q6K,
-        }
-    }
-
     /// Random weights quantized to `format` by candle.
     fn random_matrix(format: Format, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
         let mut state = seed;
@@ -1036,7 +1041,7 @@ mod tests {
             .collect();
         let t =
             candle_core::Tensor::from_vec(values, (rows, cols), &candle_core::Device::Cpu).unwrap();
-        let q = candle_core::quantized::QTensor::quantize(&t, ggml(format)).unwrap();
+        let q = candle_core::quantized::QTensor::quantize(&t, format.ggml()).unwrap();
         q.data().unwrap().to_vec()
     }
 
@@ -1115,7 +1120,7 @@ mod tests {
             .collect();
         let t = candle_core::Tensor::from_vec(values, (4, 512), &candle_core::Device::Cpu).unwrap();
         for format in Format::ALL {
-            let q = candle_core::quantized::QTensor::quantize(&t, ggml(format)).unwrap();
+            let q = candle_core::quantized::QTensor::quantize(&t, format.ggml()).unwrap();
             let expected = q
                 .dequantize(&candle_core::Device::Cpu)
                 .unwrap()

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 pub use crate::attention::Cache;
@@ -457,17 +457,7 @@ impl Model {
                 .tensor_infos
                 .get(name)
                 .ok_or_else(|| g.invalid(format!("tensor `{name}` is missing")))?;
-            let format = match info.ggml_dtype {
-                GgmlDType::Q4_0 => Some(Format::Q4_0),
-                GgmlDType::Q4_1 => Some(Format::Q4_1),
-                GgmlDType::Q5_0 => Some(Format::Q5_0),
-                GgmlDType::Q5_1 => Some(Format::Q5_1),
-                GgmlDType::Q8_0 => Some(Format::Q8_0),
-                GgmlDType::Q4K => Some(Format::Q4K),
-                GgmlDType::Q5K => Some(Format::Q5K),
-                GgmlDType::Q6K => Some(Format::Q6K),
-                _ => None,
-            };
+            let format = Format::from_ggml(info.ggml_dtype);
             match (format, info.shape.dims()) {
                 (Some(format), &[rows, cols]) if cols % format.block_len() == 0 => {
                     // Checked by gguf::validate already; checked again where it is used.
@@ -692,6 +682,7 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::quantized::GgmlDType;
 
     #[test]
     fn rows_of_a_k_quant_table_are_the_rows_of_the_whole_table() {
