@@ -1,5 +1,6 @@
-//! Quantized matrix products for the formats small GGUF models use (Q4_1, Q8_0), reading the
-//! weights where they lie in the memory-mapped file.
+//! Quantized matrix products for the formats GGUF files of llama-family models hold (Q4_0,
+//! Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants Q4_K, Q5_K, Q6_K), reading the weights where they lie
+//! in the memory-mapped file.
 //!
 //! Four ways to compute, chosen at run time ([`Kernel::detect`]) so one binary runs everywhere:
 //! - [`Kernel::Avx512Vnni`] (the default where the CPU has AVX-512 VNNI) and
