@@ -198,9 +198,10 @@ impl Weight {
     fn rows(&self, map: &[u8], ids: &[u32]) -> candle_core::Result<Vec<f32>> {
         match (self, self.matrix(map)) {
             (Weight::Candle(QMatMul::QTensor(t)), _) => qtensor_rows(t, ids),
+            // The rows first, then f32: never the whole table.
             (Weight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)), _) => t
-                .to_dtype(DType::F32)?
                 .index_select(&Tensor::new(ids, &Device::Cpu)?, 0)?
+                .to_dtype(DType::F32)?
                 .flatten_all()?
                 .to_vec1(),
             (_, Some(w)) => {

@@ -203,3 +203,31 @@ fn logits_match_candles_reading_of_the_file_for_prefill_and_steps() {
         assert_eq!((fork.len, cache.len), (151, 151));
     }
 }
+
+#[test]
+fn an_f16_token_table_gives_the_same_logits() {
+    // f16 has no kernel of moa's: the embedding rows and the tied output head go through candle.
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny::write_edited(dir.path(), "llama", |_, tensors| {
+        for (name, tensor) in tensors.iter_mut() {
+            if name == "token_embd.weight" {
+                let dense = tensor.dequantize(&Device::Cpu).unwrap();
+                *tensor = QTensor::quantize(&dense, GgmlDType::F16).unwrap();
+            }
+        }
+    });
+    let model = Model::load(&path).unwrap();
+    let ids = model
+        .tokenizer
+        .encode("<|im_start|>user\nthe cat sat<|im_end|>");
+    let expected = reference_logits(&path, &ids);
+    let mut cache = model.new_cache();
+    let (head, tail) = ids.split_at(ids.len() / 2);
+    let mut got = model.forward(head, &mut cache).unwrap();
+    for id in tail {
+        got = model.forward(&[*id], &mut cache).unwrap();
+    }
+    let diff = largest_difference(&got, &expected);
+    assert!(diff < tolerance(), "logits differ by {diff}");
+}
