@@ -15,7 +15,8 @@
 //!   reading the tests hold the others to.
 //!
 //! `MOA_KERNEL=scalar|avx2-f32|avx2-q8|avx512-vnni` forces one (for tests on every path, and
-//! for measuring); a kernel the CPU cannot run is refused, not ignored.
+//! for measuring); an unknown name or a kernel the CPU cannot run is reported on stderr, not
+//! silently ignored, and the best kernel the CPU runs is used.
 #![allow(unsafe_code)] // SIMD intrinsics; each unsafe block says why it is sound.
 
 use candle_core::quantized::GgmlDType;
