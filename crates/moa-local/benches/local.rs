@@ -563,17 +563,16 @@ fn report(path: &Path, kernels: &[Kernel], moa: &[Figures], llama: Option<(Strin
         }
         if let Some((_, peer)) = &llama {
             let theirs = pick(peer);
-            let (best, ratio) = match unit {
+            let ratio = match unit {
                 "s" | "ms" => {
                     let best = values.iter().copied().fold(f64::INFINITY, f64::min);
-                    (best, format!("{:.2}x the time", best / theirs))
+                    format!("{:.2}x the time", best / theirs)
                 }
                 _ => {
                     let best = values.iter().copied().fold(0.0, f64::max);
-                    (best, format!("{:.2}x the speed", best / theirs))
+                    format!("{:.2}x the speed", best / theirs)
                 }
             };
-            let _ = best;
             line.push_str(&format!(" {} | {ratio} |", shown(theirs, unit)));
         }
         println!("{line}");

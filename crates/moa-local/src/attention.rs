@@ -116,30 +116,21 @@ pub(crate) struct Row {
 }
 
 /// Queries computed together: rows of one cache, all reading kv head `kv_head`.
-struct Group {
+pub(crate) struct Group {
     cache: usize,
     kv_head: usize,
     /// (row index, query head) of each query.
     queries: Vec<(usize, usize)>,
+    /// How many positions each query sees (its own position + 1).
+    ends: Vec<usize>,
 }
 
-/// Attention of every query row (`q` is `rows × heads × head_dim`) over its own cache's
-/// positions up to and including its own (causal; the row's keys are already written). Query
-/// head `h` reads kv head `h / (heads / kv_heads)`. Returns `rows × heads × head_dim`.
-pub(crate) fn attend(
-    q: &[f32],
-    rows: &[Row],
-    caches: &[&Cache],
-    layer: usize,
-    heads: usize,
-) -> Vec<f32> {
-    let Some(first) = caches.first() else {
-        return Vec::new();
-    };
-    let (d, kv_heads) = (first.head_dim, first.kv_heads);
+/// How a step's attention splits into [`Group`]s: the same for every layer, so planned once
+/// per step. Query head `h` reads kv head `h / (heads / kv_heads)`.
+pub(crate) fn plan(rows: &[Row], caches: usize, heads: usize, kv_heads: usize) -> Vec<Group> {
     let repeat = heads / kv_heads;
     let mut groups = Vec::new();
-    for cache in 0..caches.len() {
+    for cache in 0..caches {
         for kv_head in 0..kv_heads {
             let queries: Vec<(usize, usize)> = (0..rows.len())
                 .filter(|r| rows[*r].cache == cache)
@@ -149,38 +140,51 @@ pub(crate) fn attend(
                 cache,
                 kv_head,
                 queries: chunk.to_vec(),
+                ends: chunk.iter().map(|(r, _)| rows[*r].position + 1).collect(),
             }));
         }
     }
+    groups
+}
+
+/// Attention of every query row (`q` is `rows × heads × head_dim`) over its own cache's
+/// positions up to and including its own (causal; the row's keys are already written), in the
+/// groups [`plan`] made. Returns `rows × heads × head_dim`.
+pub(crate) fn attend(
+    q: &[f32],
+    groups: &[Group],
+    caches: &[&Cache],
+    layer: usize,
+    heads: usize,
+) -> Vec<f32> {
+    let Some(first) = caches.first() else {
+        return Vec::new();
+    };
+    let d = first.head_dim;
     let scale = 1.0 / (d as f32).sqrt();
     let kernel = kernels::kernel();
     let results: Vec<Vec<f32>> = groups
         .par_iter()
         .map_init(Vec::new, |scores, group| {
-            let tokens = group
-                .queries
-                .iter()
-                .map(|(r, _)| rows[*r].position + 1)
-                .max()
-                .unwrap_or(0);
+            let tokens = group.ends.iter().copied().max().unwrap_or(0);
             let (keys, values) = caches[group.cache].head(layer, group.kv_head, tokens);
             let m = group.queries.len();
             let mut queries = Vec::with_capacity(m * d);
             for (r, h) in &group.queries {
                 queries.extend_from_slice(&q[(r * heads + h) * d..][..d]);
             }
-            let ends: Vec<usize> = group
-                .queries
-                .iter()
-                .map(|(r, _)| rows[*r].position + 1)
-                .collect();
-            let stride = tokens.div_ceil(LANES) * LANES;
+            let job = Job {
+                queries: &queries,
+                keys,
+                values,
+                ends: &group.ends,
+                scale,
+                stride: tokens.div_ceil(LANES) * LANES,
+            };
             scores.clear();
-            scores.resize(m * stride, 0.0);
+            scores.resize(m * job.stride, 0.0);
             let mut out = vec![0.0f32; m * d];
-            group_attention(
-                &queries, keys, values, &ends, scale, stride, scores, &mut out, kernel,
-            );
+            group_attention(&job, scores, &mut out, kernel);
             out
         })
         .collect();
@@ -193,35 +197,38 @@ pub(crate) fn attend(
     out
 }
 
-/// Attention of `m` queries (`queries` is `m × d`) against one kv head: query `i` sees
-/// positions `0..ends[i]`. `scores` is `m × stride` scratch; `out` is `m × d`.
-#[allow(clippy::too_many_arguments)]
-fn group_attention(
-    queries: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    ends: &[usize],
+/// One group's attention: `m` queries (`queries` is `m × d`) against one kv head's key blocks
+/// and value rows; query `i` sees positions `0..ends[i]`; scores are rows of `stride`.
+struct Job<'a> {
+    queries: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+    ends: &'a [usize],
     scale: f32,
     stride: usize,
-    scores: &mut [f32],
-    out: &mut [f32],
-    kernel: Kernel,
-) {
+}
+
+/// Computes `job` into `out` (`m × d`), with `scores` (`m × stride`) as scratch.
+fn group_attention(job: &Job, scores: &mut [f32], out: &mut [f32], kernel: Kernel) {
+    let Job {
+        queries,
+        keys,
+        values,
+        ends,
+        scale,
+        stride,
+    } = *job;
+    let d = queries.len() / ends.len();
     #[cfg(target_arch = "x86_64")]
-    if kernel != Kernel::Scalar {
+    if kernel != Kernel::Scalar && d.is_multiple_of(16) {
         // SAFETY: every kernel but the scalar one is only chosen where AVX2 and FMA are
         // (kernels::Kernel::available). Shapes: `keys` holds `stride / LANES` whole blocks of
         // `d × LANES`, `values` at least `max(ends)` rows of `d`, `scores` `m × stride`,
-        // `out` `m × d`, as `attend` built them; `d` is a multiple of 16 (checked there).
-        if (queries.len() / ends.len()).is_multiple_of(16) {
-            unsafe {
-                avx2::group_attention(queries, keys, values, ends, scale, stride, scores, out)
-            };
-            return;
-        }
+        // `out` `m × d`, as `attend` built them; `d` is a multiple of 16 (checked here).
+        unsafe { avx2::group_attention(job, scores, out) };
+        return;
     }
     let _ = kernel;
-    let d = queries.len() / ends.len();
     for (i, end) in ends.iter().enumerate() {
         let query = &queries[i * d..(i + 1) * d];
         let scores = &mut scores[i * stride..][..*end];
@@ -252,7 +259,8 @@ fn group_attention(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{GROUP, LANES};
+    use super::{Job, GROUP, LANES};
+    use crate::kernels::hsum;
 
     /// `e^x` for eight lanes: `2^n · p(r)` with `x = n ln 2 + r`, `|r| ≤ ln 2 / 2`, and `p` a
     /// degree-6 polynomial (relative error about 2e-7 over the range softmax uses; inputs below
@@ -288,27 +296,17 @@ mod avx2 {
         _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)))
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
-    }
-
     /// See [`super::group_attention`]; `d` must be a multiple of 16 and `m ≤ GROUP`.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn group_attention(
-        queries: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        ends: &[usize],
-        scale: f32,
-        stride: usize,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
+    pub unsafe fn group_attention(job: &Job, scores: &mut [f32], out: &mut [f32]) {
+        let Job {
+            queries,
+            keys,
+            values,
+            ends,
+            scale,
+            stride,
+        } = *job;
         let m = ends.len();
         let d = queries.len() / m;
         let blocks = stride / LANES;

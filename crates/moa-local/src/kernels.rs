@@ -578,6 +578,9 @@ fn scalar_row(
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) use avx2::hsum;
+
+#[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
@@ -590,8 +593,9 @@ mod avx2 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
     }
 
+    /// The sum of eight f32 lanes (also used by the attention kernel).
     #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
+    pub(crate) unsafe fn hsum(v: __m256) -> f32 {
         let lo = _mm256_castps256_ps128(v);
         let hi = _mm256_extractf128_ps(v, 1);
         let s = _mm_add_ps(lo, hi);
@@ -761,31 +765,28 @@ mod avx2 {
     /// `out[row * n + i]`, with AVX2's `vpmaddubsw`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn rows_q8(format: Format, data: &[u8], a: &Act8, out: &mut [f32]) {
-        match format {
-            Format::Q4_0 => rows::<Q4_0, false>(data, a, out),
-            Format::Q4_1 => rows::<Q4_1, false>(data, a, out),
-            Format::Q5_0 => rows::<Q5_0, false>(data, a, out),
-            Format::Q5_1 => rows::<Q5_1, false>(data, a, out),
-            Format::Q8_0 => rows::<Q8_0, false>(data, a, out),
-            Format::Q4K => rows::<Q4K, false>(data, a, out),
-            Format::Q5K => rows::<Q5K, false>(data, a, out),
-            Format::Q6K => rows::<Q6K, false>(data, a, out),
-        }
+        by_format::<false>(format, data, a, out)
     }
 
     /// [`rows_q8`] with AVX-512 VNNI's `vpdpbusd` (on 256-bit registers, so the sixteen extra
     /// registers of AVX-512 hold the tile's accumulators).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
     pub unsafe fn rows_vnni(format: Format, data: &[u8], a: &Act8, out: &mut [f32]) {
+        by_format::<true>(format, data, a, out)
+    }
+
+    /// [`rows`] for `format`, inlined into each instruction set's entry point.
+    #[inline(always)]
+    unsafe fn by_format<const VNNI: bool>(format: Format, data: &[u8], a: &Act8, out: &mut [f32]) {
         match format {
-            Format::Q4_0 => rows::<Q4_0, true>(data, a, out),
-            Format::Q4_1 => rows::<Q4_1, true>(data, a, out),
-            Format::Q5_0 => rows::<Q5_0, true>(data, a, out),
-            Format::Q5_1 => rows::<Q5_1, true>(data, a, out),
-            Format::Q8_0 => rows::<Q8_0, true>(data, a, out),
-            Format::Q4K => rows::<Q4K, true>(data, a, out),
-            Format::Q5K => rows::<Q5K, true>(data, a, out),
-            Format::Q6K => rows::<Q6K, true>(data, a, out),
+            Format::Q4_0 => rows::<Q4_0, VNNI>(data, a, out),
+            Format::Q4_1 => rows::<Q4_1, VNNI>(data, a, out),
+            Format::Q5_0 => rows::<Q5_0, VNNI>(data, a, out),
+            Format::Q5_1 => rows::<Q5_1, VNNI>(data, a, out),
+            Format::Q8_0 => rows::<Q8_0, VNNI>(data, a, out),
+            Format::Q4K => rows::<Q4K, VNNI>(data, a, out),
+            Format::Q5K => rows::<Q5K, VNNI>(data, a, out),
+            Format::Q6K => rows::<Q6K, VNNI>(data, a, out),
         }
     }
 

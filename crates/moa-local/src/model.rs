@@ -635,6 +635,7 @@ impl Model {
             Arch::Qwen2 => RopeStyle::Halves,
         };
         let (eps, kv_width) = (c.eps as f32, c.kv_heads * c.head_dim);
+        let groups = attention::plan(&rows, caches.len(), c.heads, c.kv_heads);
         let map = &self.map[..];
         let mut x = self.embed.rows(map, tokens)?;
         let mut h = vec![0.0f32; x.len()];
@@ -650,7 +651,7 @@ impl Model {
                 caches[row.cache].write(layer, row.position, &k[at.clone()], &v[at]);
             }
             let shared: Vec<&Cache> = caches.iter().map(|cache| &**cache).collect();
-            let y = attention::attend(&q, &rows, &shared, layer, c.heads);
+            let y = attention::attend(&q, &groups, &shared, layer, c.heads);
             ops::add(&mut x, &block.o.forward(map, &y, n)?);
             ops::rms_norm(&x, &block.ffn_norm, eps, &mut h);
             let mut gate = block.gate.forward(map, &h, n)?;
