@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
-use moa_local::kernels::{self, Format, Kernel, QMatrix};
+use moa_local::kernels::{self, Format, Kernel, Packed, QMatrix};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let full = std::env::args().any(|a| a == "--bench");
@@ -35,10 +35,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .filter(|k| k.available() && *k != Kernel::Scalar)
                 {
                     let repeats = if full { 20_000 / n } else { 1 };
+                    // The 8-bit kernels' weights are packed once, as a model's are.
+                    let packed = kernel.packs().then(|| Packed::new(&w));
                     let run = || {
                         let started = Instant::now();
                         for _ in 0..repeats {
-                            std::hint::black_box(kernels::matmul_with(&w, &x, n, kernel));
+                            std::hint::black_box(match &packed {
+                                Some(p) => p.matmul(&x, n, kernel),
+                                None => kernels::matmul_with(&w, &x, n, kernel),
+                            });
                         }
                         started.elapsed().as_secs_f64() / repeats as f64
                     };

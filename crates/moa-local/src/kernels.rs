@@ -1,14 +1,15 @@
 //! Quantized matrix products for the formats GGUF files of llama-family models hold (Q4_0,
-//! Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants Q4_K, Q5_K, Q6_K), reading the weights where they lie
-//! in the memory-mapped file.
+//! Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants Q4_K, Q5_K, Q6_K).
 //!
 //! Four ways to compute, chosen at run time ([`Kernel::detect`]) so one binary runs everywhere:
 //! - [`Kernel::Avx512Vnni`] (the default where the CPU has AVX-512 VNNI) and
 //!   [`Kernel::Avx2Q8`] (the default where it has AVX2): activations are quantized per block
 //!   of 32 to 8 bits with an f32 scale, as llama.cpp does, and each block's dot product is
-//!   integer (`vpdpbusd`, or `vpmaddubsw` + `vpmaddwd`), in tiles of several weight and
-//!   activation rows. The quantization costs a little accuracy, measured by the local bench
-//!   (logit drift and the likelihood of a fixed text).
+//!   integer (`vpdpbusd`, or `vpmaddubsw` + `vpmaddwd`), on weights repacked once with eight
+//!   rows interleaved ([`Packed`]), for up to eight activation rows at a time. The quantization
+//!   costs a little accuracy, measured by the local bench (logit drift and the likelihood of a
+//!   fixed text).
+//! - The two f32 kernels below read the weights where they lie in the memory-mapped file.
 //! - [`Kernel::Avx2F32`]: f32 activations, each weight block unpacked to f32 and multiplied
 //!   with FMA; the exact product, slower.
 //! - [`Kernel::Scalar`]: f32 everywhere, no vector instructions: the fallback, and the plain
@@ -22,6 +23,9 @@
 use candle_core::quantized::GgmlDType;
 use half::f16;
 use rayon::prelude::*;
+
+mod packed;
+pub use packed::Packed;
 
 /// GGUF's block of 32 weights.
 pub const BLOCK: usize = 32;
@@ -166,17 +170,11 @@ impl Format {
         let half = |at: usize| f16::from_le_bytes([block[at], block[at + 1]]).to_f32();
         let mut q = [0i16; BLOCK];
         if self == Format::Q6K {
-            let (h, k) = (j / 4, j % 4);
-            let ql = &block[64 * h + 32 * (k % 2)..];
-            let qh = &block[128 + 32 * h..];
-            let scales = &block[192 + 8 * h + 2 * k..];
+            let (u, scales, d) = q6k_sub(block, j);
             for (l, q) in q.iter_mut().enumerate() {
-                let low = if k < 2 { ql[l] & 0x0F } else { ql[l] >> 4 };
-                let high = (qh[l] >> (2 * k)) & 3;
-                let value = i16::from(low | (high << 4)) - 32;
-                *q = value * i16::from(scales[l / 16] as i8);
+                *q = (i16::from(u[l]) - 32) * i16::from(scales[l / 16]);
             }
-            return (half(208), 0.0, q);
+            return (d, 0.0, q);
         }
         let (sc, m) = k_scale_min(&block[4..16], j);
         let qs = &block[if self == Format::Q5K { 48 } else { 16 } + 32 * (j / 2)..];
@@ -192,6 +190,28 @@ impl Format {
         }
         (half(0) * f32::from(sc), -half(2) * f32::from(m), q)
     }
+}
+
+/// Sub-block `j` (0..8) of a Q6_K block: its 6-bit quants (0..64, before subtracting 32),
+/// the scales of its two halves and the block's `d`.
+fn q6k_sub(block: &[u8], j: usize) -> ([u8; BLOCK], [i8; 2], f32) {
+    let (h, k) = (j / 4, j % 4);
+    let ql = &block[64 * h + 32 * (k % 2)..];
+    let qh = &block[128 + 32 * h..];
+    let mut u = [0u8; BLOCK];
+    for (l, u) in u.iter_mut().enumerate() {
+        let low = if k < 2 { ql[l] & 0x0F } else { ql[l] >> 4 };
+        *u = low | (((qh[l] >> (2 * k)) & 3) << 4);
+    }
+    let scales = [
+        block[192 + 8 * h + 2 * k] as i8,
+        block[193 + 8 * h + 2 * k] as i8,
+    ];
+    (
+        u,
+        scales,
+        f16::from_le_bytes([block[208], block[209]]).to_f32(),
+    )
 }
 
 /// The 6-bit scale and min of sub-block `j` of a Q4K/Q5K block, from its 12 packed bytes.
@@ -285,6 +305,11 @@ impl Kernel {
             Kernel::Avx2Q8 => "avx2-q8",
             Kernel::Avx512Vnni => "avx512-vnni",
         }
+    }
+
+    /// Whether it computes with [`Packed`] weights (the 8-bit kernels do).
+    pub fn packs(self) -> bool {
+        matches!(self, Kernel::Avx2Q8 | Kernel::Avx512Vnni)
     }
 
     /// Whether this CPU can run it.
@@ -442,115 +467,89 @@ fn block_sums(x: &[f32]) -> Vec<f32> {
     x.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect()
 }
 
-/// `x` is `n × cols` (row-major); returns `n × rows`: every activation row times every weight row.
-pub fn matmul(w: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
-    matmul_with(w, x, n, kernel())
-}
-
-/// [`matmul`] with `kernel` (tests compare them); `kernel` must be available.
+/// `x` is `n × cols` (row-major); returns `n × rows`, every activation row times every weight
+/// row, computed by `kernel` (which must be available). The 8-bit kernels repack `w` first (a
+/// model packs its weights once: [`Packed`]).
 pub fn matmul_with(w: &QMatrix, x: &[f32], n: usize, kernel: Kernel) -> Vec<f32> {
+    if kernel.packs() {
+        return Packed::new(w).matmul(x, n, kernel);
+    }
     assert_eq!(x.len(), n * w.cols, "activation shape");
     assert!(kernel.available(), "{} cannot run here", kernel.name());
     let blocks = w.cols / BLOCK;
-    // Per-block sums of the activations carry Q4_1's `m` term.
+    // Per-block sums of the activations carry the offset term (`m` of Q4_1).
     let sums = block_sums(x);
-    let quantized = matches!(kernel, Kernel::Avx2Q8 | Kernel::Avx512Vnni).then(|| quantize(x));
-    let act = Activations {
-        x,
-        sums: &sums,
-        quantized: quantized.as_ref(),
-        blocks,
-        n,
-    };
+    split_rows(w.rows, n, w.rows * blocks * n, 4, |range| {
+        let len = range.len();
+        let mut out = vec![0.0f32; len * n];
+        let mut values = vec![0.0f32; n];
+        for (k, r) in range.enumerate() {
+            row_dot(w, r, x, &sums, kernel, &mut values);
+            for (i, v) in values.iter().enumerate() {
+                out[i * len + k] = *v;
+            }
+        }
+        out
+    })
+}
+
+/// A product over `rows` weight rows, split across the threads in ranges of a multiple of
+/// `unit` rows; `part(range)` returns every activation row times its rows (`n × range.len()`).
+/// The result is `n × rows`. `work` (block products) decides whether splitting pays.
+fn split_rows(
+    rows: usize,
+    n: usize,
+    work: usize,
+    unit: usize,
+    part: impl Fn(std::ops::Range<usize>) -> Vec<f32> + Sync,
+) -> Vec<f32> {
     // Tiny products are done here: handing them to the other thread costs more than it saves.
     // (A token's 576 × 576 products are not tiny: splitting them too made generation about a
     // third faster than at a threshold four times this, measured with `--profile decode`.)
-    // Otherwise each task computes a range of weight rows for all activation rows, [row][i].
-    let parts: Vec<(usize, Vec<f32>)> = if w.rows * blocks * n < 4_096 {
-        vec![(0, rows_dot(w, 0..w.rows, &act, kernel))]
-    } else {
+    if work < 4_096 {
+        return part(0..rows);
+    }
+    let parts: Vec<(usize, Vec<f32>)> = {
         let threads = rayon::current_num_threads().max(1);
-        let chunk = w.rows.div_ceil(threads * 2).max(16).next_multiple_of(4);
-        (0..w.rows)
+        let chunk = rows.div_ceil(threads * 2).max(16).next_multiple_of(unit);
+        (0..rows)
             .step_by(chunk)
             .collect::<Vec<_>>()
             .into_par_iter()
-            .map(|start| {
-                let end = (start + chunk).min(w.rows);
-                (start, rows_dot(w, start..end, &act, kernel))
-            })
+            .map(|start| (start, part(start..(start + chunk).min(rows))))
             .collect()
     };
-    let mut y = vec![0.0f32; n * w.rows];
+    let mut y = vec![0.0f32; n * rows];
     for (start, part) in parts {
-        for (k, values) in part.chunks_exact(n).enumerate() {
-            for (i, v) in values.iter().enumerate() {
-                y[i * w.rows + start + k] = *v;
-            }
+        let len = part.len() / n.max(1);
+        for (i, values) in part.chunks_exact(len.max(1)).enumerate() {
+            y[i * rows + start..][..len].copy_from_slice(values);
         }
     }
     y
 }
 
-/// The activations of one product, in every form a kernel reads.
-struct Activations<'a> {
-    x: &'a [f32],
-    sums: &'a [f32],
-    quantized: Option<&'a Quantized>,
-    blocks: usize,
-    n: usize,
-}
-
-/// Weight rows `rows` times every activation row: `rows.len() × n`, stored [row][i].
-fn rows_dot(
-    w: &QMatrix,
-    rows: std::ops::Range<usize>,
-    act: &Activations,
-    kernel: Kernel,
-) -> Vec<f32> {
-    let Activations {
-        x, sums, blocks, n, ..
-    } = *act;
-    let mut out = vec![0.0f32; rows.len() * n];
+/// Weight row `r` times every activation row, into `out` (`n` values), with `kernel`.
+fn row_dot(w: &QMatrix, r: usize, x: &[f32], sums: &[f32], kernel: Kernel, out: &mut [f32]) {
+    let (row, blocks, n) = (w.row(r), w.cols / BLOCK, out.len());
+    out.fill(0.0);
+    // The exact AVX2 kernel has Q4_1 and Q8_0 (the formats of the files moa fetches); the
+    // other formats take the plain path there.
     #[cfg(target_arch = "x86_64")]
-    if let (Kernel::Avx2Q8 | Kernel::Avx512Vnni, Some(q)) = (kernel, act.quantized) {
-        let data = &w.data[rows.start * w.row_bytes()..rows.end * w.row_bytes()];
-        let a = avx2::Act8 {
-            q: &q.q,
-            d: &q.d,
-            sums,
-            blocks,
-            n,
-        };
-        // SAFETY: these kernels are chosen only where Kernel::available saw their instructions
-        // (asserted in matmul_with); `data` holds whole rows of `blocks` blocks and the
-        // activations `n` rows of `blocks` blocks (checked in QMatrix::new and matmul_with).
+    if kernel == Kernel::Avx2F32 && matches!(w.format, Format::Q4_1 | Format::Q8_0) {
+        // SAFETY: Kernel::available saw AVX2, FMA and F16C (asserted by the caller); `row`
+        // holds `blocks` blocks and `x` `n` rows of them (checked in QMatrix::new and by the
+        // caller).
         unsafe {
-            match kernel {
-                Kernel::Avx512Vnni => avx2::rows_vnni(w.format, data, &a, &mut out),
-                _ => avx2::rows_q8(w.format, data, &a, &mut out),
+            match w.format {
+                Format::Q4_1 => avx2::q4_1_row(row, x, sums, blocks, n, out),
+                _ => avx2::q8_0_row(row, x, blocks, n, out),
             }
         }
-        return out;
+        return;
     }
-    for (r, out) in rows.zip(out.chunks_exact_mut(n)) {
-        let row = w.row(r);
-        // The exact AVX2 kernel has Q4_1 and Q8_0 (the formats of the files moa fetches); the
-        // other formats take the plain path there.
-        #[cfg(target_arch = "x86_64")]
-        if kernel == Kernel::Avx2F32 && matches!(w.format, Format::Q4_1 | Format::Q8_0) {
-            // SAFETY: as above, for AVX2, FMA and F16C.
-            unsafe {
-                match w.format {
-                    Format::Q4_1 => avx2::q4_1_row(row, x, sums, blocks, n, out),
-                    _ => avx2::q8_0_row(row, x, blocks, n, out),
-                }
-            }
-            continue;
-        }
-        scalar_row(w.format, row, x, sums, blocks, n, out);
-    }
-    out
+    let _ = kernel;
+    scalar_row(w.format, row, x, sums, blocks, n, out);
 }
 
 fn scalar_row(
@@ -584,7 +583,7 @@ pub(crate) use avx2::hsum;
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Format, BLOCK};
+    use super::BLOCK;
 
     /// An f16 stored little-endian at `p`, as f32, with the F16C instruction.
     #[inline(always)]
@@ -750,281 +749,6 @@ mod avx2 {
             _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, bytes);
         }
     }
-
-    /// Activations quantized to 8 bits: `n` rows of `blocks` blocks, each block's scale in
-    /// `d` and its exact f32 sum in `sums` (for Q4_1's offset).
-    pub struct Act8<'a> {
-        pub q: &'a [i8],
-        pub d: &'a [f32],
-        pub sums: &'a [f32],
-        pub blocks: usize,
-        pub n: usize,
-    }
-
-    /// Weight rows (`data`, whole rows of `format`) times every 8-bit activation row, into
-    /// `out[row * n + i]`, with AVX2's `vpmaddubsw`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn rows_q8(format: Format, data: &[u8], a: &Act8, out: &mut [f32]) {
-        by_format::<false>(format, data, a, out)
-    }
-
-    /// [`rows_q8`] with AVX-512 VNNI's `vpdpbusd` (on 256-bit registers, so the sixteen extra
-    /// registers of AVX-512 hold the tile's accumulators).
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-    pub unsafe fn rows_vnni(format: Format, data: &[u8], a: &Act8, out: &mut [f32]) {
-        by_format::<true>(format, data, a, out)
-    }
-
-    /// [`rows`] for `format`, inlined into each instruction set's entry point.
-    #[inline(always)]
-    unsafe fn by_format<const VNNI: bool>(format: Format, data: &[u8], a: &Act8, out: &mut [f32]) {
-        match format {
-            Format::Q4_0 => rows::<Q4_0, VNNI>(data, a, out),
-            Format::Q4_1 => rows::<Q4_1, VNNI>(data, a, out),
-            Format::Q5_0 => rows::<Q5_0, VNNI>(data, a, out),
-            Format::Q5_1 => rows::<Q5_1, VNNI>(data, a, out),
-            Format::Q8_0 => rows::<Q8_0, VNNI>(data, a, out),
-            Format::Q4K => rows::<Q4K, VNNI>(data, a, out),
-            Format::Q5K => rows::<Q5K, VNNI>(data, a, out),
-            Format::Q6K => rows::<Q6K, VNNI>(data, a, out),
-        }
-    }
-
-    const Q4_0: u8 = 0;
-    const Q4_1: u8 = 1;
-    const Q5_0: u8 = 2;
-    const Q5_1: u8 = 3;
-    const Q8_0: u8 = 4;
-    const Q4K: u8 = 5;
-    const Q5K: u8 = 6;
-    const Q6K: u8 = 7;
-
-    /// Bytes per block (of 32 weights, or of 256 for the K-quants), and where the nibbles
-    /// start, per format.
-    const fn layout(f: u8) -> (usize, usize) {
-        match f {
-            Q4_0 => (18, 2),
-            Q4_1 => (20, 4),
-            Q5_0 => (22, 6),
-            Q5_1 => (24, 8),
-            Q4K => (144, 16),
-            Q5K => (176, 48),
-            Q6K => (210, 0),
-            _ => (34, 2),
-        }
-    }
-
-    /// Whether a format's quants are signed (multiplied with the sign trick) rather than
-    /// unsigned with an offset term.
-    const fn signed(f: u8) -> bool {
-        f == Q8_0 || f == Q6K
-    }
-
-    /// Sub-block `b` (32 weights) of the row at `row`: its quants as 32 bytes (unsigned, or
-    /// signed for [`signed`] formats), the scale of each of the eight i32 lanes of a dot
-    /// product (four weights each), and the offset / 8 in every lane (the eight lanes' sum
-    /// then adds `m Σ a` once).
-    #[inline(always)]
-    unsafe fn decode<const F: u8>(row: *const u8, b: usize) -> (__m256i, __m256, __m256) {
-        let low = _mm256_set1_epi8(0x0F);
-        let eighth = _mm256_set1_ps(0.125);
-        let (size, nibbles) = layout(F);
-        if F == Q8_0 {
-            let p = row.add(b * size);
-            return (
-                _mm256_loadu_si256(p.add(2) as *const __m256i),
-                _mm256_set1_ps(f16_at(p)),
-                _mm256_setzero_ps(),
-            );
-        }
-        if F == Q6K {
-            let p = row.add(b / 8 * size);
-            let (h, k) = ((b % 8) / 4, b % 4);
-            let ql = _mm256_loadu_si256(p.add(64 * h + 32 * (k % 2)) as *const __m256i);
-            let ql = if k < 2 { ql } else { _mm256_srli_epi16(ql, 4) };
-            let qh = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
-            let shift = _mm_cvtsi32_si128(2 * k as i32);
-            let high = _mm256_and_si256(_mm256_srl_epi16(qh, shift), _mm256_set1_epi8(3));
-            let q = _mm256_or_si256(_mm256_and_si256(ql, low), _mm256_slli_epi16(high, 4));
-            let q = _mm256_sub_epi8(q, _mm256_set1_epi8(32));
-            let scales = p.add(192 + 8 * h + 2 * k) as *const i8;
-            let d = f16_at(p.add(208));
-            let (s0, s1) = (f32::from(*scales) * d, f32::from(*scales.add(1)) * d);
-            return (
-                q,
-                _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1),
-                _mm256_setzero_ps(),
-            );
-        }
-        if F == Q4K || F == Q5K {
-            let p = row.add(b / 8 * size);
-            let j = b % 8;
-            let scales = std::slice::from_raw_parts(p.add(4), 12);
-            let (sc, m) = super::k_scale_min(scales, j);
-            let qs = _mm256_loadu_si256(p.add(nibbles + 32 * (j / 2)) as *const __m256i);
-            let qs = if j.is_multiple_of(2) {
-                qs
-            } else {
-                _mm256_srli_epi16(qs, 4)
-            };
-            let mut q = _mm256_and_si256(qs, low);
-            if F == Q5K {
-                let qh = _mm256_loadu_si256(p.add(16) as *const __m256i);
-                let bit = _mm256_and_si256(
-                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)),
-                    _mm256_set1_epi8(1),
-                );
-                q = _mm256_or_si256(q, _mm256_slli_epi16(bit, 4));
-            }
-            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)));
-            let scale = _mm256_set1_ps(_mm_cvtss_f32(dm) * f32::from(sc));
-            let offset = -_mm_cvtss_f32(_mm_movehdup_ps(dm)) * f32::from(m) * 0.125;
-            return (q, scale, _mm256_set1_ps(offset));
-        }
-        let p = row.add(b * size);
-        // d and (for Q4_1, Q5_1) m, both f16, converted together.
-        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)));
-        let d = _mm256_broadcastss_ps(dm);
-        let offset = match F {
-            Q4_0 => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
-            Q5_0 => _mm256_mul_ps(d, _mm256_set1_ps(-16.0)),
-            _ => _mm256_broadcastss_ps(_mm_movehdup_ps(dm)),
-        };
-        let qs = _mm_loadu_si128(p.add(nibbles) as *const __m128i);
-        // Weights 0..16 are the low nibbles, 16..32 the high ones.
-        let mut q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), low);
-        if F == Q5_0 || F == Q5_1 {
-            q = _mm256_or_si256(q, fifth_bits(p.add(nibbles - 4)));
-        }
-        (q, d, _mm256_mul_ps(offset, eighth))
-    }
-
-    /// Bit `j` of the little-endian u32 at `p` as 0x10 in byte `j`: Q5's fifth bits.
-    #[inline(always)]
-    unsafe fn fifth_bits(p: *const u8) -> __m256i {
-        let bits = _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32));
-        // Byte j takes the byte holding bit j, then tests that bit.
-        let spread = _mm256_shuffle_epi8(
-            bits,
-            _mm256_setr_epi8(
-                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
-                3, 3, 3, 3,
-            ),
-        );
-        let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-        let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask);
-        _mm256_and_si256(set, _mm256_set1_epi8(0x10))
-    }
-
-    /// Walks the rows × activations in tiles of up to 4 × 4, so each unpacked weight block
-    /// serves up to four activation rows and each loaded activation block several weight rows.
-    /// Tiles are one weight row tall for up to four activation rows (generation, alone or
-    /// batched: the weights stream from memory, and four rows at once were a third slower in
-    /// the model, though not in the kernels bench where they sit in cache) and with AVX2 (its
-    /// sixteen registers spill a taller tile's accumulators); four tall for prefill with VNNI.
-    #[inline(always)]
-    unsafe fn rows<const F: u8, const VNNI: bool>(data: &[u8], a: &Act8, out: &mut [f32]) {
-        let (block_bytes, _) = layout(F);
-        let per_block = if F == Q4K || F == Q5K || F == Q6K {
-            8
-        } else {
-            1
-        };
-        let row_bytes = a.blocks / per_block * block_bytes;
-        let (rows, n) = (data.len() / row_bytes, a.n);
-        let step = if VNNI && n > 4 { 4 } else { 1 };
-        let mut r = 0;
-        while r < rows {
-            let height = if rows - r >= step { step } else { 1 };
-            let mut i = 0;
-            while i < n {
-                let wide = (n - i).min(4);
-                let at = |k: usize| data.as_ptr().add((r + k) * row_bytes);
-                macro_rules! tile {
-                    ($r:literal, $c:literal) => {{
-                        let w: [*const u8; $r] = std::array::from_fn(at);
-                        let y = tile::<F, VNNI, $r, $c>(w, a, i);
-                        for (k, y) in y.iter().enumerate() {
-                            out[(r + k) * n + i..][..$c].copy_from_slice(y);
-                        }
-                    }};
-                }
-                match (height, wide) {
-                    (4, 4) => tile!(4, 4),
-                    (4, 3) => tile!(4, 3),
-                    (4, 2) => tile!(4, 2),
-                    (4, _) => tile!(4, 1),
-                    (_, 4) => tile!(1, 4),
-                    (_, 3) => tile!(1, 3),
-                    (_, 2) => tile!(1, 2),
-                    (_, _) => tile!(1, 1),
-                }
-                i += wide;
-            }
-            r += height;
-        }
-    }
-
-    /// Sum of the products of 32 unsigned bytes with 32 signed bytes, as eight i32 lanes of
-    /// four products each (no pair overflows i16 in `vpmaddubsw`: weights here are at most
-    /// 128 after the sign trick, or 31).
-    #[inline(always)]
-    unsafe fn dot_u8_i8<const VNNI: bool>(w: __m256i, a: __m256i) -> __m256i {
-        if VNNI {
-            _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
-        } else {
-            _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
-        }
-    }
-
-    /// `R` weight rows (at `w`) against activation rows `i..i + C`: per block,
-    /// `d_w d_a Σ q_w q_a`, plus `m_w Σ a` for Q4_1 (the exact activation sum).
-    #[inline(always)]
-    unsafe fn tile<const F: u8, const VNNI: bool, const R: usize, const C: usize>(
-        w: [*const u8; R],
-        a: &Act8,
-        i: usize,
-    ) -> [[f32; C]; R] {
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
-        for b in 0..a.blocks {
-            // (Plain loops: closures would not inherit the target features, and their
-            // intrinsics would become calls.)
-            let mut at = [0usize; C];
-            let mut act = [_mm256_setzero_si256(); C];
-            let mut da = [_mm256_setzero_ps(); C];
-            for c in 0..C {
-                at[c] = (i + c) * a.blocks + b;
-                act[c] = _mm256_loadu_si256(a.q.as_ptr().add(at[c] * BLOCK) as *const __m256i);
-                da[c] = _mm256_set1_ps(*a.d.get_unchecked(at[c]));
-            }
-            for (row, acc) in w.iter().zip(acc.iter_mut()) {
-                let (wq, scale, offset) = decode::<F>(*row, b);
-                if signed(F) {
-                    // One side must be unsigned: |w| times a with w's sign moved onto it.
-                    let magnitude = _mm256_sign_epi8(wq, wq);
-                    for c in 0..C {
-                        let signed = _mm256_sign_epi8(act[c], wq);
-                        let dot = _mm256_cvtepi32_ps(dot_u8_i8::<VNNI>(magnitude, signed));
-                        acc[c] = _mm256_fmadd_ps(dot, _mm256_mul_ps(scale, da[c]), acc[c]);
-                    }
-                } else {
-                    for c in 0..C {
-                        let dot = _mm256_cvtepi32_ps(dot_u8_i8::<VNNI>(wq, act[c]));
-                        acc[c] = _mm256_fmadd_ps(dot, _mm256_mul_ps(scale, da[c]), acc[c]);
-                        let sum = _mm256_set1_ps(*a.sums.get_unchecked(at[c]));
-                        acc[c] = _mm256_fmadd_ps(offset, sum, acc[c]);
-                    }
-                }
-            }
-        }
-        let mut sums = [[0.0f32; C]; R];
-        for r in 0..R {
-            for c in 0..C {
-                sums[r][c] = hsum(acc[r][c]);
-            }
-        }
-        sums
-    }
 }
 
 #[cfg(test)]
@@ -1097,10 +821,16 @@ mod tests {
                         .zip(&q.d)
                         .flat_map(|(block, d)| block.iter().map(move |v| f32::from(*v) * d))
                         .collect();
+                // Q4_0's and Q5_0's offsets (-8 d, -16 d) are zero points of the integer sum,
+                // so they meet the quantized activations too.
+                let offset_x = match format {
+                    Format::Q4_0 | Format::Q5_0 => &xq,
+                    _ => &x,
+                };
                 for kernel in Kernel::ALL.into_iter().filter(|k| k.available()) {
                     let got = matmul_with(&w, &x, n, kernel);
                     let expected = match kernel {
-                        Kernel::Avx2Q8 | Kernel::Avx512Vnni => reference(&w, &xq, &x, n),
+                        Kernel::Avx2Q8 | Kernel::Avx512Vnni => reference(&w, &xq, offset_x, n),
                         Kernel::Scalar | Kernel::Avx2F32 => reference(&w, &x, &x, n),
                     };
                     for (a, b) in got.iter().zip(&expected) {

@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{QMatMul, QStorage, QTensor};
@@ -12,7 +13,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 pub use crate::attention::Cache;
 use crate::attention::{self, Row};
-use crate::kernels::{self, Format, QMatrix};
+use crate::kernels::{self, Format, Packed, QMatrix};
 use crate::ops::{self, RopeStyle};
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
@@ -150,13 +151,17 @@ pub struct ModelConfig {
     pub rope_base: f32,
 }
 
-/// A weight matrix: in the mapped file (Q4_1, Q8_0) or loaded by candle (anything else).
+/// A weight matrix: in the mapped file (the formats of [`Format`]) or loaded by candle
+/// (anything else).
 enum Weight {
     Mapped {
         format: Format,
         rows: usize,
         cols: usize,
         offset: usize,
+        /// The 8-bit kernels' layout, made once (when the model loads, if one of them is
+        /// chosen then; else on first use).
+        packed: OnceLock<Packed>,
     },
     Candle(QMatMul),
 }
@@ -169,6 +174,7 @@ impl Weight {
                 rows,
                 cols,
                 offset,
+                ..
             } => {
                 let len = rows * cols / format.block_len() * format.block_bytes();
                 // Offsets and lengths were checked against the file when the model loaded.
@@ -189,7 +195,13 @@ impl Weight {
                     .to_dtype(DType::F32)?
                     .to_vec1()
             }
-            (_, Some(w)) => Ok(kernels::matmul(&w, x, n)),
+            (Weight::Mapped { packed, .. }, Some(w)) => {
+                let kernel = kernels::kernel();
+                Ok(match kernel.packs() {
+                    true => packed.get_or_init(|| Packed::new(&w)).matmul(x, n, kernel),
+                    false => kernels::matmul_with(&w, x, n, kernel),
+                })
+            }
             (_, None) => candle_core::bail!("weight outside the mapped file"),
         }
     }
@@ -400,7 +412,9 @@ impl Model {
         // SAFETY: the map is read-only and lives as long as the model. moa never writes model
         // files in place (downloads are renamed into place), so the bytes do not change under it.
         #[allow(unsafe_code)]
-        let map = unsafe { memmap2::Mmap::map(&file) }
+        // Populated: every weight is read by the first forward pass (or by packing), and one
+        // read-ahead costs less than a page fault per 4 KiB.
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
             .map_err(|e| format(format!("cannot map the file: {e}")))?;
         // Every count and offset of the header is checked against the file before candle's
         // reader, which trusts them, sees it.
@@ -481,6 +495,7 @@ impl Model {
                         rows,
                         cols,
                         offset,
+                        packed: OnceLock::new(),
                     })
                 }
                 _ => Ok(Weight::Candle(
@@ -541,7 +556,7 @@ impl Model {
                     .powf(2.0 * i as f32 / config.head_dim as f32)
             })
             .collect();
-        Ok(Model {
+        let model = Model {
             map,
             embed,
             config,
@@ -551,7 +566,31 @@ impl Model {
             norm,
             output,
             inv_freq,
-        })
+        };
+        if kernels::kernel().packs() {
+            model.pack();
+        }
+        Ok(model)
+    }
+
+    /// Packs every matrix for the 8-bit kernels now, so the first prompt does not wait for it.
+    fn pack(&self) {
+        let matrices = self.blocks.iter().flat_map(|b| {
+            [
+                &b.q.weight,
+                &b.k.weight,
+                &b.v.weight,
+                &b.o.weight,
+                &b.gate,
+                &b.up,
+                &b.down,
+            ]
+        });
+        for weight in matrices.chain([&self.output]) {
+            if let (Weight::Mapped { packed, .. }, Some(w)) = (weight, weight.matrix(&self.map)) {
+                packed.get_or_init(|| Packed::new(&w));
+            }
+        }
     }
 
     /// An empty cache for a new sequence.
