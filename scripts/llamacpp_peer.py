@@ -108,10 +108,11 @@ def run(command):
     if op == "chat":
         started = time.perf_counter()
         first, text, count = None, [], 0
+        banned = {int(t): float("-inf") for t in command.get("banned") or []}
         for chunk in llm.create_chat_completion(
                 messages=command["messages"], temperature=command["temperature"],
                 top_p=command["top_p"], max_tokens=command["max_tokens"],
-                seed=command["seed"], stream=True):
+                seed=command["seed"], logit_bias=banned or None, stream=True):
             delta = chunk["choices"][0]["delta"].get("content")
             if delta:
                 if first is None:

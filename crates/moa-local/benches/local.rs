@@ -39,9 +39,13 @@ const PREFILLS: [usize; 3] = [128, 512, 1024];
 /// (context, tokens generated after it)
 const DECODES: [(usize, usize); 2] = [(32, 128), (2048, 64)];
 const BATCH: (usize, usize, usize) = (256, 3, 128);
-const QUESTIONS: [&str; 2] = [
-    "What is the capital of France?",
-    "Give me three tips for sleeping better.",
+/// Whole local MoA runs: (question, every answer generated to its max_tokens). Sampled answers
+/// differ in length between engines; the fixed-length run (end-of-turn tokens banned on both
+/// sides, 3 × 200 proposer tokens and 300 aggregator tokens) compares the same work.
+const RUNS: [(&str, bool); 3] = [
+    ("What is the capital of France?", false),
+    ("Give me three tips for sleeping better.", false),
+    ("Give me three tips for sleeping better.", true),
 ];
 
 /// One engine's figures for one round (or the best over rounds).
@@ -251,6 +255,19 @@ fn load_time(path: &Path) -> Result<f64, Error> {
 }
 
 /// The built-in `local` preset, its agents pointed at `path`.
+/// `preset` with every agent generating to its max_tokens (`ignore_eos`).
+fn fixed_length(preset: &Preset) -> Preset {
+    let mut preset = preset.clone();
+    for agent in preset.layers.iter_mut().flatten() {
+        agent.extra.insert("ignore_eos".into(), true.into());
+    }
+    preset
+        .aggregator
+        .extra
+        .insert("ignore_eos".into(), true.into());
+    preset
+}
+
 fn local_preset(path: &Path) -> Result<Preset, Error> {
     let mut preset = moa_core::preset::builtin("local").ok_or("no local preset")?;
     let model = format!("local:{}", path.display());
@@ -305,9 +322,13 @@ fn measure_moa(
     }
     figures.batch = started.elapsed().as_secs_f64();
     // A whole run of the local preset, as `moa ask --preset local` does it.
-    let plan = Plan::bind(preset, |_| Ok::<_, PresetError>(provider.clone()))?;
-    let moa = Moa::new(plan, RunOptions::default());
-    for question in QUESTIONS {
+    let bind = |preset: &Preset| {
+        Plan::bind(preset, |_| Ok::<_, PresetError>(provider.clone()))
+            .map(|plan| Moa::new(plan, RunOptions::default()))
+    };
+    let (sampled, fixed) = (bind(preset)?, bind(&fixed_length(preset))?);
+    for (question, fixed_length) in RUNS {
+        let moa = if fixed_length { &fixed } else { &sampled };
         let started = Instant::now();
         let (mut first, mut tokens) = (None, 0);
         runtime.block_on(async {
@@ -420,18 +441,27 @@ impl Peer {
         figures.batch = self
             .seconds(json!({"op": "batch", "tokens": text_tokens(model, context),
             "sequences": sequences, "generate": generate}))?;
-        for question in QUESTIONS {
-            figures.runs.push(self.sequential_run(preset, question)?);
+        for (question, fixed_length) in RUNS {
+            let banned = if fixed_length {
+                model.tokenizer.stop.clone()
+            } else {
+                Vec::new()
+            };
+            figures
+                .runs
+                .push(self.sequential_run(preset, question, &banned)?);
         }
         Ok(figures)
     }
 
     /// The preset's flow one call after another, as the reference's script runs it: each
-    /// proposer, then the aggregator with their answers injected, streamed.
+    /// proposer, then the aggregator with their answers injected, streamed; `banned` tokens
+    /// are never generated (a logit bias of -inf).
     fn sequential_run(
         &mut self,
         preset: &Preset,
         question: &str,
+        banned: &[u32],
     ) -> Result<(f64, f64, u64), Error> {
         let started = Instant::now();
         let messages = vec![Message::user(question)];
@@ -445,6 +475,7 @@ impl Peer {
                 "top_p": agent.extra.get("top_p"),
                 "max_tokens": agent.max_tokens,
                 "seed": agent.extra.get("seed"),
+                "banned": banned,
             })
         };
         for agent in preset.layers.iter().flatten() {
@@ -537,20 +568,24 @@ fn report(path: &Path, kernels: &[Kernel], moa: &[Figures], llama: Option<(Strin
         Box::new(move |f: &Figures| (sequences * generate) as f64 / f.batch),
         "tok/s",
     ));
-    for (i, question) in QUESTIONS.into_iter().enumerate() {
+    for (i, (question, fixed_length)) in RUNS.into_iter().enumerate() {
+        let run = match fixed_length {
+            true => format!("local MoA run, \"{question}\", every answer to max_tokens"),
+            false => format!("local MoA run, \"{question}\""),
+        };
         rows.push((
-            format!("local MoA run, \"{question}\": whole run"),
+            format!("{run}: whole run"),
             Box::new(move |f: &Figures| f.runs[i].0),
             "s",
         ));
         rows.push((
-            format!("local MoA run, \"{question}\": first answer token"),
+            format!("{run}: first answer token"),
             Box::new(move |f: &Figures| f.runs[i].1),
             "s",
         ));
         // Sampled answers differ in length between engines: time per generated token compares.
         rows.push((
-            format!("local MoA run, \"{question}\": whole run per generated token"),
+            format!("{run}: whole run per generated token"),
             Box::new(move |f: &Figures| f.runs[i].0 * 1000.0 / f.runs[i].2.max(1) as f64),
             "ms",
         ));

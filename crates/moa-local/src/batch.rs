@@ -164,6 +164,13 @@ fn advance(model: &Model, s: &mut Sequence) -> bool {
     if s.generated >= s.job.limit {
         return finish(s, "length");
     }
+    if s.job.sampling.ignore_eos {
+        for stop in &model.tokenizer.stop {
+            if let Some(logit) = s.logits.get_mut(*stop as usize) {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+    }
     let token = sample(&s.logits, &s.job.sampling, &mut s.rng);
     if model.tokenizer.stop.contains(&token) {
         return finish(s, "stop");

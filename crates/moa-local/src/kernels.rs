@@ -480,13 +480,21 @@ pub fn matmul_with(w: &QMatrix, x: &[f32], n: usize, kernel: Kernel) -> Vec<f32>
     // Per-block sums of the activations carry the offset term (`m` of Q4_1).
     let sums = block_sums(x);
     split_rows(w.rows, n, w.rows * blocks * n, 4, |range| {
+        // Row by row ([row][i]), then turned to [i][row] in tiles that stay in cache.
         let len = range.len();
+        let mut by_row = vec![0.0f32; len * n];
+        for (r, values) in range.zip(by_row.chunks_exact_mut(n.max(1))) {
+            row_dot(w, r, x, &sums, kernel, values);
+        }
         let mut out = vec![0.0f32; len * n];
-        let mut values = vec![0.0f32; n];
-        for (k, r) in range.enumerate() {
-            row_dot(w, r, x, &sums, kernel, &mut values);
-            for (i, v) in values.iter().enumerate() {
-                out[i * len + k] = *v;
+        const TILE: usize = 32;
+        for k0 in (0..len).step_by(TILE) {
+            for i0 in (0..n).step_by(TILE) {
+                for k in k0..(k0 + TILE).min(len) {
+                    for i in i0..(i0 + TILE).min(n) {
+                        out[i * len + k] = by_row[k * n + i];
+                    }
+                }
             }
         }
         out

@@ -11,7 +11,8 @@ use crate::tokenizer::EncodeStop;
 /// Output limit when a request sets none.
 pub const DEFAULT_MAX_TOKENS: u32 = 512;
 
-/// Sampling settings from a request: temperature, and `top_p` / `seed` from its extra fields.
+/// Sampling settings from a request: temperature, and `top_p` / `seed` / `ignore_eos` from its
+/// extra fields.
 pub fn sampling(request: &ChatRequest) -> Sampling {
     let number = |k: &str| request.extra.get(k).and_then(|v| v.as_f64());
     let seed = request
@@ -28,14 +29,21 @@ pub fn sampling(request: &ChatRequest) -> Sampling {
         temperature: request.temperature.unwrap_or(0.7),
         top_p: number("top_p").unwrap_or(1.0),
         seed,
+        ignore_eos: request
+            .extra
+            .get("ignore_eos")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
     }
 }
 
-/// Extra request fields the local model honours; any other is refused by name.
-pub const SUPPORTED_FIELDS: [&str; 2] = ["top_p", "seed"];
+/// Extra request fields the local model honours; any other is refused by name. `ignore_eos`
+/// (as llama.cpp's server and vLLM name it) generates to `max_tokens` without ever picking an
+/// end-of-turn token: answers of a fixed length, for benchmarks.
+pub const SUPPORTED_FIELDS: [&str; 3] = ["top_p", "seed", "ignore_eos"];
 
 /// Refuses what the local model cannot do rather than dropping it: tools, and any sampling
-/// field but temperature, max_tokens, top_p and seed (`stop`, penalties, `logit_bias`,
+/// field but temperature, max_tokens, top_p, seed and ignore_eos (`stop`, penalties, `logit_bias`,
 /// `logprobs`, ...).
 pub fn check(request: &ChatRequest) -> Result<(), ProviderError> {
     let refuse = |what: String| ProviderError::InvalidRequest {

@@ -31,6 +31,8 @@ pub struct Sampling {
     /// Keep the smallest set of tokens whose probability reaches this (1.0: all).
     pub top_p: f64,
     pub seed: u64,
+    /// Never pick an end-of-turn token: generate to the length limit.
+    pub ignore_eos: bool,
 }
 
 impl Default for Sampling {
@@ -39,6 +41,7 @@ impl Default for Sampling {
             temperature: 0.7,
             top_p: 0.9,
             seed: 42,
+            ignore_eos: false,
         }
     }
 }
@@ -122,6 +125,7 @@ mod tests {
             temperature: 1.0,
             top_p: 1.0,
             seed: 0,
+            ignore_eos: false,
         };
         let run = |seed| {
             let mut rng = Rng::new(seed);
@@ -141,6 +145,7 @@ mod tests {
             temperature: 1.0,
             top_p: 0.5,
             seed: 0,
+            ignore_eos: false,
         };
         let mut rng = Rng::new(3);
         assert!((0..200).all(|_| sample(&logits, &s, &mut rng) == 0));

@@ -125,6 +125,34 @@ async fn streams_seeded_answers_with_usage_and_respects_max_tokens() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn ignore_eos_generates_to_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny::write(dir.path(), "llama");
+    let provider = LocalProvider::new(dir.path());
+    let usage = |chunks: &[Chunk]| match chunks.last() {
+        Some(Chunk::Finished {
+            usage: Some(usage),
+            finish_reason: Some(reason),
+        }) => (usage.completion_tokens, reason.clone()),
+        other => panic!("no usage at the end: {other:?}"),
+    };
+    // A seed whose answer ends at an end-of-turn token well before the limit.
+    let mut stopped = None;
+    for seed in 0..200 {
+        let (_, chunks) = answer(&provider, request(&path, 1.5, seed, 40)).await;
+        if usage(&chunks).1 == "stop" {
+            stopped = Some(seed);
+            break;
+        }
+    }
+    let seed = stopped.expect("the tiny model ends some answer early at this temperature");
+    let mut asked = request(&path, 1.5, seed, 40);
+    asked.extra.insert("ignore_eos".into(), true.into());
+    let (_, chunks) = answer(&provider, asked).await;
+    assert_eq!(usage(&chunks), (40, "length".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn greedy_answers_do_not_depend_on_the_seed() {
     let dir = tempfile::tempdir().unwrap();
     let path = tiny::write(dir.path(), "qwen2");
