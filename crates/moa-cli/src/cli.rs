@@ -491,7 +491,8 @@ pub struct EvalGenerateArgs {
     #[arg(long, value_name = "MODEL")]
     pub model: Option<String>,
     /// The name recorded in the outputs (AlpacaEval's generator, FastChat's model_id)
-    /// [default: the preset or model]
+    /// [default: for alpaca_eval `<aggregator model>-<provider>` as the reference writes it
+    /// (`Qwen/Qwen1.5-72B-Chat-together`); else the preset or model]
     #[arg(long)]
     pub name: Option<String>,
     /// The run folder: answers, checkpoint and outputs; rerunning resumes.
@@ -509,9 +510,21 @@ pub struct EvalGenerateArgs {
     /// only the aggregator is called, with these as its references.
     #[arg(long, value_delimiter = ',', value_name = "FILES")]
     pub reference_paths: Vec<std::path::PathBuf>,
-    /// Cap every agent's answer [default: 1024 for mt_bench as the reference; else the preset's]
+    /// A null output in --reference-paths: `none` sends the text "None" as the reference's
+    /// generators do; `skip` leaves that reference out.
+    #[arg(long, value_enum, default_value = "none", value_name = "HOW")]
+    pub null_references: NullReferencesArg,
+    /// Cap every agent's answer [default: 2048 for alpaca_eval and flask, 1024 for mt_bench,
+    /// as the reference's generators]
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<u32>,
+    /// alpaca_eval and flask: every agent's temperature [default: 0.7, the reference's]
+    #[arg(long, value_name = "T", value_parser = non_negative, conflicts_with = "preset_sampling")]
+    pub temperature: Option<f64>,
+    /// Keep each agent's own temperature and max_tokens from the preset instead of the
+    /// reference generators' settings.
+    #[arg(long)]
+    pub preset_sampling: bool,
     /// MT-Bench: one temperature for every question instead of the per-category ones.
     #[arg(long, value_name = "T", value_parser = non_negative)]
     pub force_temperature: Option<f64>,
@@ -522,6 +535,13 @@ pub struct EvalGenerateArgs {
     pub policy: PolicyArgs,
     #[command(flatten)]
     pub job_budget: JobBudgetArgs,
+}
+
+/// `--null-references`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum NullReferencesArg {
+    None,
+    Skip,
 }
 
 #[derive(Debug, Args)]

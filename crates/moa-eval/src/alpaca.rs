@@ -227,6 +227,19 @@ pub fn win_rate(preferences: &[f64], model_lengths: &[usize]) -> WinRate {
     }
 }
 
+/// AlpacaEval's name for its official annotator (the default judge, preference from logprobs).
+pub const ANNOTATOR: &str = "weighted_alpaca_eval_gpt4_turbo";
+
+/// The annotator an annotation names: the official one only when the official judge ran with
+/// logprobs; otherwise the judge that ran, and how its preference was read.
+pub fn annotator(judge: &str, weighted: bool) -> String {
+    match (judge == DEFAULT_JUDGE, weighted) {
+        (true, true) => ANNOTATOR.to_string(),
+        (_, true) => format!("{judge} with the {ANNOTATOR} prompt, preference from logprobs"),
+        (_, false) => format!("{judge} with the {ANNOTATOR} prompt, preference from the text"),
+    }
+}
+
 /// One line of AlpacaEval's `annotations.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Annotation {

@@ -72,7 +72,12 @@ impl Generator {
 
     /// One turn's run: the task's temperature and the cap for every agent, and the task's own
     /// references (if it brings any) in place of the proposers'.
-    fn request(&self, task: &Task, history: &[Message], references: &[Reference]) -> RunRequest {
+    fn request(
+        &self,
+        task: &Task,
+        history: &[Message],
+        references: Option<&[Reference]>,
+    ) -> RunRequest {
         let overrides = CallOverrides {
             temperature: task.temperature,
             max_tokens: self.max_tokens,
@@ -82,7 +87,7 @@ impl Generator {
             messages: history.to_vec(),
             aggregator: overrides.clone(),
             proposers: overrides,
-            references: (!references.is_empty()).then(|| references.to_vec()),
+            references: references.map(<[Reference]>::to_vec),
             ..RunRequest::default()
         }
     }
@@ -103,18 +108,19 @@ impl Generator {
             tstamp: 0.0,
         };
         let mut history: Vec<Message> = Vec::new();
-        let references: Vec<Reference> = task
-            .references
-            .iter()
-            .enumerate()
-            .map(|(i, text)| Reference {
-                model: format!("reference-{}", i + 1),
-                text: text.clone(),
-            })
-            .collect();
+        let references: Option<Vec<Reference>> = task.references.as_ref().map(|texts| {
+            texts
+                .iter()
+                .enumerate()
+                .map(|(i, text)| Reference {
+                    model: format!("reference-{}", i + 1),
+                    text: text.clone(),
+                })
+                .collect()
+        });
         for turn in &task.turns {
             history.push(Message::user(turn.clone()));
-            let request = self.request(&task, &history, &references);
+            let request = self.request(&task, &history, references.as_deref());
             match self.moa.run_request_to_end(request).await {
                 Ok(trace) => {
                     answer.usage.add(&trace.usage);

@@ -76,8 +76,9 @@ pub struct Task {
     pub turns: Vec<String>,
     /// Overrides every agent's temperature (MT-Bench's per-category temperatures).
     pub temperature: Option<f64>,
-    /// Pre-generated proposer answers: when present, only the aggregator is called.
-    pub references: Vec<String>,
+    /// Pre-generated proposer answers: when present (even empty: every proposer failed), only
+    /// the aggregator is called.
+    pub references: Option<Vec<String>>,
 }
 
 impl Task {
@@ -87,7 +88,7 @@ impl Task {
             key,
             turns: vec![prompt.to_string()],
             temperature: None,
-            references: Vec::new(),
+            references: None,
         }
     }
 }
@@ -104,7 +105,7 @@ impl runner::Item for Task {
             text.push_str(turn);
             text.push('\u{1}');
         }
-        for reference in &self.references {
+        for reference in self.references.iter().flatten() {
             text.push_str(reference);
             text.push('\u{2}');
         }
@@ -159,7 +160,7 @@ mod tests {
         other.temperature = Some(0.0);
         assert_ne!(task.hash(), other.hash());
         let mut other = task.clone();
-        other.references = vec!["r".into()];
+        other.references = Some(vec!["r".into()]);
         assert_ne!(task.hash(), other.hash());
         assert_eq!(Bench::from_name("mt_bench"), Some(Bench::MtBench));
     }

@@ -66,7 +66,7 @@ pub fn tasks(questions: &[Question], force_temperature: Option<f64>) -> Vec<Task
             key: q.question_id.to_string(),
             turns: q.turns.clone(),
             temperature: Some(force_temperature.unwrap_or_else(|| temperature(q))),
-            references: Vec::new(),
+            references: None,
         })
         .collect()
 }
@@ -270,6 +270,10 @@ fn first_bracketed(text: &str, open: &str, close: &str) -> Option<f64> {
     }
     None
 }
+
+/// Where FastChat's `show_result.py` reads single-answer judgments by default (relative to
+/// the folder it runs in): `data/mt_bench/model_judgment/gpt-4_single.jsonl` for GPT-4.
+pub const JUDGMENT_DIR: &str = "data/mt_bench/model_judgment";
 
 /// One line of FastChat's `model_judgment/<judge>_single.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -72,8 +72,23 @@ pub struct GenerateOptions {
     pub limit: Option<usize>,
     pub parallel: usize,
     pub force_temperature: Option<f64>,
+    /// AlpacaEval and FLASK: every agent's temperature (the reference's generators use 0.7 for
+    /// proposers and aggregator alike); `None` keeps each agent's own.
+    pub temperature: Option<f64>,
+    /// What a null output in `reference_paths` becomes.
+    pub null_references: NullReferences,
     /// The whole job's limits; generation stops starting items once reached.
     pub budget: runner::JobBudget,
+}
+
+/// What a null output (a proposer that failed) in a `--reference-paths` file becomes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NullReferences {
+    /// The text `None`, as the reference's generators send it (Python's `str(None)`).
+    #[default]
+    AsNone,
+    /// Left out: the aggregator sees only the proposers that answered.
+    Skip,
 }
 
 /// What a generation left.
@@ -103,7 +118,11 @@ fn data_file(data: &Path, relative: &str, bench: Bench) -> Result<PathBuf> {
 
 /// Proposer outputs from earlier runs, per item position: AlpacaEval's JSON array (`output`)
 /// or JSON Lines (`text` or `output`).
-fn load_references(paths: &[PathBuf], count: usize) -> Result<Vec<Vec<String>>> {
+fn load_references(
+    paths: &[PathBuf],
+    count: usize,
+    nulls: NullReferences,
+) -> Result<Vec<Vec<String>>> {
     let mut out = vec![Vec::new(); count];
     for path in paths {
         let text = std::fs::read_to_string(path).map_err(|e| EvalError::io("read", path, e))?;
@@ -127,14 +146,18 @@ fn load_references(paths: &[PathBuf], count: usize) -> Result<Vec<Vec<String>>> 
                 ),
             ));
         }
-        for (slot, row) in out.iter_mut().zip(&rows) {
-            let text = row
-                .get("output")
-                .or_else(|| row.get("text"))
-                .and_then(|v| v.as_str());
-            // A failed proposer (null) is left out rather than sent as the word "None".
-            if let Some(text) = text {
-                slot.push(text.to_string());
+        for (i, (slot, row)) in out.iter_mut().zip(&rows).enumerate() {
+            let value = row.get("output").or_else(|| row.get("text"));
+            match (value, nulls) {
+                (Some(serde_json::Value::String(text)), _) => slot.push(text.clone()),
+                (Some(serde_json::Value::Null), NullReferences::AsNone) => slot.push("None".into()),
+                (Some(serde_json::Value::Null), NullReferences::Skip) => {}
+                _ => {
+                    return Err(EvalError::data(
+                        path,
+                        format!("record {i} has no `output` (or `text`) string"),
+                    ))
+                }
             }
         }
     }
@@ -252,14 +275,25 @@ pub async fn generate(
 ) -> Result<Generated> {
     if opts.force_temperature.is_some() && opts.bench != Bench::MtBench {
         return Err(EvalError::Invalid(
-            "--force-temperature applies to mt_bench; other benchmarks use the preset's temperatures".into(),
+            "--force-temperature applies to mt_bench; use --temperature for the other benchmarks"
+                .into(),
+        ));
+    }
+    if opts.temperature.is_some() && opts.bench == Bench::MtBench {
+        return Err(EvalError::Invalid(
+            "mt_bench takes each category's temperature; use --force-temperature for one temperature".into(),
         ));
     }
     let Plan { mut tasks, write } = plan(opts)?;
+    if let Some(t) = opts.temperature {
+        for task in &mut tasks {
+            task.temperature = Some(t);
+        }
+    }
     if !opts.reference_paths.is_empty() {
-        let references = load_references(&opts.reference_paths, tasks.len())?;
+        let references = load_references(&opts.reference_paths, tasks.len(), opts.null_references)?;
         for (task, refs) in tasks.iter_mut().zip(references) {
-            task.references = refs;
+            task.references = Some(refs);
         }
     }
     let info = RunInfo {
@@ -431,7 +465,14 @@ pub async fn judge(opts: &JudgeOptions, judge: &Judge, tick: impl FnMut(&Tick)) 
                         .transpose()?
                 }
             };
-            let metrics = alpaca_metrics(&items, &done, &name, &opts.out, lc_data.as_ref())?;
+            let metrics = alpaca_metrics(
+                &items,
+                &done,
+                &name,
+                &judge.name,
+                &opts.out,
+                lc_data.as_ref(),
+            )?;
             let remaining = runner::pending(&items, &done).len();
             (metrics, items.len(), remaining)
         }
@@ -551,6 +592,7 @@ fn alpaca_metrics(
     items: &[judge::Comparison],
     done: &HashMap<String, Judgment>,
     name: &str,
+    judge_name: &str,
     out: &Path,
     lc_data: Option<&lc::LcData>,
 ) -> Result<Metrics> {
@@ -580,7 +622,7 @@ fn alpaca_metrics(
             generator_1: "gpt4_1106_preview".into(),
             output_2: item.model.clone(),
             generator_2: name.to_string(),
-            annotator: "weighted_alpaca_eval_gpt4_turbo".into(),
+            annotator: alpaca::annotator(judge_name, j.weighted == Some(true)),
             preference: Some(preference),
             raw_completion: Some(j.text.clone()),
         });
@@ -601,6 +643,9 @@ fn mt_bench_metrics(
     judge_name: &str,
     out: &Path,
 ) -> Result<Metrics> {
+    // FastChat names judges by model alone (`gpt-4`), in the judge field and the file name.
+    let judge_model =
+        moa_core::ModelRef::parse(judge_name).map_or(judge_name.to_string(), |r| r.model);
     let mut triples = Vec::new();
     let mut lines = String::new();
     for item in items {
@@ -613,7 +658,7 @@ fn mt_bench_metrics(
             question_id: item.question.question_id,
             model: name.to_string(),
             judge: (
-                judge_name.to_string(),
+                judge_model.to_string(),
                 j.prompt_name.clone().unwrap_or_default(),
             ),
             user_prompt: j.user_prompt.clone().unwrap_or_default(),
@@ -627,7 +672,12 @@ fn mt_bench_metrics(
         );
         lines.push('\n');
     }
-    let file = format!("model_judgment/{}_single.jsonl", safe_name(judge_name));
+    // Where FastChat's show_result.py looks by default, run from the run folder.
+    let file = format!(
+        "{}/{}_single.jsonl",
+        mt_bench::JUDGMENT_DIR,
+        safe_name(&judge_model)
+    );
     crate::write_file(&out.join(file), lines.as_bytes())?;
     Ok(Metrics::MtBench(mt_bench::scores(&triples)))
 }
@@ -649,11 +699,23 @@ fn write_flask_files(
         let Some(j) = current(done, item) else {
             continue;
         };
+        // FLASK writes an unrated skill as the string "N/A".
+        let scores = j.scores.as_ref().map(|scores| {
+            scores
+                .iter()
+                .map(|(skill, score)| {
+                    (
+                        skill.clone(),
+                        score.map_or(serde_json::json!("N/A"), Into::into),
+                    )
+                })
+                .collect::<serde_json::Map<_, _>>()
+        });
         let line = serde_json::json!({
             "question_id": item.instance.idx,
             "text": item.response,
             "review": j.text,
-            "score": j.scores,
+            "score": scores,
         });
         lines.push_str(&line.to_string());
         lines.push('\n');

@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 
 use moa_eval::generate::Generator;
 use moa_eval::judge::Judge;
-use moa_eval::pipeline::{self, GenerateOptions, JudgeOptions, Results};
+use moa_eval::pipeline::{self, GenerateOptions, JudgeOptions, NullReferences, Results};
 use moa_eval::report::{self, Entry};
 use moa_eval::sources::{self, Fetched};
 use moa_eval::Bench;
 
 use crate::cli::{
     EvalCommand, EvalData, EvalDownloadArgs, EvalGenerateArgs, EvalJudgeArgs, EvalReportArgs,
+    NullReferencesArg,
 };
 use crate::commands::engine;
 use crate::commands::progress::Progress;
@@ -97,6 +98,19 @@ async fn download(args: EvalDownloadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The temperature and length cap of the reference's AlpacaEval and FLASK generators.
+const REFERENCE_TEMPERATURE: f64 = 0.7;
+const REFERENCE_MAX_TOKENS: u32 = 2048;
+
+/// AlpacaEval's generator name as the reference writes it: `<model>-together` (its provider is
+/// always Together), so `<model>-<provider>` here.
+fn generator_name(aggregator: &str) -> String {
+    match moa_core::ModelRef::parse(aggregator) {
+        Ok(r) => format!("{}-{}", r.model, r.provider),
+        Err(_) => aggregator.to_string(),
+    }
+}
+
 async fn generate(config_path: Option<&Path>, args: EvalGenerateArgs) -> anyhow::Result<()> {
     let bench = bench(&args.bench)?;
     let config = Config::load(config_path)?;
@@ -114,12 +128,30 @@ async fn generate(config_path: Option<&Path>, args: EvalGenerateArgs) -> anyhow:
     let registry = config.registry()?;
     crate::local::register(&registry);
     let moa = engine(&registry, &preset, &settings.options)?;
-    let max_tokens = args.max_tokens.or(match bench {
-        Bench::MtBench => Some(moa_eval::mt_bench::MAX_TOKENS),
-        _ => None,
-    });
+    // The reference's generators: 0.7 and 2048 tokens for every agent of AlpacaEval and FLASK
+    // (the aggregator is called with generate_with_references' defaults), 1024 tokens and
+    // per-category temperatures for MT-Bench.
+    let (max_tokens, temperature) = match (bench, args.preset_sampling) {
+        (_, true) => (args.max_tokens, None),
+        (Bench::MtBench, false) => (
+            Some(args.max_tokens.unwrap_or(moa_eval::mt_bench::MAX_TOKENS)),
+            None,
+        ),
+        (_, false) => (
+            Some(args.max_tokens.unwrap_or(REFERENCE_MAX_TOKENS)),
+            Some(args.temperature.unwrap_or(REFERENCE_TEMPERATURE)),
+        ),
+    };
+    if args.temperature.is_some() && bench == Bench::MtBench {
+        anyhow::bail!(
+            "--temperature: mt_bench takes each category's temperature; use --force-temperature for one temperature"
+        );
+    }
     let generator = Generator::new(moa).with_max_tokens(max_tokens);
-    let name = args.name.clone().unwrap_or_else(|| preset.name.clone());
+    let name = args.name.clone().unwrap_or_else(|| match bench {
+        Bench::AlpacaEval => generator_name(&preset.aggregator.model),
+        _ => preset.name.clone(),
+    });
     let options = GenerateOptions {
         bench,
         data: data_dir(&args.data)?,
@@ -129,6 +161,11 @@ async fn generate(config_path: Option<&Path>, args: EvalGenerateArgs) -> anyhow:
         limit: args.limit,
         parallel: args.parallel,
         force_temperature: args.force_temperature,
+        temperature,
+        null_references: match args.null_references {
+            NullReferencesArg::None => NullReferences::AsNone,
+            NullReferencesArg::Skip => NullReferences::Skip,
+        },
         budget: args.job_budget.budget(),
     };
     let progress = Progress::new(format!("{bench} · {name}"));

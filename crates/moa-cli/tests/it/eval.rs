@@ -110,7 +110,7 @@ async fn alpaca_eval_generates_from_published_proposals_and_judges_with_logprobs
                 .with_top_logprobs(&[("m", p_m.ln()), ("M", (1.0 - p_m).ln()), ("The", -9.0)])
                 .with_usage(700, 1);
         }
-        if messages[0].0 == "system" {
+        if r.model == "Qwen/Qwen1.5-72B-Chat" {
             // The aggregator: the published MoA-Lite answer to this instruction.
             return Reply::text(lite_[&user].clone()).with_usage(3000, 400);
         }
@@ -143,17 +143,20 @@ async fn alpaca_eval_generates_from_published_proposals_and_judges_with_logprobs
     for (i, row) in outputs.iter().enumerate() {
         let instruction = &baseline[i].0;
         assert_eq!(row["instruction"].as_str().unwrap(), instruction);
-        assert_eq!(row["generator"], "lite");
+        // As the reference names it: `<aggregator model>-together`.
+        assert_eq!(row["generator"], "Qwen/Qwen1.5-72B-Chat-together");
         assert_eq!(row["output"].as_str().unwrap(), lite[instruction].trim());
         assert!(row["dataset"].is_string());
     }
     // The aggregator saw the proposers' published answers, injected byte for byte.
     let aggregator_calls = fake.requests_for("Qwen/Qwen1.5-72B-Chat");
-    let aggregator_calls: Vec<_> = aggregator_calls
-        .iter()
-        .filter(|r| r.messages()[0].0 == "system")
-        .collect();
     assert_eq!(aggregator_calls.len(), 12);
+    // The reference's generator settings for every agent: temperature 0.7, 2048 tokens.
+    for call in fake.requests() {
+        let body: Value = serde_json::from_str(call.body_text()).unwrap();
+        assert_eq!(body["temperature"].as_f64(), Some(0.7), "{}", call.model);
+        assert_eq!(body["max_tokens"], 2048, "{}", call.model);
+    }
     for call in aggregator_calls {
         let messages = call.messages();
         let instruction = &messages[1].1;
@@ -232,7 +235,15 @@ async fn alpaca_eval_generates_from_published_proposals_and_judges_with_logprobs
     let annotations: Vec<Value> = read_json(&sandbox.path().join("run/annotations.json"));
     assert_eq!(annotations.len(), 12);
     assert!((annotations[1]["preference"].as_f64().unwrap() - 1.9).abs() < 1e-9);
-    assert_eq!(annotations[0]["generator_2"], "lite");
+    assert_eq!(
+        annotations[0]["generator_2"],
+        "Qwen/Qwen1.5-72B-Chat-together"
+    );
+    // Not the official annotator's name: another judge ran.
+    assert_eq!(
+        annotations[0]["annotator"],
+        "together:judge with the weighted_alpaca_eval_gpt4_turbo prompt, preference from logprobs"
+    );
     assert!(out.stdout.contains("55.00"), "{}", out.stdout);
 
     // Judging again asks nothing: every comparison is in the journal.
@@ -279,6 +290,57 @@ async fn alpaca_eval_generates_from_published_proposals_and_judges_with_logprobs
             messages[0].1, expected,
             "references as in the files, untrimmed"
         );
+        // The reference calls the aggregator with generate_with_references' defaults.
+        let body: Value = serde_json::from_str(call.body_text()).unwrap();
+        assert_eq!(body["temperature"].as_f64(), Some(0.7));
+        assert_eq!(body["max_tokens"], 2048);
+    }
+
+    // A null output (a proposer that failed) is sent as the text "None", as the reference's
+    // generators do; `--null-references skip` leaves it out, and proposers stay uncalled
+    // even when no reference is left.
+    std::fs::write(
+        sandbox.path().join("nulls.json"),
+        r#"[{"output": "first"}, {"output": null}, {"output": "third"}]"#,
+    )
+    .unwrap();
+    for (how, second) in [("none", Some("None")), ("skip", None)] {
+        let before = fake.requests().len();
+        let args = [
+            "eval",
+            "generate",
+            "--bench",
+            "alpaca_eval",
+            "--preset",
+            "lite",
+            "--data",
+            data_arg,
+            "--limit",
+            "3",
+            "--out",
+            how,
+            "--reference-paths",
+            "nulls.json",
+            "--null-references",
+            how,
+        ];
+        let out = moa(sandbox.path(), &args, &[KEY], None).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let new: Vec<_> = fake.requests().into_iter().skip(before).collect();
+        assert_eq!(new.len(), 3, "only the aggregator, once per item");
+        let baseline_second = &baseline[1].0;
+        let call = new
+            .iter()
+            .find(|c| c.messages().last().unwrap().1 == *baseline_second)
+            .unwrap();
+        let messages = call.messages();
+        match second {
+            Some(text) => assert_eq!(
+                messages[0].1,
+                format!("{}\n1. {text}", moa_core::AGGREGATOR_SYSTEM_PROMPT)
+            ),
+            None => assert_eq!(messages.len(), 1, "no references, no system message"),
+        }
     }
 
     // The report compares the run with published leaderboard numbers.
@@ -304,7 +366,7 @@ async fn alpaca_eval_generates_from_published_proposals_and_judges_with_logprobs
     .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
-        out.stdout.contains("lite") && out.stdout.contains("65.38"),
+        out.stdout.contains("Qwen/Qwen1.5-72B-Chat-together") && out.stdout.contains("65.38"),
         "{}",
         out.stdout
     );
@@ -451,14 +513,12 @@ async fn mt_bench_answers_both_turns_at_category_temperatures_and_grades_them() 
     let judgments = std::fs::read_to_string(
         sandbox
             .path()
-            .join("mt/model_judgment/together_judge_single.jsonl"),
+            .join("mt/data/mt_bench/model_judgment/judge_single.jsonl"),
     )
     .unwrap();
+    // Where and as FastChat's show_result.py reads them: judges named by model alone.
     let first: Value = serde_json::from_str(judgments.lines().next().unwrap()).unwrap();
-    assert_eq!(
-        first["judge"],
-        serde_json::json!(["together:judge", "single-v1"])
-    );
+    assert_eq!(first["judge"], serde_json::json!(["judge", "single-v1"]));
     assert_eq!(first["score"], 9.0);
     // The reference answers reach the math judge prompts.
     let reference =
@@ -530,6 +590,11 @@ async fn flask_reviews_are_aggregated_per_skill() {
         // N/A (factuality) counts for nothing.
         "skill,score,count,avg\ncorrectness,12,4,3\ncommonsense,8,4,2\nreadability,20,4,5\nconciseness,16,4,4\n"
     );
+    // Reviews as FLASK writes them: an unrated skill is "N/A".
+    let review = std::fs::read_to_string(sandbox.path().join("fl/review.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(review.lines().next().unwrap()).unwrap();
+    assert_eq!(first["score"]["factuality"], "N/A", "{first}");
+    assert_eq!(first["score"]["readability"], 5.0, "{first}");
     // Judge calls run concurrently, so their order varies: every review has the ground truth
     // and the rubric, and the skills asked about include readability in one of them.
     let reviews: Vec<String> = fake
