@@ -22,6 +22,32 @@ fn shared_data() -> Option<PathBuf> {
     }
 }
 
+/// A Python with the official `alpaca_eval` package: `MOA_ALPACA_EVAL_PYTHON`, else the venv
+/// `.ci/run` makes (`target/alpaca-eval`). Missing: the check is skipped, unless
+/// `MOA_REQUIRE_ALPACA_EVAL` is set (CI sets it), which fails the test.
+fn alpaca_eval_python() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = std::env::var_os("MOA_ALPACA_EVAL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/alpaca-eval/bin/python"));
+    let works = std::process::Command::new(&python)
+        .args(["-c", "import alpaca_eval"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    match (works, std::env::var_os("MOA_REQUIRE_ALPACA_EVAL").is_some()) {
+        (true, _) => Some(python),
+        (false, true) => panic!(
+            "MOA_REQUIRE_ALPACA_EVAL is set but {} cannot import alpaca_eval \
+             (python3 -m venv target/alpaca-eval && target/alpaca-eval/bin/pip install alpaca-eval==0.6.6)",
+            python.display()
+        ),
+        (false, false) => {
+            eprintln!("skipped: the official alpaca_eval package is not installed");
+            None
+        }
+    }
+}
+
 fn published(data: &Path, model: &str) -> Vec<(String, String)> {
     let path = data.join(format!("alpaca_eval/results/{model}/model_outputs.json"));
     let rows: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -245,6 +271,40 @@ async fn alpaca_eval_generates_from_published_proposals_and_judges_with_logprobs
         "together:judge with the weighted_alpaca_eval_gpt4_turbo prompt, preference from logprobs"
     );
     assert!(out.stdout.contains("55.00"), "{}", out.stdout);
+
+    // The official package reads the same files and computes the same numbers.
+    if let Some(python) = alpaca_eval_python() {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/alpaca_eval_check.py");
+        let checked = std::process::Command::new(python)
+            .arg(script)
+            .arg(sandbox.path().join("run"))
+            .output()
+            .unwrap();
+        assert!(
+            checked.status.success(),
+            "{}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
+        let theirs: Value = serde_json::from_slice(&checked.stdout).unwrap();
+        assert_eq!(theirs["annotations"], 12);
+        assert_eq!(
+            theirs["generators"],
+            serde_json::json!(["Qwen/Qwen1.5-72B-Chat-together"])
+        );
+        for key in [
+            "win_rate",
+            "standard_error",
+            "n_wins",
+            "n_wins_base",
+            "n_draws",
+            "n_total",
+            "discrete_win_rate",
+        ] {
+            let (a, b) = (m[key].as_f64().unwrap(), theirs[key].as_f64().unwrap());
+            assert!((a - b).abs() < 1e-9, "{key}: moa {a}, alpaca_eval {b}");
+        }
+    }
 
     // Judging again asks nothing: every comparison is in the journal.
     let out = moa(sandbox.path(), &judge, &[KEY], None).await;

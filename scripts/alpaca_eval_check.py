@@ -1,0 +1,27 @@
+"""The official AlpacaEval package's reading of a moa run: loads the run's annotations.json and
+model_outputs.json with alpaca_eval's own loader and prints alpaca_eval's win-rate metrics as JSON,
+for moa's tests to compare with its own results.json.
+
+    python scripts/alpaca_eval_check.py RUN_DIR
+
+Needs `pip install alpaca-eval` (tested with 0.6.6); makes no network calls.
+"""
+
+import json
+import pathlib
+import sys
+
+import alpaca_eval
+from alpaca_eval import metrics, utils
+
+run = pathlib.Path(sys.argv[1])
+annotations = utils.load_or_convert_to_dataframe(run / "annotations.json")
+outputs = utils.load_or_convert_to_dataframe(run / "model_outputs.json")
+found = metrics.get_winrate(annotations)
+print(json.dumps({
+    "version": alpaca_eval.__version__,
+    "annotations": len(annotations),
+    "outputs": len(outputs),
+    "generators": sorted(set(outputs["generator"])),
+    **{key: float(value) for key, value in found.items()},
+}))
