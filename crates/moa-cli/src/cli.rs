@@ -522,7 +522,7 @@ pub struct EvalGenerateArgs {
     #[arg(long, value_name = "T", value_parser = non_negative, conflicts_with = "preset_sampling")]
     pub temperature: Option<f64>,
     /// Keep each agent's own temperature and max_tokens from the preset instead of the
-    /// reference generators' settings.
+    /// reference generators' settings (mt_bench keeps its per-category temperatures).
     #[arg(long)]
     pub preset_sampling: bool,
     /// MT-Bench: one temperature for every question instead of the per-category ones.

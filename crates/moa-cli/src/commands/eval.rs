@@ -133,20 +133,16 @@ async fn generate(config_path: Option<&Path>, args: EvalGenerateArgs) -> anyhow:
     // per-category temperatures for MT-Bench.
     let (max_tokens, temperature) = match (bench, args.preset_sampling) {
         (_, true) => (args.max_tokens, None),
+        // (A --temperature here is refused by the pipeline: MT-Bench's are per category.)
         (Bench::MtBench, false) => (
             Some(args.max_tokens.unwrap_or(moa_eval::mt_bench::MAX_TOKENS)),
-            None,
+            args.temperature,
         ),
         (_, false) => (
             Some(args.max_tokens.unwrap_or(REFERENCE_MAX_TOKENS)),
             Some(args.temperature.unwrap_or(REFERENCE_TEMPERATURE)),
         ),
     };
-    if args.temperature.is_some() && bench == Bench::MtBench {
-        anyhow::bail!(
-            "--temperature: mt_bench takes each category's temperature; use --force-temperature for one temperature"
-        );
-    }
     let generator = Generator::new(moa).with_max_tokens(max_tokens);
     let name = args.name.clone().unwrap_or_else(|| match bench {
         Bench::AlpacaEval => generator_name(&preset.aggregator.model),

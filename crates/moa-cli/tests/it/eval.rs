@@ -48,6 +48,32 @@ fn alpaca_eval_python() -> Option<PathBuf> {
     }
 }
 
+/// `moa eval generate` of the first `limit` AlpacaEval items with the lite preset into `out`,
+/// then `extra`.
+fn alpaca_generate<'a>(
+    data: &'a str,
+    limit: &'a str,
+    out: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "eval",
+        "generate",
+        "--bench",
+        "alpaca_eval",
+        "--preset",
+        "lite",
+        "--data",
+        data,
+        "--limit",
+        limit,
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn published(data: &Path, model: &str) -> Vec<(String, String)> {
     let path = data.join(format!("alpaca_eval/results/{model}/model_outputs.json"));
     let rows: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -145,20 +171,7 @@ async fn alpaca_eval_generates_from_published_proposals_and_judges_with_logprobs
     let extra = format!("{PRESET}\n[prices.\"together:judge\"]\ninput = 10.0\noutput = 30.0\n");
     let sandbox = Sandbox::new(&fake, &extra);
     let data_arg = data.to_str().unwrap();
-    let generate = [
-        "eval",
-        "generate",
-        "--bench",
-        "alpaca_eval",
-        "--preset",
-        "lite",
-        "--data",
-        data_arg,
-        "--limit",
-        "12",
-        "--out",
-        "run",
-    ];
+    let generate = alpaca_generate(data_arg, "12", "run", &[]);
     let out = moa(sandbox.path(), &generate, &[KEY], None).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
 
@@ -317,22 +330,7 @@ async fn alpaca_eval_generates_from_published_proposals_and_judges_with_logprobs
         "{0}/alpaca_eval/results/Qwen1.5-110B-Chat/model_outputs.json,{0}/alpaca_eval/results/Meta-Llama-3-70B-Instruct/model_outputs.json",
         data_arg
     );
-    let with_refs = [
-        "eval",
-        "generate",
-        "--bench",
-        "alpaca_eval",
-        "--preset",
-        "lite",
-        "--data",
-        data_arg,
-        "--limit",
-        "3",
-        "--out",
-        "refs",
-        "--reference-paths",
-        &refs,
-    ];
+    let with_refs = alpaca_generate(data_arg, "3", "refs", &["--reference-paths", &refs]);
     let out = moa(sandbox.path(), &with_refs, &[KEY], None).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let new: Vec<_> = fake.requests().into_iter().skip(before).collect();
@@ -366,24 +364,12 @@ async fn alpaca_eval_generates_from_published_proposals_and_judges_with_logprobs
     .unwrap();
     for (how, second) in [("none", Some("None")), ("skip", None)] {
         let before = fake.requests().len();
-        let args = [
-            "eval",
-            "generate",
-            "--bench",
-            "alpaca_eval",
-            "--preset",
-            "lite",
-            "--data",
+        let args = alpaca_generate(
             data_arg,
-            "--limit",
             "3",
-            "--out",
             how,
-            "--reference-paths",
-            "nulls.json",
-            "--null-references",
-            how,
-        ];
+            &["--reference-paths", "nulls.json", "--null-references", how],
+        );
         let out = moa(sandbox.path(), &args, &[KEY], None).await;
         assert_eq!(out.code, 0, "{}", out.stderr);
         let new: Vec<_> = fake.requests().into_iter().skip(before).collect();
@@ -742,4 +728,30 @@ async fn a_generation_killed_midway_resumes_without_asking_twice() {
         outputs[4]["output"],
         format!("answer {}", instructions[4].len())
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_temperature_the_benchmark_sets_itself_is_refused() {
+    let fake = FakeOpenAi::start().await;
+    let sandbox = Sandbox::new(&fake, PRESET);
+    for (bench, flag, says) in [
+        (
+            "alpaca_eval",
+            "--force-temperature",
+            "--force-temperature applies to mt_bench",
+        ),
+        (
+            "mt_bench",
+            "--temperature",
+            "mt_bench takes each category's temperature",
+        ),
+    ] {
+        let args = [
+            "eval", "generate", "--bench", bench, "--preset", "lite", "--out", "x", flag, "0.5",
+        ];
+        let out = moa(sandbox.path(), &args, &[KEY], None).await;
+        assert_ne!(out.code, 0);
+        assert!(out.stderr.contains(says), "{}", out.stderr);
+    }
+    assert!(fake.requests().is_empty());
 }

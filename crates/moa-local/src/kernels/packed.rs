@@ -96,7 +96,7 @@ impl Packed {
         let blocks = w.cols / BLOCK;
         let record = layout.record();
         let mut data = vec![0u8; w.rows.div_ceil(GROUP) * blocks * record];
-        data.par_chunks_mut(blocks * record)
+        data.par_chunks_mut((blocks * record).max(1))
             .enumerate()
             .for_each(|(g, group)| {
                 let rows = GROUP.min(w.rows - g * GROUP);
@@ -164,6 +164,9 @@ impl Packed {
             kernel.name()
         );
         let blocks = self.cols / BLOCK;
+        if blocks == 0 || self.rows == 0 {
+            return vec![0.0; n * self.rows];
+        }
         let quantized = quantize(x);
         let sums = block_sums(x);
         // Σ q over each half block, for the zero points.
