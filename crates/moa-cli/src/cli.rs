@@ -456,6 +456,26 @@ pub enum EvalCommand {
     Judge(EvalJudgeArgs),
     /// Compare judged runs: a table, and an HTML page with charts.
     Report(EvalReportArgs),
+    /// Is run A better than run B? Paired per item: the difference with a 95% bootstrap
+    /// interval and a sign test.
+    Compare(EvalCompareArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalCompareArgs {
+    /// A judged run folder (e.g. the MoA run).
+    pub a: std::path::PathBuf,
+    /// Another judged run of the same benchmark (e.g. its best single proposer).
+    pub b: std::path::PathBuf,
+    /// Bootstrap resamples.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub resamples: usize,
+    /// Seed of the resampling (the same seed gives the same interval).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub seed: u64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The data folder option shared by the eval commands.

@@ -13,8 +13,8 @@ use moa_eval::sources::{self, Fetched};
 use moa_eval::Bench;
 
 use crate::cli::{
-    EvalCommand, EvalData, EvalDownloadArgs, EvalGenerateArgs, EvalJudgeArgs, EvalReportArgs,
-    NullReferencesArg,
+    EvalCommand, EvalCompareArgs, EvalData, EvalDownloadArgs, EvalGenerateArgs, EvalJudgeArgs,
+    EvalReportArgs, NullReferencesArg,
 };
 use crate::commands::engine;
 use crate::commands::progress::Progress;
@@ -27,7 +27,22 @@ pub async fn run(config: Option<&Path>, command: EvalCommand) -> anyhow::Result<
         EvalCommand::Generate(args) => generate(config, args).await,
         EvalCommand::Judge(args) => judge(config, args).await,
         EvalCommand::Report(args) => report(args),
+        EvalCommand::Compare(args) => compare(args),
     }
+}
+
+fn compare(args: EvalCompareArgs) -> anyhow::Result<()> {
+    let load = |dir: &Path| {
+        moa_eval::compare::Items::load(dir)
+            .map_err(|e| anyhow::anyhow!("{e}\n(compare two folders judged by `moa eval judge`)"))
+    };
+    let (a, b) = (load(&args.a)?, load(&args.b)?);
+    let c = moa_eval::compare::compare(&a, &b, args.resamples.max(1), args.seed)?;
+    match args.json {
+        true => println!("{}", serde_json::to_string_pretty(&c)?),
+        false => print!("{}", moa_eval::compare::describe(&c)),
+    }
+    Ok(())
 }
 
 fn bench(name: &str) -> anyhow::Result<Bench> {

@@ -156,7 +156,12 @@ async fn alpaca_eval_generates_from_published_proposals_and_judges_with_logprobs
             let instruction = between(&user, "\"instruction\": \"\"\"", "\"\"\",");
             let shown_first = between(&user, "\"output\": \"\"\"", "\"\"\"");
             let model_first = shown_first != baseline_of_[instruction];
-            let p = p_model(index_of_[instruction]);
+            // MoA-Lite's answers win as p_model says; any other model's (a single proposer's
+            // published outputs) with 0.2.
+            let p = match user.contains(lite_[instruction].trim()) {
+                true => p_model(index_of_[instruction]),
+                false => 0.2,
+            };
             let p_m = if model_first { p } else { 1.0 - p };
             return Reply::text(if p_m >= 0.5 { "m" } else { "M" })
                 .with_top_logprobs(&[("m", p_m.ln()), ("M", (1.0 - p_m).ln()), ("The", -9.0)])
@@ -323,6 +328,70 @@ async fn alpaca_eval_generates_from_published_proposals_and_judges_with_logprobs
     let out = moa(sandbox.path(), &judge, &[KEY], None).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(fake.requests_for("judge").len(), 12);
+
+    // A single proposer's published outputs judged on the same items, then compared with the
+    // MoA run item by item: MoA wins the 6 odd items (0.9 against 0.2) and ties the rest.
+    let single = format!("{data_arg}/alpaca_eval/results/Qwen1.5-110B-Chat/model_outputs.json");
+    let judge_single = [
+        "eval",
+        "judge",
+        "--bench",
+        "alpaca_eval",
+        "--outputs",
+        &single,
+        "--out",
+        "single",
+        "--judge",
+        "together:judge",
+        "--data",
+        data_arg,
+        "--limit",
+        "12",
+    ];
+    let out = moa(sandbox.path(), &judge_single, &[KEY], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let compare = ["eval", "compare", "run", "single"];
+    let out = moa(
+        sandbox.path(),
+        &[&compare[..], &["--json"]].concat(),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let c: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        (&c["paired"], &c["a_better"], &c["b_better"], &c["ties"]),
+        (
+            &Value::from(12),
+            &Value::from(6),
+            &Value::from(0),
+            &Value::from(6)
+        )
+    );
+    assert!(
+        (c["difference"].as_f64().unwrap() - 35.0).abs() < 1e-9,
+        "{c}"
+    );
+    assert!(
+        (c["sign_test_p"].as_f64().unwrap() - 2.0 / 64.0).abs() < 1e-12,
+        "{c}"
+    );
+    assert!(
+        c["ci_low"].as_f64().unwrap() > 0.0 && c["significant"] == true,
+        "{c}"
+    );
+    let out = moa(sandbox.path(), &compare, &[], None).await;
+    assert!(out.stdout.contains("A is better"), "{}", out.stdout);
+    // A run against itself: no difference, not significant.
+    let out = moa(
+        sandbox.path(),
+        &["eval", "compare", "run", "run"],
+        &[],
+        None,
+    )
+    .await;
+    assert!(out.stdout.contains("not significant"), "{}", out.stdout);
 
     // --reference-paths: the published proposals from files; only the aggregator is called.
     let before = fake.requests().len();
