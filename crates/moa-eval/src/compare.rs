@@ -311,6 +311,15 @@ mod tests {
         assert!(p > 0.0 && p < 1e-9, "{p}");
     }
 
+    /// MT-Bench-like runs `moa` (A) and `single` (B), compared with 2000 resamples.
+    fn mt_bench_pair(a: &[(usize, f64)], b: &[(usize, f64)]) -> Comparison {
+        let (a, b) = (
+            items(Bench::MtBench, "moa", a),
+            items(Bench::MtBench, "single", b),
+        );
+        compare(&a, &b, 2000, 0).unwrap()
+    }
+
     #[test]
     fn a_clear_difference_is_significant_and_noise_is_not() {
         // MT-Bench-like scores: A one point above B on every item but a few.
@@ -327,13 +336,7 @@ mod tests {
                 )
             })
             .collect();
-        let c = compare(
-            &items(Bench::MtBench, "moa", &a),
-            &items(Bench::MtBench, "single", &b),
-            2000,
-            0,
-        )
-        .unwrap();
+        let c = mt_bench_pair(&a, &b);
         assert_eq!((c.paired, c.a_better, c.b_better), (80, 72, 8));
         assert!((c.difference - (c.mean_a - c.mean_b)).abs() < 1e-12);
         assert!(c.ci_low > 0.0 && c.ci_low < c.difference && c.difference < c.ci_high);
@@ -345,13 +348,7 @@ mod tests {
             .iter()
             .map(|(i, v)| (*i, v + if i % 2 == 0 { 1.0 } else { -1.0 }))
             .collect();
-        let c = compare(
-            &items(Bench::MtBench, "moa", &a),
-            &items(Bench::MtBench, "single", &b),
-            2000,
-            0,
-        )
-        .unwrap();
+        let c = mt_bench_pair(&a, &b);
         assert!(!c.significant && c.ci_low < 0.0 && c.ci_high > 0.0);
         assert_eq!(c.sign_test_p, 1.0);
         assert!(describe(&c).contains("not significant"));

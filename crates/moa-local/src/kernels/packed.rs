@@ -35,6 +35,7 @@ struct Layout {
     offset: bool,
     /// A scale per 16 weights (Q6_K).
     split: bool,
+    /// The integer zero point `z` (0: none).
     zero: i32,
 }
 
