@@ -227,6 +227,15 @@ pub fn win_rate(preferences: &[f64], model_lengths: &[usize]) -> WinRate {
     }
 }
 
+/// AlpacaEval's generator name as the reference writes it, `<model>-together` (its provider is
+/// always Together): `<model>-<provider>` of the aggregator `provider:model`.
+pub fn generator_name(aggregator: &str) -> String {
+    match moa_core::ModelRef::parse(aggregator) {
+        Ok(r) => format!("{}-{}", r.model, r.provider),
+        Err(_) => aggregator.to_string(),
+    }
+}
+
 /// AlpacaEval's name for its official annotator (the default judge, preference from logprobs).
 pub const ANNOTATOR: &str = "weighted_alpaca_eval_gpt4_turbo";
 

@@ -6,7 +6,7 @@
 //! baseline), MT-Bench's judgment file (score per question and turn; unreadable ratings left
 //! out) and FLASK's `review.jsonl` (the mean of an instance's rated skills). Items judged in
 //! both runs are paired; the difference of the means gets a 95% confidence interval from a
-//! paired bootstrap (items resampled with replacement, seeded) and an exact two-sided sign
+//! paired bootstrap (items resampled with replacement by the crate's seeded Mersenne Twister) and an exact two-sided sign
 //! test. A run against each single proposer judged on the same items answers whether MoA helps.
 
 use std::collections::BTreeMap;
@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::error::{EvalError, Result};
 use crate::mt_bench;
 use crate::pipeline::{Metrics, Results};
+use crate::pyrandom::PyRandom;
 use crate::Bench;
 
 /// One run's per-item values, keyed by item.
@@ -38,16 +39,7 @@ impl Items {
         };
         let values = match bench {
             Bench::AlpacaEval => alpaca_values(&dir.join("annotations.json"))?,
-            Bench::MtBench => {
-                let judge = moa_core::ModelRef::parse(&results.judge)
-                    .map_or(results.judge.clone(), |r| r.model);
-                let file = format!(
-                    "{}/{}_single.jsonl",
-                    mt_bench::JUDGMENT_DIR,
-                    crate::pipeline::safe_name(&judge)
-                );
-                mt_bench_values(&dir.join(file))?
-            }
+            Bench::MtBench => mt_bench_values(&dir.join(mt_bench::judgment_file(&results.judge)))?,
             Bench::Flask => flask_values(&dir.join("review.jsonl"))?,
         };
         Ok(Items {
@@ -199,10 +191,12 @@ pub fn bootstrap_interval(values: &[f64], resamples: usize, seed: u64) -> (f64, 
     if n == 0 || resamples == 0 {
         return (f64::NAN, f64::NAN);
     }
-    let mut rng = SplitMix(seed);
+    let mut rng = PyRandom::from_str_seed(&seed.to_string());
+    // An index below n from 32 random bits (multiply-shift: no division, no bias worth naming).
+    let mut below = || ((u64::from(rng.next_u32()) * n as u64) >> 32) as usize;
     let mut means: Vec<f64> = (0..resamples)
         .map(|_| {
-            let sum: f64 = (0..n).map(|_| values[rng.below(n)]).sum();
+            let sum: f64 = (0..n).map(|_| values[below()]).sum();
             sum / n as f64
         })
         .collect();
@@ -231,19 +225,6 @@ pub fn sign_test(wins: usize, losses: usize) -> f64 {
     let max = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let tail = max.exp() * terms.iter().map(|t| (t - max).exp()).sum::<f64>();
     (2.0 * tail).min(1.0)
-}
-
-/// SplitMix64: a small seeded generator, the same sequence everywhere.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) % n as u64) as usize
-    }
 }
 
 /// The comparison as a few lines of text.

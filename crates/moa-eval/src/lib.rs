@@ -54,6 +54,25 @@ impl Bench {
     }
 
     /// The judge model the official numbers were graded with.
+    /// The length cap the reference's generator gives every agent: 2048 tokens for AlpacaEval
+    /// and FLASK (the aggregator is called with generate_with_references' defaults), 1024 for
+    /// MT-Bench.
+    pub fn reference_max_tokens(self) -> u32 {
+        match self {
+            Bench::MtBench => mt_bench::MAX_TOKENS,
+            _ => 2048,
+        }
+    }
+
+    /// The temperature the reference's generator gives every agent: 0.7 for AlpacaEval and
+    /// FLASK; none for MT-Bench, whose temperatures are per category.
+    pub fn reference_temperature(self) -> Option<f64> {
+        match self {
+            Bench::MtBench => None,
+            _ => Some(0.7),
+        }
+    }
+
     pub fn default_judge(self) -> &'static str {
         match self {
             Bench::AlpacaEval => alpaca::DEFAULT_JUDGE,

@@ -275,6 +275,20 @@ fn first_bracketed(text: &str, open: &str, close: &str) -> Option<f64> {
 /// the folder it runs in): `data/mt_bench/model_judgment/gpt-4_single.jsonl` for GPT-4.
 pub const JUDGMENT_DIR: &str = "data/mt_bench/model_judgment";
 
+/// FastChat's name for a judge (`openai:gpt-4` → `gpt-4`): the model alone, in the judgment
+/// lines and the file name.
+pub fn judge_model(judge: &str) -> String {
+    moa_core::ModelRef::parse(judge).map_or(judge.to_string(), |r| r.model)
+}
+
+/// The single-answer judgment file of `judge`, relative to the run folder.
+pub fn judgment_file(judge: &str) -> String {
+    format!(
+        "{JUDGMENT_DIR}/{}_single.jsonl",
+        crate::pipeline::safe_name(&judge_model(judge))
+    )
+}
+
 /// One line of FastChat's `model_judgment/<judge>_single.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JudgmentLine {

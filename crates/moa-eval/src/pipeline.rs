@@ -643,9 +643,7 @@ fn mt_bench_metrics(
     judge_name: &str,
     out: &Path,
 ) -> Result<Metrics> {
-    // FastChat names judges by model alone (`gpt-4`), in the judge field and the file name.
-    let judge_model =
-        moa_core::ModelRef::parse(judge_name).map_or(judge_name.to_string(), |r| r.model);
+    let judge_model = mt_bench::judge_model(judge_name);
     let mut triples = Vec::new();
     let mut lines = String::new();
     for item in items {
@@ -658,7 +656,7 @@ fn mt_bench_metrics(
             question_id: item.question.question_id,
             model: name.to_string(),
             judge: (
-                judge_model.to_string(),
+                judge_model.clone(),
                 j.prompt_name.clone().unwrap_or_default(),
             ),
             user_prompt: j.user_prompt.clone().unwrap_or_default(),
@@ -673,12 +671,10 @@ fn mt_bench_metrics(
         lines.push('\n');
     }
     // Where FastChat's show_result.py looks by default, run from the run folder.
-    let file = format!(
-        "{}/{}_single.jsonl",
-        mt_bench::JUDGMENT_DIR,
-        safe_name(&judge_model)
-    );
-    crate::write_file(&out.join(file), lines.as_bytes())?;
+    crate::write_file(
+        &out.join(mt_bench::judgment_file(judge_name)),
+        lines.as_bytes(),
+    )?;
     Ok(Metrics::MtBench(mt_bench::scores(&triples)))
 }
 

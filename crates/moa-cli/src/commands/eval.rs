@@ -113,19 +113,6 @@ async fn download(args: EvalDownloadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The temperature and length cap of the reference's AlpacaEval and FLASK generators.
-const REFERENCE_TEMPERATURE: f64 = 0.7;
-const REFERENCE_MAX_TOKENS: u32 = 2048;
-
-/// AlpacaEval's generator name as the reference writes it: `<model>-together` (its provider is
-/// always Together), so `<model>-<provider>` here.
-fn generator_name(aggregator: &str) -> String {
-    match moa_core::ModelRef::parse(aggregator) {
-        Ok(r) => format!("{}-{}", r.model, r.provider),
-        Err(_) => aggregator.to_string(),
-    }
-}
-
 async fn generate(config_path: Option<&Path>, args: EvalGenerateArgs) -> anyhow::Result<()> {
     let bench = bench(&args.bench)?;
     let config = Config::load(config_path)?;
@@ -143,24 +130,18 @@ async fn generate(config_path: Option<&Path>, args: EvalGenerateArgs) -> anyhow:
     let registry = config.registry()?;
     crate::local::register(&registry);
     let moa = engine(&registry, &preset, &settings.options)?;
-    // The reference's generators: 0.7 and 2048 tokens for every agent of AlpacaEval and FLASK
-    // (the aggregator is called with generate_with_references' defaults), 1024 tokens and
-    // per-category temperatures for MT-Bench.
-    let (max_tokens, temperature) = match (bench, args.preset_sampling) {
-        (_, true) => (args.max_tokens, None),
-        // (A --temperature here is refused by the pipeline: MT-Bench's are per category.)
-        (Bench::MtBench, false) => (
-            Some(args.max_tokens.unwrap_or(moa_eval::mt_bench::MAX_TOKENS)),
-            args.temperature,
-        ),
-        (_, false) => (
-            Some(args.max_tokens.unwrap_or(REFERENCE_MAX_TOKENS)),
-            Some(args.temperature.unwrap_or(REFERENCE_TEMPERATURE)),
+    // The reference's generator settings unless --preset-sampling (a --temperature for
+    // MT-Bench is refused by the pipeline: its temperatures are per category).
+    let (max_tokens, temperature) = match args.preset_sampling {
+        true => (args.max_tokens, None),
+        false => (
+            Some(args.max_tokens.unwrap_or(bench.reference_max_tokens())),
+            args.temperature.or(bench.reference_temperature()),
         ),
     };
     let generator = Generator::new(moa).with_max_tokens(max_tokens);
     let name = args.name.clone().unwrap_or_else(|| match bench {
-        Bench::AlpacaEval => generator_name(&preset.aggregator.model),
+        Bench::AlpacaEval => moa_eval::alpaca::generator_name(&preset.aggregator.model),
         _ => preset.name.clone(),
     });
     let options = GenerateOptions {
