@@ -294,8 +294,8 @@ async fn alpaca_eval_generates_from_published_proposals_and_judges_with_logprobs
     if let Some(python) = alpaca_eval_python() {
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/alpaca_eval_check.py");
-        let checked = std::process::Command::new(python)
-            .arg(script)
+        let checked = std::process::Command::new(&python)
+            .arg(&script)
             .arg(sandbox.path().join("run"))
             .output()
             .unwrap();
@@ -322,6 +322,44 @@ async fn alpaca_eval_generates_from_published_proposals_and_judges_with_logprobs
             let (a, b) = (m[key].as_f64().unwrap(), theirs[key].as_f64().unwrap());
             assert!((a - b).abs() < 1e-9, "{key}: moa {a}, alpaca_eval {b}");
         }
+        // The length-controlled win rate: the package's GLM (scikit-learn) and ours fitted on
+        // the same annotations and the same df_gamed-shaped file (the real one is on the Hub).
+        let mut gamed = String::from(
+            "model,index,preference,std_delta_len,instruction_difficulty,not_gamed_baseline\n",
+        );
+        // Twenty gamed models whose preferences follow length and difficulty, so the fit has
+        // something to find.
+        for model in 0..20 {
+            for i in 0..12 {
+                let difficulty = ((i * 37) % 11) as f64 / 5.0 - 1.0;
+                let delta = (model as f64 - 9.5) / 4.0 + ((i * 7) % 5) as f64 / 10.0;
+                let z = -1.5 * delta.tanh() + difficulty;
+                let preference = 1.0 / (1.0 + (-z).exp());
+                gamed.push_str(&format!(
+                    "gamed_{model},{i},{preference},{delta},{difficulty},False\n"
+                ));
+            }
+        }
+        std::fs::write(sandbox.path().join("gamed.csv"), gamed).unwrap();
+        let with_lc = [&judge[..], &["--lc-data", "gamed.csv"]].concat();
+        let out = moa(sandbox.path(), &with_lc, &[KEY], None).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let results: Value = read_json(&sandbox.path().join("run/results.json"));
+        let ours = results["metrics"]["length_controlled_winrate"]
+            .as_f64()
+            .unwrap();
+        let checked = std::process::Command::new(&python)
+            .arg(&script)
+            .arg(sandbox.path().join("run"))
+            .arg(sandbox.path().join("gamed.csv"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&checked.stderr);
+        assert!(checked.status.success(), "{stderr}");
+        let theirs: Value = serde_json::from_slice(&checked.stdout).unwrap();
+        let lc = theirs["length_controlled_winrate"].as_f64().unwrap();
+        eprintln!("LC win rate: moa {ours}, alpaca_eval {lc}");
+        assert!((ours - lc).abs() < 0.01, "LC: moa {ours}, alpaca_eval {lc}");
     }
 
     // Judging again asks nothing: every comparison is in the journal.
