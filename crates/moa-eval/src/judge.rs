@@ -1,15 +1,17 @@
-//! Grading with any configured model as judge: one call per comparison, answer turn or review,
-//! each recorded as a [`Judgment`] line of the judge's journal.
+//! Grading with any configured model as judge: one call per comparison, answer turn or review
+//! (the benchmark says which call and how to read the answer), each recorded as a [`Judgment`]
+//! line of the judge's journal.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use moa_core::{ChatRequest, Completion, Message, PriceTable, Provider};
+use moa_core::{ChatRequest, Completion, PriceTable, Provider};
 use serde::{Deserialize, Serialize};
 
 use crate::runner::{Item, Record};
-use crate::{alpaca, flask, mt_bench};
+use crate::suite::{Benchmark, JudgeCall, Prepared};
+use crate::{flask, mt_bench};
 
 /// A model used as judge.
 #[derive(Clone)]
@@ -39,29 +41,46 @@ impl Judge {
         }
     }
 
-    async fn call(
-        &self,
-        messages: Vec<Message>,
-        temperature: Option<f64>,
-        max_tokens: Option<u32>,
-        extra: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<(Completion, Option<f64>), String> {
-        let mut request = ChatRequest::new(self.model_id.clone(), messages);
-        request.temperature = temperature;
-        request.max_tokens = max_tokens;
-        request.extra = extra;
-        let call = self.provider.complete(request);
-        let completion = match self.timeout {
+    /// The request `call` makes of the judge's model.
+    pub fn request(&self, call: JudgeCall) -> ChatRequest {
+        let mut request = ChatRequest::new(self.model_id.clone(), call.messages);
+        request.temperature = call.temperature;
+        request.max_tokens = call.max_tokens;
+        request.extra = call.extra;
+        request
+    }
+
+    /// What the judge's answer cost.
+    pub fn cost(&self, completion: &Completion) -> Option<f64> {
+        completion
+            .usage
+            .and_then(|u| self.prices.cost(&self.name, &u))
+    }
+
+    /// Grades one item of `bench` with one live call.
+    pub async fn grade<B: Benchmark>(&self, bench: &B, item: B::Judged) -> Judgment {
+        let (mut judgment, call) = match bench.prepare(&item) {
+            Prepared::Done(judgment) => return judgment,
+            Prepared::Call(judgment, call) => (judgment, call),
+        };
+        match self.call(call).await {
+            Ok(completion) => {
+                judgment.cost = self.cost(&completion);
+                bench.verdict(&item, judgment, completion)
+            }
+            Err(e) => judgment.failed(e),
+        }
+    }
+
+    async fn call(&self, call: JudgeCall) -> Result<Completion, String> {
+        let call = self.provider.complete(self.request(call));
+        match self.timeout {
             Some(limit) => tokio::time::timeout(limit, call)
                 .await
                 .map_err(|_| format!("the judge took longer than {}s", limit.as_secs()))?,
             None => call.await,
         }
-        .map_err(|e| e.to_string())?;
-        let cost = completion
-            .usage
-            .and_then(|u| self.prices.cost(&self.name, &u));
-        Ok((completion, cost))
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -117,7 +136,7 @@ impl Record for Judgment {
 }
 
 impl Judgment {
-    fn start(key: String, hash: String) -> Self {
+    pub(crate) fn start(key: String, hash: String) -> Self {
         Self {
             key,
             hash,
@@ -126,7 +145,7 @@ impl Judgment {
         }
     }
 
-    fn failed(mut self, error: String) -> Self {
+    pub(crate) fn failed(mut self, error: String) -> Self {
         self.ok = false;
         self.error = Some(error);
         self
@@ -155,56 +174,6 @@ impl Item for Comparison {
     }
 }
 
-/// AlpacaEval's weighted judge on one comparison.
-pub async fn alpaca(judge: &Judge, prompt: &alpaca::JudgePrompt, item: Comparison) -> Judgment {
-    let mut out = Judgment::start(item.key(), item.hash());
-    if item.baseline == item.model {
-        out.ok = true;
-        out.preference = Some(1.5);
-        out.swapped = Some(false);
-        out.cost = Some(0.0);
-        return out;
-    }
-    let swapped = alpaca::is_swapped(&item.instruction);
-    let (first, second) = if swapped {
-        (&item.model, &item.baseline)
-    } else {
-        (&item.baseline, &item.model)
-    };
-    let messages = prompt.messages(&item.instruction, first, second);
-    out.swapped = Some(swapped);
-    let (completion, cost) = match judge
-        .call(messages, Some(1.0), Some(1), alpaca::judge_request_fields())
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => return out.failed(e),
-    };
-    out.cost = cost;
-    out.text = completion.text.clone();
-    let weighted = completion
-        .logprobs
-        .as_ref()
-        .and_then(|l| l.first())
-        .and_then(|first| alpaca::preference_from_logprobs(&first.top_logprobs));
-    let (preference, is_weighted) = match weighted {
-        Some(p) => (Some(p), true),
-        None => (alpaca::preference_from_text(&completion.text), false),
-    };
-    match preference {
-        Some(p) => {
-            out.ok = true;
-            out.preference = Some(alpaca::unswap(p, swapped));
-            out.weighted = Some(is_weighted);
-            out
-        }
-        None => {
-            let text = completion.text;
-            out.failed(format!("the judge answered {text:?}, neither m nor M"))
-        }
-    }
-}
-
 /// One MT-Bench turn to grade.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Turn {
@@ -229,44 +198,6 @@ impl Item for Turn {
     }
 }
 
-/// FastChat's single-answer grading of one turn.
-pub async fn mt_bench(
-    judge: &Judge,
-    prompts: &std::collections::HashMap<String, mt_bench::JudgePrompt>,
-    item: Turn,
-) -> Judgment {
-    let out = Judgment::start(item.key(), item.hash());
-    let (name, messages) = match mt_bench::judge_messages(
-        prompts,
-        &item.question,
-        &item.answers,
-        item.turn,
-        item.reference.as_deref(),
-    ) {
-        Ok(r) => r,
-        Err(e) => return out.failed(e.to_string()),
-    };
-    let user_prompt = messages[1].content.clone();
-    let mut out = Judgment {
-        user_prompt: Some(user_prompt),
-        prompt_name: Some(name),
-        ..out
-    };
-    match judge
-        .call(messages, Some(0.0), Some(2048), Default::default())
-        .await
-    {
-        Ok((completion, cost)) => {
-            out.ok = true;
-            out.cost = cost;
-            out.score = Some(mt_bench::parse_score(&completion.text));
-            out.text = completion.text;
-            out
-        }
-        Err(e) => out.failed(e),
-    }
-}
-
 /// One FLASK answer to review.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Review {
@@ -284,26 +215,5 @@ impl Item for Review {
             "{}\u{1}{}",
             self.instance.instruction, self.response
         ))
-    }
-}
-
-/// FLASK's review of one answer.
-pub async fn flask(judge: &Judge, reviewer: &flask::Reviewer, item: Review) -> Judgment {
-    let out = Judgment::start(item.key(), item.hash());
-    let messages = match reviewer.messages(&item.instance, &item.response) {
-        Ok(m) => m,
-        Err(e) => return out.failed(e.to_string()),
-    };
-    // The reference writes temperature and max_tokens into its request records but does not
-    // send them: the API's defaults apply.
-    match judge.call(messages, None, None, Default::default()).await {
-        Ok((completion, cost)) => Judgment {
-            ok: true,
-            cost,
-            scores: flask::parse_review(&completion.text),
-            text: completion.text,
-            ..out
-        },
-        Err(e) => out.failed(e),
     }
 }

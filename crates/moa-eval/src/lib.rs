@@ -22,6 +22,7 @@ pub mod pyrandom;
 pub mod report;
 pub mod runner;
 pub mod sources;
+pub mod suite;
 
 use std::path::Path;
 
