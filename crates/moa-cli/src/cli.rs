@@ -152,7 +152,8 @@ pub struct PolicyArgs {
     pub aggregate_window: Option<usize>,
 }
 
-/// A whole job's limits (`eval generate`, `bench`): over every item, earlier runs included.
+/// A whole job's limits (`eval generate`, `eval judge`, `bench`): over every item, earlier runs
+/// included.
 #[derive(Clone, Debug, Default, Args)]
 pub struct JobBudgetArgs {
     /// Stop starting items once the job has cost about this many US dollars (items in flight
@@ -597,6 +598,8 @@ pub struct EvalJudgeArgs {
     /// Seconds one judge call may take, retries included (0: no limit).
     #[arg(long, value_name = "SECS", value_parser = non_negative)]
     pub timeout: Option<f64>,
+    #[command(flatten)]
+    pub job_budget: JobBudgetArgs,
 }
 
 #[derive(Debug, Args)]

@@ -280,6 +280,9 @@ pub struct Results {
     /// US dollars spent on judging, over every run of the judge on this folder.
     pub judge_cost: f64,
     pub metrics: Metrics,
+    /// The job budget that stopped judging early, if one did (the metrics cover `judged`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 impl Results {
@@ -305,6 +308,8 @@ pub struct JudgeOptions {
     /// AlpacaEval's `df_gamed.csv` for the LC win rate (default: `<data>/alpaca_eval/df_gamed.csv`
     /// when present).
     pub lc_data: Option<PathBuf>,
+    /// The judging job's limits; it stops starting items once reached.
+    pub budget: runner::JobBudget,
 }
 
 /// Judges a run's answers (those not already judged by this judge), writes the judge's files in
@@ -354,10 +359,10 @@ async fn judge_with<B: Benchmark>(
     let mut done = runner::latest(Journal::<Judgment>::load(&journal_path)?);
     let mut journal = Journal::open(&journal_path)?;
     let bench = &*bench;
-    runner::run(
+    let stopped = runner::run(
         &items,
         opts.parallel,
-        runner::JobBudget::default(),
+        opts.budget,
         &mut journal,
         &mut done,
         |item| judge.grade(bench, item),
@@ -376,8 +381,10 @@ async fn judge_with<B: Benchmark>(
         judge: judge.name.clone(),
         judged: total - remaining,
         failed: remaining,
-        judge_cost: done.values().filter_map(|j| j.cost).sum(),
+        // Folded from +0.0: an empty f64 sum is −0.0, printed "$-0.0000".
+        judge_cost: done.values().filter_map(|j| j.cost).fold(0.0, |a, c| a + c),
         metrics,
+        stopped,
     };
     let text =
         serde_json::to_string_pretty(&results).map_err(|e| EvalError::Invalid(e.to_string()))?;

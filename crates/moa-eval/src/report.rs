@@ -69,6 +69,7 @@ pub fn leaderboard(path: &Path, models: &[String]) -> Result<Vec<Entry>> {
                     failed: 0,
                     judge_cost: 0.0,
                     metrics: Metrics::AlpacaEval(metrics),
+                    stopped: None,
                 },
             })
         })
@@ -381,6 +382,7 @@ mod tests {
                 failed: 0,
                 judge_cost: 0.0,
                 metrics,
+                stopped: None,
             },
         }
     }

@@ -187,7 +187,7 @@ where
             .values()
             .filter(|r| r.ok())
             .filter_map(|r| r.cost())
-            .sum(),
+            .fold(0.0, |a, c| a + c),
         ..Tick::default()
     };
     tick(&state);

@@ -250,6 +250,7 @@ async fn judge(config_path: Option<&Path>, args: EvalJudgeArgs) -> anyhow::Resul
         limit: args.limit,
         parallel: args.parallel,
         lc_data: args.lc_data.clone(),
+        budget: args.job_budget.budget(),
     };
     let progress = Progress::new(format!("{bench_of_run} · judge {judge_name}"));
     let results = until_interrupted(
@@ -270,6 +271,14 @@ async fn judge(config_path: Option<&Path>, args: EvalJudgeArgs) -> anyhow::Resul
         results.judge_cost,
         args.out.join(pipeline::RESULTS).display()
     );
+    if let Some(limit) = &results.stopped {
+        anyhow::bail!(
+            "stopped at {limit}: {} of {} items judged (the numbers above cover those); rerun \
+             the same command with a larger budget to go on from there",
+            results.judged,
+            results.judged + results.failed
+        );
+    }
     if results.failed > 0 {
         anyhow::bail!(
             "{} items could not be judged; rerun the same command to retry just those",

@@ -696,11 +696,13 @@ async fn flask_reviews_are_aggregated_per_skill() {
         if r.model == "judge" {
             return Reply::text(
                 "Good.\n{'Readability': 5, 'Logical_Correctness': 3, 'Conciseness': 4, 'Factuality': 'N/A', 'Commonsense Understanding': 2}",
-            );
+            )
+            .with_usage(700, 1);
         }
         Reply::text(format!("answer from {}", r.model))
     });
-    let sandbox = Sandbox::new(&fake, PRESET);
+    let extra = format!("{PRESET}\n[prices.\"together:judge\"]\ninput = 10.0\noutput = 30.0\n");
+    let sandbox = Sandbox::new(&fake, &extra);
     let data_arg = data.to_str().unwrap();
     let out = moa(
         sandbox.path(),
@@ -719,23 +721,38 @@ async fn flask_reviews_are_aggregated_per_skill() {
         answers.lines().next().unwrap(),
         r#"{"question_id":1,"text":"answer from Qwen/Qwen1.5-72B-Chat"}"#
     );
+    let judge = [
+        "eval",
+        "judge",
+        "--out",
+        "fl",
+        "--judge",
+        "together:judge",
+        "--data",
+        data_arg,
+        "--parallel",
+        "1",
+    ];
+    // A judging budget smaller than one call: the first review is made and kept, then the job
+    // stops, says how far it got, and a rerun without the budget makes only the other three.
     let out = moa(
         sandbox.path(),
-        &[
-            "eval",
-            "judge",
-            "--out",
-            "fl",
-            "--judge",
-            "together:judge",
-            "--data",
-            data_arg,
-        ],
+        &[&judge[..], &["--job-max-cost", "0.000001"]].concat(),
         &[KEY],
         None,
     )
     .await;
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("stopped at --job-max-cost $0.000001 ($0.0070 spent): 1 of 4 items judged"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(fake.requests_for("judge").len(), 1);
+    let out = moa(sandbox.path(), &judge, &[KEY], None).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(fake.requests_for("judge").len(), 4);
     let csv = std::fs::read_to_string(sandbox.path().join("fl/skill_scores.csv")).unwrap();
     assert_eq!(
         csv,
