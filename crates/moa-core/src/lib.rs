@@ -35,5 +35,5 @@ pub use policy::{PolicyChanges, RunPolicy};
 pub use preset::{AgentSpec, ModelRef, Preset, PresetChanges, PresetError};
 pub use price::{Price, PriceTable, PRICES_AS_OF};
 pub use prompt::{inject_references, text_view, PromptStyle, Reference, AGGREGATOR_SYSTEM_PROMPT};
-pub use provider::{BoxChunkStream, Provider, ProviderError};
+pub use provider::{BatchApi, BatchResult, BatchStatus, BoxChunkStream, Provider, ProviderError};
 pub use tracecontext::TraceContext;

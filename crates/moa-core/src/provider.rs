@@ -31,6 +31,12 @@ pub trait Provider: Send + Sync + 'static {
     /// on success. Retries, if any, happen before the first chunk is yielded.
     fn stream(&self, request: ChatRequest) -> BoxChunkStream;
 
+    /// The provider's batch endpoint, if it has one (OpenAI's Batch API, Anthropic's Message
+    /// Batches): many requests answered within a day at about half the price.
+    fn batch(&self) -> Option<std::sync::Arc<dyn BatchApi>> {
+        None
+    }
+
     /// The whole answer to `request`.
     fn complete(
         &self,
@@ -39,6 +45,42 @@ pub trait Provider: Send + Sync + 'static {
         let provider = self.name().to_string();
         collect(provider, self.stream(request)).boxed()
     }
+}
+
+/// An asynchronous batch endpoint: submit many requests at once, poll, then read every answer.
+/// A batch is known by its id alone, so a caller that stops may come back to it later.
+pub trait BatchApi: Send + Sync {
+    /// Submits `requests`, each with an id unique in the batch (letters, digits, `-`, `_`, at
+    /// most 64 characters, as the strictest vendor takes); returns the batch's id.
+    fn submit(
+        &self,
+        requests: Vec<(String, ChatRequest)>,
+    ) -> BoxFuture<'static, Result<String, ProviderError>>;
+
+    /// Where batch `id` stands.
+    fn status(&self, id: &str) -> BoxFuture<'static, Result<BatchStatus, ProviderError>>;
+
+    /// The outcome of each request of the ended batch `id`, by request id.
+    fn results(&self, id: &str) -> BoxFuture<'static, Result<Vec<BatchResult>, ProviderError>>;
+}
+
+/// Where a batch stands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BatchStatus {
+    /// Still working: requests finished so far, of all of them.
+    Running { done: u64, total: u64 },
+    /// Every request is answered, failed or expired: the results can be read.
+    Ended,
+    /// The batch as a whole failed (its input was refused, it was cancelled): why.
+    Failed(String),
+}
+
+/// One request's outcome in a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchResult {
+    pub id: String,
+    /// The answer, or why there is none.
+    pub outcome: Result<Completion, String>,
 }
 
 /// Collects `provider`'s chunk stream into one completion. A stream that stops before its

@@ -239,6 +239,18 @@ impl Transport {
         Ok(completion)
     }
 
+    /// Sends the request `make` builds (afresh for each attempt) with retries and reads its
+    /// whole body: the batch APIs' uploads, creations, polls and result files.
+    pub async fn fetch(
+        &self,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Bytes, ProviderError> {
+        let _permit = self.permit().await;
+        self.with_retries(|| async { self.read_body(self.send(make()).await?).await })
+            .await
+            .map(|(bytes, _)| bytes)
+    }
+
     /// Reads a whole successful response body, up to the response limit; a body that breaks
     /// off or stalls is a failure worth another try, one over the limit is not.
     pub async fn read_body(&self, response: reqwest::Response) -> Result<Bytes, Failure> {

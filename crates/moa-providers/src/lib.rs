@@ -10,6 +10,7 @@
 //! Nothing here knows about the CLI or the server.
 
 pub mod anthropic;
+mod batch;
 pub mod bedrock;
 pub(crate) mod http;
 mod image;

@@ -5,7 +5,9 @@
 //!   ended. [`FakeOpenAi`] (JSON, SSE chunks, usage in the final chunk, OpenAI-shaped errors) is
 //!   the usual one; [`FakeServer::anthropic`] speaks the Messages API (SSE event types, 529
 //!   overloaded) and [`FakeServer::bedrock`] Converse (binary event-stream frames with CRCs,
-//!   ThrottlingException).
+//!   ThrottlingException). Both the OpenAI and Anthropic fakes also speak their vendor's batch
+//!   API (OpenAI's Files + Batch, Anthropic's Message Batches), answering each batched request
+//!   with the same script.
 //! - [`llamacpp::LlamaCppServer`]: the real llama.cpp server, started when it is installed, to
 //!   check moa and the fakes against it.
 //! - [`python::venv`]: a Python venv with pinned PyPI packages (the official openai SDK), to
@@ -16,6 +18,7 @@
 //!   engine tests and benchmarks that should not pay for HTTP.
 
 mod anthropic;
+mod batches;
 pub mod bedrock;
 pub mod browser;
 pub mod llamacpp;
@@ -27,6 +30,7 @@ mod script;
 mod scripted;
 mod server;
 
+pub use batches::FakeBatch;
 pub use reply::{Reply, ReplyKind};
 pub use script::{Ending, Recorded};
 pub use scripted::ScriptedProvider;

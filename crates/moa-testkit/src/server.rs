@@ -11,10 +11,12 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
+use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
+use crate::batches::{self, Batches, FakeBatch};
 use crate::reply::{Reply, ReplyKind};
 use crate::script::{EndGuard, Ending, Recorded, Script};
 use crate::{anthropic, bedrock, openai};
@@ -32,6 +34,7 @@ pub struct FakeServer {
     addr: SocketAddr,
     dialect: Dialect,
     script: Arc<Script>,
+    batches: Arc<Batches>,
     task: JoinHandle<()>,
 }
 
@@ -39,11 +42,12 @@ pub struct FakeServer {
 pub type FakeOpenAi = FakeServer;
 
 #[derive(Clone)]
-struct AppState {
-    script: Arc<Script>,
-    dialect: Dialect,
+pub(crate) struct AppState {
+    pub script: Arc<Script>,
+    pub dialect: Dialect,
     /// Refuse an `X-Request-Id` that is not a UUID, as llama-cpp-python's server does.
     uuid_request_ids: bool,
+    pub batches: Arc<Batches>,
 }
 
 impl FakeServer {
@@ -75,13 +79,28 @@ impl FakeServer {
 
     async fn start_with(dialect: Dialect, uuid_request_ids: bool) -> Self {
         let script = Script::new();
-        let app = Router::new()
-            .fallback(axum::routing::post(chat))
-            .with_state(AppState {
-                script: script.clone(),
-                dialect,
-                uuid_request_ids,
-            });
+        let batches = Arc::new(Batches::default());
+        let app = match dialect {
+            Dialect::OpenAi => Router::new()
+                .route("/v1/files", post(batches::upload))
+                .route("/v1/files/{id}/content", get(batches::file_content))
+                .route("/v1/batches", post(batches::create_openai))
+                .route("/v1/batches/{id}", get(batches::get_openai)),
+            Dialect::Anthropic => Router::new()
+                .route("/v1/messages/batches", post(batches::create_anthropic))
+                .route("/v1/messages/batches/{id}", get(batches::get_anthropic))
+                .route(
+                    "/v1/messages/batches/{id}/results",
+                    get(batches::results_anthropic),
+                ),
+            Dialect::Bedrock => Router::new(),
+        };
+        let app = app.fallback(post(chat)).with_state(AppState {
+            script: script.clone(),
+            dialect,
+            uuid_request_ids,
+            batches: batches.clone(),
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("binding 127.0.0.1:0 failed: {e}"));
@@ -99,6 +118,7 @@ impl FakeServer {
             addr,
             dialect,
             script,
+            batches,
             task,
         }
     }
@@ -155,6 +175,32 @@ impl FakeServer {
         self.script.ended_at(seq)
     }
 
+    /// Keeps every batch in progress (`true`) until released (`false`); released batches end
+    /// at their next poll.
+    pub fn hold_batches(&self, held: bool) {
+        self.batches.hold(held);
+    }
+
+    /// The batches created so far, in order.
+    pub fn batches(&self) -> Vec<FakeBatch> {
+        self.batches.list()
+    }
+
+    /// Waits until `count` batches have been created.
+    pub async fn wait_for_batches(&self, count: usize) {
+        self.batches.wait_for(count).await;
+    }
+
+    /// Status polls of batch `id` so far.
+    pub fn batch_polls(&self, id: &str) -> usize {
+        self.batches.polls(id)
+    }
+
+    /// Makes Anthropic's `results_url` point at `base` (another host, say) instead of here.
+    pub fn set_batch_results_base(&self, base: &str) {
+        self.batches.set_results_base(base);
+    }
+
     /// How each ended response ended, in the order they ended.
     pub fn endings(&self) -> Vec<(usize, Ending)> {
         self.script.endings()
@@ -208,6 +254,7 @@ async fn chat(
         script,
         dialect,
         uuid_request_ids,
+        ..
     } = state;
     if uuid_request_ids {
         let id = headers
@@ -347,7 +394,7 @@ pub(crate) struct Ctx {
     pub logprobs: bool,
 }
 
-fn json_response(status: u16, body: String) -> Response {
+pub(crate) fn json_response(status: u16, body: String) -> Response {
     Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header("content-type", "application/json")

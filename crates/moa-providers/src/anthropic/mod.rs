@@ -3,6 +3,7 @@
 //! `message_stop`, `error`), usage from the start and delta events, and retries on 429 and 529
 //! (overloaded) honouring `retry-after`.
 
+mod batch;
 mod stream;
 pub mod wire;
 
@@ -193,6 +194,10 @@ impl Inner {
 impl Provider for Anthropic {
     fn name(&self) -> &str {
         &self.inner.config.name
+    }
+
+    fn batch(&self) -> Option<Arc<dyn moa_core::BatchApi>> {
+        Some(Arc::new(batch::AnthropicBatch(self.inner.clone())))
     }
 
     fn stream(&self, request: ChatRequest) -> BoxChunkStream {

@@ -1,6 +1,7 @@
 //! The OpenAI-compatible chat-completions client: one implementation for every vendor that
 //! speaks the dialect (Together, OpenAI, Groq, vLLM, Ollama, ...), configured by a table row.
 
+mod batch;
 mod stream;
 pub mod wire;
 
@@ -195,6 +196,10 @@ fn parse_completion(provider: &str, bytes: &[u8]) -> Result<Completion, Provider
 impl Provider for OpenAiCompatible {
     fn name(&self) -> &str {
         &self.inner.config.name
+    }
+
+    fn batch(&self) -> Option<Arc<dyn moa_core::BatchApi>> {
+        Some(Arc::new(batch::OpenAiBatch(self.inner.clone())))
     }
 
     fn stream(&self, request: ChatRequest) -> BoxChunkStream {

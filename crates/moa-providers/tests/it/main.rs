@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 mod anthropic;
+mod batches;
 mod bedrock;
 mod hostile;
 mod moa_http;
