@@ -600,6 +600,14 @@ pub struct EvalJudgeArgs {
     pub timeout: Option<f64>,
     #[command(flatten)]
     pub job_budget: JobBudgetArgs,
+    /// Judge through the provider's batch API (OpenAI, Anthropic; half the price, answers
+    /// within 24 hours): one batch of every pending item. Stopping and rerunning picks the same
+    /// batch up again.
+    #[arg(long)]
+    pub batch: bool,
+    /// Seconds between checks on a batch.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = non_negative)]
+    pub batch_poll: f64,
 }
 
 #[derive(Debug, Args)]

@@ -41,6 +41,11 @@ impl Judge {
         }
     }
 
+    /// The judge provider's batch API, if it has one.
+    pub fn batch_api(&self) -> Option<Arc<dyn moa_core::BatchApi>> {
+        self.provider.batch()
+    }
+
     /// The request `call` makes of the judge's model.
     pub fn request(&self, call: JudgeCall) -> ChatRequest {
         let mut request = ChatRequest::new(self.model_id.clone(), call.messages);

@@ -9,6 +9,7 @@
 //! `moa-core`'s.
 
 pub mod alpaca;
+pub mod batch;
 pub mod compare;
 pub mod error;
 pub mod flask;

@@ -11,7 +11,7 @@ use crate::journal::Journal;
 use crate::judge::{Judge, Judgment};
 use crate::runner::{self, Tick};
 use crate::suite::{AlpacaEval, Benchmark, Flask, MtBench, Names};
-use crate::{alpaca, flask, mt_bench, Bench};
+use crate::{alpaca, batch, flask, mt_bench, Bench};
 
 /// `run.json`: what a run folder holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -310,6 +310,8 @@ pub struct JudgeOptions {
     pub lc_data: Option<PathBuf>,
     /// The judging job's limits; it stops starting items once reached.
     pub budget: runner::JobBudget,
+    /// Judge through the provider's batch API, checking on the batch this often.
+    pub batch: Option<std::time::Duration>,
 }
 
 /// Judges a run's answers (those not already judged by this judge), writes the judge's files in
@@ -359,16 +361,35 @@ async fn judge_with<B: Benchmark>(
     let mut done = runner::latest(Journal::<Judgment>::load(&journal_path)?);
     let mut journal = Journal::open(&journal_path)?;
     let bench = &*bench;
-    let stopped = runner::run(
-        &items,
-        opts.parallel,
-        opts.budget,
-        &mut journal,
-        &mut done,
-        |item| judge.grade(bench, item),
-        tick,
-    )
-    .await?;
+    let stopped = match opts.batch {
+        Some(poll) => {
+            let log = journal_path.with_extension("batches.jsonl");
+            batch::judge(
+                bench,
+                &items,
+                judge,
+                &mut journal,
+                &mut done,
+                &log,
+                poll,
+                opts.budget,
+                tick,
+            )
+            .await?
+        }
+        None => {
+            runner::run(
+                &items,
+                opts.parallel,
+                opts.budget,
+                &mut journal,
+                &mut done,
+                |item| judge.grade(bench, item),
+                tick,
+            )
+            .await?
+        }
+    };
     let names = Names {
         run: name,
         judge: &judge.name,

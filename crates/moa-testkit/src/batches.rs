@@ -41,6 +41,8 @@ pub struct FakeBatch {
 pub(crate) struct Batches {
     inner: Mutex<Inner>,
     created: tokio::sync::watch::Sender<usize>,
+    /// Status polls of all batches so far.
+    polled: tokio::sync::watch::Sender<usize>,
 }
 
 #[derive(Default)]
@@ -74,6 +76,11 @@ impl Batches {
 
     pub fn polls(&self, id: &str) -> usize {
         self.lock().polls.get(id).copied().unwrap_or(0)
+    }
+
+    pub async fn wait_for_polls(&self, count: usize) {
+        let mut rx = self.polled.subscribe();
+        let _ = rx.wait_for(|n| *n >= count).await;
     }
 
     pub async fn wait_for(&self, count: usize) {
@@ -112,6 +119,7 @@ impl Batches {
         let mut inner = self.lock();
         if counted {
             *inner.polls.entry(id.to_string()).or_default() += 1;
+            self.polled.send_modify(|n| *n += 1);
         }
         let held = inner.held;
         let batch = inner.batches.iter().find(|b| b.id == id)?.clone();

@@ -191,6 +191,11 @@ impl FakeServer {
         self.batches.wait_for(count).await;
     }
 
+    /// Waits until batches have been polled `count` times in all.
+    pub async fn wait_for_batch_polls(&self, count: usize) {
+        self.batches.wait_for_polls(count).await;
+    }
+
     /// Status polls of batch `id` so far.
     pub fn batch_polls(&self, id: &str) -> usize {
         self.batches.polls(id)

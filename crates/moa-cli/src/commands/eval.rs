@@ -251,6 +251,9 @@ async fn judge(config_path: Option<&Path>, args: EvalJudgeArgs) -> anyhow::Resul
         parallel: args.parallel,
         lc_data: args.lc_data.clone(),
         budget: args.job_budget.budget(),
+        batch: args
+            .batch
+            .then(|| std::time::Duration::from_secs_f64(args.batch_poll)),
     };
     let progress = Progress::new(format!("{bench_of_run} · judge {judge_name}"));
     let results = until_interrupted(

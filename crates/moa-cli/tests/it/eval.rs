@@ -879,3 +879,107 @@ async fn a_temperature_the_benchmark_sets_itself_is_refused() {
     }
     assert!(fake.requests().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_judging_killed_while_the_batch_works_resumes_the_same_batch() {
+    let Some(data) = shared_data() else { return };
+    let baseline_of: HashMap<String, String> =
+        published(&data, "gpt4_1106_preview").into_iter().collect();
+    let index_of: HashMap<String, usize> = published(&data, "gpt4_1106_preview")
+        .into_iter()
+        .enumerate()
+        .map(|(i, (instruction, _))| (instruction, i))
+        .collect();
+    let fake = FakeOpenAi::start().await;
+    fake.respond_with(move |r| {
+        let user = r.messages().last().unwrap().1.clone();
+        let instruction = between(&user, "\"instruction\": \"\"\"", "\"\"\",");
+        let shown_first = between(&user, "\"output\": \"\"\"", "\"\"\"");
+        let p = p_model(index_of[instruction]);
+        let p_m = match shown_first != baseline_of[instruction] {
+            true => p,
+            false => 1.0 - p,
+        };
+        Reply::text(if p_m >= 0.5 { "m" } else { "M" })
+            .with_top_logprobs(&[("m", p_m.ln()), ("M", (1.0 - p_m).ln())])
+            .with_usage(700, 1)
+    });
+    fake.hold_batches(true);
+    let extra = format!("{PRESET}\n[prices.\"together:judge\"]\ninput = 10.0\noutput = 30.0\n");
+    let sandbox = Sandbox::new(&fake, &extra);
+    let data_arg = data.to_str().unwrap();
+    let outputs = format!("{data_arg}/alpaca_eval/results/Qwen1.5-110B-Chat/model_outputs.json");
+    let judge = |out: &'static str| {
+        vec![
+            "eval".to_string(),
+            "judge".into(),
+            "--bench".into(),
+            "alpaca_eval".into(),
+            "--outputs".into(),
+            outputs.clone(),
+            "--out".into(),
+            out.into(),
+            "--judge".into(),
+            "together:judge".into(),
+            "--data".into(),
+            data_arg.into(),
+            "--limit".into(),
+            "6".into(),
+        ]
+    };
+    let mut batched = judge("batched");
+    batched.extend(["--batch".into(), "--batch-poll".into(), "0.01".into()]);
+    let batched: Vec<&str> = batched.iter().map(String::as_str).collect();
+
+    // The batch is created and polled (so its id is in the log), then the run is killed.
+    let mut child = spawn_moa(sandbox.path(), &batched);
+    fake.wait_for_batch_polls(1).await;
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+    let batches = fake.batches();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].custom_ids, ["r0", "r1", "r2", "r3", "r4", "r5"]);
+    assert_eq!(fake.requests_for("judge").len(), 6);
+    let journal = sandbox
+        .path()
+        .join("batched/judgments/together_judge.jsonl");
+    assert_eq!(
+        std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .lines()
+            .count(),
+        0,
+        "nothing judged yet"
+    );
+
+    // The batch ends; the rerun reads the same batch instead of submitting another.
+    fake.hold_batches(false);
+    let out = moa(sandbox.path(), &batched, &[KEY], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(fake.batches().len(), 1, "no second batch");
+    assert!(fake.batch_polls("batch_fake0") >= 2);
+    assert_eq!(fake.requests_for("judge").len(), 6, "no call made twice");
+    let results: Value = read_json(&sandbox.path().join("batched/results.json"));
+    assert_eq!(results["judged"], 6);
+
+    // The same items judged live: the same numbers at twice the price.
+    let live = judge("live");
+    let live: Vec<&str> = live.iter().map(String::as_str).collect();
+    let out = moa(sandbox.path(), &live, &[KEY], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let live: Value = read_json(&sandbox.path().join("live/results.json"));
+    assert_eq!(results["metrics"], live["metrics"]);
+    let (b, l) = (
+        results["judge_cost"].as_f64().unwrap(),
+        live["judge_cost"].as_f64().unwrap(),
+    );
+    assert!(
+        l > 0.0 && (b * 2.0 - l).abs() < 1e-12,
+        "batched ${b}, live ${l}"
+    );
+
+    // A run with everything judged submits nothing.
+    let out = moa(sandbox.path(), &batched, &[KEY], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(fake.batches().len(), 1);
+}
