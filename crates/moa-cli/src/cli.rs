@@ -612,7 +612,9 @@ pub struct EvalJudgeArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalReportArgs {
-    /// Judged run folders (or their results.json files).
+    /// Judged run folders (or their results.json files). The first run of each benchmark is
+    /// compared item by item with each later one: put the MoA run first, then the single
+    /// proposers judged on the same items.
     #[arg(required_unless_present = "leaderboard")]
     pub runs: Vec<std::path::PathBuf>,
     /// Also write the comparison as an HTML page with charts.
@@ -627,4 +629,10 @@ pub struct EvalReportArgs {
     /// The leaderboard's models to include (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub leaderboard_models: Vec<String>,
+    /// Bootstrap resamples for the intervals and paired comparisons.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub resamples: usize,
+    /// Seed of the resampling.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub seed: u64,
 }

@@ -152,12 +152,7 @@ pub fn compare(a: &Items, b: &Items, resamples: usize, seed: u64) -> Result<Comp
             a.name, b.name
         )));
     }
-    // AlpacaEval's values are wins in [0, 1]; its report speaks in percent.
-    let unit = if a.bench == Bench::AlpacaEval {
-        100.0
-    } else {
-        1.0
-    };
+    let unit = unit(a.bench);
     let n = pairs.len();
     let diffs: Vec<f64> = pairs.iter().map(|(x, y)| (x - y) * unit).collect();
     let mean = |v: &mut dyn Iterator<Item = f64>| v.sum::<f64>() / n as f64;
@@ -227,6 +222,82 @@ pub fn sign_test(wins: usize, losses: usize) -> f64 {
     (2.0 * tail).min(1.0)
 }
 
+/// One run's mean over its own items with a 95% bootstrap interval (AlpacaEval in percent).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Interval {
+    pub bench: Bench,
+    pub name: String,
+    pub items: usize,
+    pub mean: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+/// What a report adds to the runs' own numbers: each run's interval, and the first run of each
+/// benchmark (the candidate, e.g. the MoA run) paired with every other run of it (e.g. each
+/// single proposer judged on the same items).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Analysis {
+    pub intervals: Vec<Interval>,
+    pub paired: Vec<Comparison>,
+}
+
+impl Analysis {
+    pub fn build(runs: &[Items], resamples: usize, seed: u64) -> Result<Self> {
+        let mut out = Analysis::default();
+        for run in runs {
+            let unit = unit(run.bench);
+            let values: Vec<f64> = run.values.values().map(|v| v * unit).collect();
+            let (low, high) = bootstrap_interval(&values, resamples, seed);
+            out.intervals.push(Interval {
+                bench: run.bench,
+                name: run.name.clone(),
+                items: values.len(),
+                mean: values.iter().sum::<f64>() / values.len().max(1) as f64,
+                ci_low: low,
+                ci_high: high,
+            });
+        }
+        for bench in Bench::ALL {
+            let mut of_bench = runs.iter().filter(|r| r.bench == bench);
+            let Some(candidate) = of_bench.next() else {
+                continue;
+            };
+            for other in of_bench {
+                out.paired.push(compare(candidate, other, resamples, seed)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The intervals and the paired comparisons as text.
+    pub fn text(&self) -> String {
+        let mut text = String::new();
+        if !self.intervals.is_empty() {
+            text.push_str("95% intervals (bootstrap over items)\n");
+            for i in &self.intervals {
+                text.push_str(&format!(
+                    "  {} {}: {:.2} [{:.2}, {:.2}] over {} items\n",
+                    i.bench, i.name, i.mean, i.ci_low, i.ci_high, i.items
+                ));
+            }
+        }
+        for c in &self.paired {
+            text.push('\n');
+            text.push_str(&describe(c));
+        }
+        text
+    }
+}
+
+/// AlpacaEval's values are wins in [0, 1]; its reports speak in percent.
+fn unit(bench: Bench) -> f64 {
+    match bench {
+        Bench::AlpacaEval => 100.0,
+        _ => 1.0,
+    }
+}
+
 /// The comparison as a few lines of text.
 pub fn describe(c: &Comparison) -> String {
     let what = match c.bench {
@@ -279,6 +350,35 @@ mod tests {
             name: name.into(),
             values: values.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         }
+    }
+
+    #[test]
+    fn a_report_pairs_the_first_run_of_each_benchmark_with_the_others() {
+        let moa = items(Bench::MtBench, "moa", &[(1, 9.0), (2, 8.0), (3, 7.0)]);
+        let a = items(Bench::MtBench, "a", &[(1, 5.0), (2, 6.0), (3, 5.0)]);
+        let b = items(Bench::MtBench, "b", &[(1, 9.0), (2, 8.0), (3, 7.5)]);
+        let alpaca = items(Bench::AlpacaEval, "alone", &[(0, 1.0), (1, 0.0)]);
+        let analysis = Analysis::build(&[moa, alpaca, a, b], 500, 1).unwrap();
+        let pairs: Vec<(&str, &str)> = analysis
+            .paired
+            .iter()
+            .map(|c| (c.a.as_str(), c.b.as_str()))
+            .collect();
+        assert_eq!(pairs, [("moa", "a"), ("moa", "b")]);
+        assert!((analysis.paired[0].difference - 8.0 / 3.0).abs() < 1e-12);
+        assert_eq!(analysis.intervals.len(), 4);
+        let alone = &analysis.intervals[1];
+        assert_eq!(
+            (alone.mean, alone.items),
+            (50.0, 2),
+            "AlpacaEval in percent"
+        );
+        assert!(alone.ci_low <= 50.0 && alone.ci_high >= 50.0 && alone.ci_high <= 100.0);
+        let text = analysis.text();
+        assert!(
+            text.contains("mt_bench moa: 8.00") && text.contains("A = moa, B = b"),
+            "{text}"
+        );
     }
 
     #[test]

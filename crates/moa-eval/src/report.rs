@@ -296,7 +296,8 @@ pub fn bar_chart(
 }
 
 /// The comparison as one self-contained HTML page.
-pub fn html(entries: &[Entry]) -> String {
+/// The page: charts, the table, and `notes` (the intervals and paired comparisons) when any.
+pub fn html(entries: &[Entry], notes: &str) -> String {
     let mut body = String::new();
     let rows = alpaca(entries);
     if !rows.is_empty() {
@@ -363,8 +364,15 @@ pub fn html(entries: &[Entry]) -> String {
     format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>moa eval report</title>\
 <style>body{{font-family:sans-serif;margin:2em}}pre{{background:#f6f6f6;padding:1em}}</style></head>\
-<body><h1>moa eval report</h1>{body}<h2>Table</h2><pre>{}</pre></body></html>\n",
-        escape(&table(entries))
+<body><h1>moa eval report</h1>{body}<h2>Table</h2><pre>{}</pre>{}</body></html>\n",
+        escape(&table(entries)),
+        match notes.is_empty() {
+            true => String::new(),
+            false => format!(
+                "<h2>Uncertainty and paired comparisons</h2><pre>{}</pre>",
+                escape(notes)
+            ),
+        }
     )
 }
 
@@ -413,8 +421,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("9.25") && text.contains("8.50"), "{text}");
-        let page = html(&entries);
+        let page = html(&entries, "A − B = +1.00 <ok>");
         assert!(page.contains("moa &lt;x&gt;"), "labels are escaped");
+        assert!(page.contains("paired comparisons</h2><pre>A − B = +1.00 &lt;ok&gt;"));
+        assert!(!html(&entries, "").contains("paired comparisons"));
         assert_eq!(page.matches("<svg").count(), 2);
         // 65.38% of the 420-pixel plot.
         assert!(page.contains(r#"width="274.6""#), "{page}");

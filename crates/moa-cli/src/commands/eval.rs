@@ -300,17 +300,31 @@ fn report(args: EvalReportArgs) -> anyhow::Result<()> {
             results,
         });
     }
+    // Runs whose per-item files are there get intervals and the paired comparisons.
+    let items: Vec<moa_eval::compare::Items> = args
+        .runs
+        .iter()
+        .filter(|run| run.is_dir())
+        .map(|run| moa_eval::compare::Items::load(run))
+        .collect::<Result<_, _>>()?;
+    let analysis = moa_eval::compare::Analysis::build(&items, args.resamples.max(1), args.seed)?;
     if let Some(csv) = &args.leaderboard {
         entries.extend(report::leaderboard(csv, &args.leaderboard_models)?);
     }
     if args.json {
         let results: Vec<&Results> = entries.iter().map(|e| &e.results).collect();
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        let report = serde_json::json!({
+            "runs": results,
+            "intervals": analysis.intervals,
+            "paired": analysis.paired,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report::table(&entries));
+        print!("{}", analysis.text());
     }
     if let Some(path) = &args.html {
-        std::fs::write(path, report::html(&entries))
+        std::fs::write(path, report::html(&entries, &analysis.text()))
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
         eprintln!("report: {}", path.display());
     }

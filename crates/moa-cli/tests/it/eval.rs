@@ -421,6 +421,39 @@ async fn alpaca_eval_generates_from_published_proposals_and_judges_with_logprobs
     );
     let out = moa(sandbox.path(), &compare, &[], None).await;
     assert!(out.stdout.contains("A is better"), "{}", out.stdout);
+    // The report does the same against each later run, with each run's own interval.
+    let out = moa(
+        sandbox.path(),
+        &["eval", "report", "run", "single", "--json"],
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(r["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(r["paired"].as_array().unwrap().len(), 1);
+    assert_eq!(r["paired"][0], c, "the report's pairing is compare's");
+    let interval = &r["intervals"][0];
+    assert!(
+        (interval["mean"].as_f64().unwrap() - 55.0).abs() < 1e-9,
+        "{r}"
+    );
+    assert!(
+        interval["ci_low"].as_f64().unwrap() < 55.0 && interval["ci_high"].as_f64().unwrap() > 55.0
+    );
+    let out = moa(
+        sandbox.path(),
+        &["eval", "report", "run", "single"],
+        &[],
+        None,
+    )
+    .await;
+    assert!(
+        out.stdout.contains("95% intervals") && out.stdout.contains("A is better"),
+        "{}",
+        out.stdout
+    );
     // A run against itself: no difference, not significant.
     let out = moa(
         sandbox.path(),
