@@ -605,6 +605,11 @@ pub struct EvalJudgeArgs {
     /// batch up again.
     #[arg(long)]
     pub batch: bool,
+    /// AlpacaEval: judge every comparison twice, the second time with the outputs' places
+    /// traded, and report how often the verdict held (the judge's position bias). Doubles the
+    /// judging cost; the headline numbers stay those of AlpacaEval's order.
+    #[arg(long)]
+    pub both_orders: bool,
     /// Seconds between checks on a batch.
     #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = non_negative)]
     pub batch_poll: f64,

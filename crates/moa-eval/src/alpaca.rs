@@ -185,6 +185,38 @@ pub struct WinRate {
     /// The length-controlled win rate, when instruction difficulty data was supplied.
     #[serde(default)]
     pub length_controlled_winrate: Option<f64>,
+    /// With `--both-orders`: how the judge's verdicts moved when the two outputs traded places.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_bias: Option<PositionBias>,
+}
+
+/// Each comparison judged twice, in AlpacaEval's order and with the outputs' places traded.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PositionBias {
+    /// Comparisons judged in both orders.
+    pub pairs: usize,
+    /// Of those, the percentage whose winner (model, baseline or a tie) is the same both times.
+    pub agreement: f64,
+    /// The win rate from the traded order alone, in percent (the headline is AlpacaEval's order).
+    pub win_rate_traded: f64,
+    /// Mean absolute difference of the two preferences, in percentage points.
+    pub mean_abs_difference: f64,
+}
+
+/// Position bias from pairs of preferences in [1, 2] (AlpacaEval's order, traded order).
+pub fn position_bias(pairs: &[(f64, f64)]) -> Option<PositionBias> {
+    if pairs.is_empty() {
+        return None;
+    }
+    let n = pairs.len() as f64;
+    let side = |p: f64| (p - 1.5).signum() as i8 * i8::from(p != 1.5);
+    let agree = pairs.iter().filter(|(a, b)| side(*a) == side(*b)).count();
+    Some(PositionBias {
+        pairs: pairs.len(),
+        agreement: agree as f64 / n * 100.0,
+        win_rate_traded: pairs.iter().map(|(_, b)| b - 1.0).sum::<f64>() / n * 100.0,
+        mean_abs_difference: pairs.iter().map(|(a, b)| (a - b).abs()).sum::<f64>() / n * 100.0,
+    })
 }
 
 /// Win rate, standard error and counts from preferences in [1, 2] (1: baseline better).
@@ -224,6 +256,7 @@ pub fn win_rate(preferences: &[f64], model_lengths: &[usize]) -> WinRate {
         },
         avg_length,
         length_controlled_winrate: None,
+        position_bias: None,
     }
 }
 
@@ -265,6 +298,17 @@ pub struct Annotation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn position_bias_counts_held_winners_and_ties() {
+        // Held (model both times), flipped (model, then baseline), tie both times.
+        let b = position_bias(&[(1.9, 1.7), (1.8, 1.2), (1.5, 1.5)]).unwrap();
+        assert_eq!(b.pairs, 3);
+        assert!((b.agreement - 200.0 / 3.0).abs() < 1e-9);
+        assert!((b.win_rate_traded - (0.7 + 0.2 + 0.5) / 3.0 * 100.0).abs() < 1e-9);
+        assert!((b.mean_abs_difference - (20.0 + 60.0) / 3.0).abs() < 1e-9);
+        assert!(position_bias(&[]).is_none());
+    }
 
     fn top(pairs: &[(&str, f64)]) -> Vec<TopLogprob> {
         pairs

@@ -164,16 +164,22 @@ pub struct Comparison {
     pub instruction: String,
     pub baseline: String,
     pub model: String,
+    /// Shown in the other order than AlpacaEval's (the position-bias check).
+    pub flipped: bool,
 }
 
 impl Item for Comparison {
     fn key(&self) -> String {
-        self.index.to_string()
+        match self.flipped {
+            false => self.index.to_string(),
+            true => format!("{}/flipped", self.index),
+        }
     }
 
     fn hash(&self) -> String {
+        let flipped = if self.flipped { "\u{1}flipped" } else { "" };
         crate::fnv1a(&format!(
-            "{}\u{1}{}\u{1}{}",
+            "{}\u{1}{}\u{1}{}{flipped}",
             self.instruction, self.baseline, self.model
         ))
     }

@@ -312,6 +312,8 @@ pub struct JudgeOptions {
     pub budget: runner::JobBudget,
     /// Judge through the provider's batch API, checking on the batch this often.
     pub batch: Option<std::time::Duration>,
+    /// AlpacaEval: judge each comparison in both orders (position bias).
+    pub both_orders: bool,
 }
 
 /// Judges a run's answers (those not already judged by this judge), writes the judge's files in
@@ -328,10 +330,16 @@ pub async fn judge(opts: &JudgeOptions, judge: &Judge, tick: impl FnMut(&Tick)) 
             (info.bench, opts.out.join(&info.outputs), info.name)
         }
     };
+    if opts.both_orders && bench != Bench::AlpacaEval {
+        return Err(EvalError::Invalid(format!(
+            "--both-orders applies to alpaca_eval's pairwise judge; {bench} grades one answer at a time"
+        )));
+    }
     match bench {
         Bench::AlpacaEval => {
-            let mut bench =
-                AlpacaEval::open(&opts.data, opts.limit)?.with_lc_data(opts.lc_data.clone());
+            let mut bench = AlpacaEval::open(&opts.data, opts.limit)?
+                .with_lc_data(opts.lc_data.clone())
+                .with_both_orders(opts.both_orders);
             judge_with(&mut bench, opts, judge, &outputs, &name, tick).await
         }
         Bench::MtBench => {

@@ -59,6 +59,7 @@ pub fn leaderboard(path: &Path, models: &[String]) -> Result<Vec<Entry>> {
                 discrete_win_rate: f(discrete),
                 avg_length: f(len),
                 length_controlled_winrate: lc.and_then(|i| row.get(i)?.parse().ok()),
+                position_bias: None,
             };
             Ok(Entry {
                 label: format!("{model} (leaderboard)"),
@@ -158,6 +159,16 @@ pub fn table(entries: &[Entry]) -> String {
                 w.n_total,
                 e.results.judge
             );
+        }
+        for (e, w) in alpaca(entries) {
+            if let Some(b) = &w.position_bias {
+                let _ = writeln!(
+                    out,
+                    "position bias, {}: the winner held in {:.1}% of {} comparisons judged in both \
+                     orders; win rate {:.2} with the outputs traded (mean shift {:.1} points)",
+                    e.label, b.agreement, b.pairs, b.win_rate_traded, b.mean_abs_difference
+                );
+            }
         }
         out.push('\n');
     }

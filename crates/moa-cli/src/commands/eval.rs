@@ -254,6 +254,7 @@ async fn judge(config_path: Option<&Path>, args: EvalJudgeArgs) -> anyhow::Resul
         batch: args
             .batch
             .then(|| std::time::Duration::from_secs_f64(args.batch_poll)),
+        both_orders: args.both_orders,
     };
     let progress = Progress::new(format!("{bench_of_run} · judge {judge_name}"));
     let results = until_interrupted(

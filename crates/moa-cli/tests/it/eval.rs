@@ -1016,3 +1016,94 @@ async fn a_batch_judging_killed_while_the_batch_works_resumes_the_same_batch() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(fake.batches().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_orders_measure_a_judge_that_prefers_whatever_comes_first() {
+    let Some(data) = shared_data() else { return };
+    let fake = FakeOpenAi::start().await;
+    // A judge with pure position bias: the first output shown wins with 0.8.
+    fake.respond_with(|_| {
+        Reply::text("m")
+            .with_top_logprobs(&[("m", 0.8f64.ln()), ("M", 0.2f64.ln())])
+            .with_usage(700, 1)
+    });
+    let sandbox = Sandbox::new(&fake, PRESET);
+    let data_arg = data.to_str().unwrap();
+    let outputs = format!("{data_arg}/alpaca_eval/results/Qwen1.5-110B-Chat/model_outputs.json");
+    let args = [
+        "eval",
+        "judge",
+        "--bench",
+        "alpaca_eval",
+        "--outputs",
+        &outputs,
+        "--out",
+        "both",
+        "--judge",
+        "together:judge",
+        "--data",
+        data_arg,
+        "--limit",
+        "6",
+        "--both-orders",
+    ];
+    let out = moa(sandbox.path(), &args, &[KEY], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        fake.requests_for("judge").len(),
+        12,
+        "every comparison twice"
+    );
+    // AlpacaEval shows the model first only on item 1 of the first six ("010000"): 0.8 there,
+    // 0.2 elsewhere; traded, the other way round. The winner never holds.
+    let results: Value = read_json(&sandbox.path().join("both/results.json"));
+    let m = &results["metrics"];
+    assert!((m["win_rate"].as_f64().unwrap() - 30.0).abs() < 1e-9, "{m}");
+    let bias = &m["position_bias"];
+    assert_eq!(bias["pairs"], 6);
+    assert_eq!(bias["agreement"].as_f64(), Some(0.0));
+    assert!(
+        (bias["win_rate_traded"].as_f64().unwrap() - 70.0).abs() < 1e-9,
+        "{bias}"
+    );
+    assert!(
+        (bias["mean_abs_difference"].as_f64().unwrap() - 60.0).abs() < 1e-9,
+        "{bias}"
+    );
+    assert!(
+        out.stdout.contains("the winner held in 0.0% of 6"),
+        "{}",
+        out.stdout
+    );
+    // annotations.json keeps AlpacaEval's order only.
+    let annotations: Vec<Value> = read_json(&sandbox.path().join("both/annotations.json"));
+    assert_eq!(annotations.len(), 6);
+    // Single-answer benchmarks have no order to trade.
+    let out = moa(
+        sandbox.path(),
+        &[
+            "eval",
+            "judge",
+            "--bench",
+            "mt_bench",
+            "--outputs",
+            &outputs,
+            "--out",
+            "mt",
+            "--judge",
+            "together:judge",
+            "--data",
+            data_arg,
+            "--both-orders",
+        ],
+        &[KEY],
+        None,
+    )
+    .await;
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("--both-orders applies to alpaca_eval"),
+        "{}",
+        out.stderr
+    );
+}

@@ -22,6 +22,8 @@ pub struct AlpacaEval {
     lc_data: Option<PathBuf>,
     prompt: Option<alpaca::JudgePrompt>,
     lc: Option<lc::LcData>,
+    /// Judge every comparison a second time with the outputs' places traded.
+    both_orders: bool,
 }
 
 impl AlpacaEval {
@@ -35,7 +37,14 @@ impl AlpacaEval {
             lc_data: None,
             prompt: None,
             lc: None,
+            both_orders: false,
         })
+    }
+
+    /// Judges each comparison in both orders, to measure the judge's position bias.
+    pub fn with_both_orders(mut self, both: bool) -> Self {
+        self.both_orders = both;
+        self
     }
 
     /// Fits the LC win rate on this `df_gamed.csv` instead of the data folder's.
@@ -91,7 +100,15 @@ impl Benchmark for AlpacaEval {
                     instruction: row.instruction.clone(),
                     baseline: row.output.clone().unwrap_or_default(),
                     model: model.get(&row.instruction)?.clone(),
+                    flipped: false,
                 })
+            })
+            .flat_map(|c| {
+                let flipped = self.both_orders.then(|| Comparison {
+                    flipped: true,
+                    ..c.clone()
+                });
+                std::iter::once(c).chain(flipped)
             })
             .collect();
         if items.is_empty() {
@@ -122,7 +139,7 @@ impl Benchmark for AlpacaEval {
         let Some(prompt) = &self.prompt else {
             return Prepared::Done(judgment.failed("the judge prompt is not loaded".into()));
         };
-        let swapped = alpaca::is_swapped(&item.instruction);
+        let swapped = alpaca::is_swapped(&item.instruction) != item.flipped;
         let (first, second) = match swapped {
             true => (&item.model, &item.baseline),
             false => (&item.baseline, &item.model),
@@ -173,13 +190,23 @@ impl Benchmark for AlpacaEval {
         let mut lengths = Vec::new();
         let mut comparisons = Vec::new();
         let mut annotations = Vec::new();
-        for item in items {
+        let mut traded = HashMap::new();
+        for item in items.iter().filter(|i| i.flipped) {
+            if let Some(p) = current(done, item).and_then(|j| j.preference) {
+                traded.insert(item.index, p);
+            }
+        }
+        let mut pairs = Vec::new();
+        for item in items.iter().filter(|i| !i.flipped) {
             let Some(j) = current(done, item) else {
                 continue;
             };
             let Some(preference) = j.preference else {
                 continue;
             };
+            if let Some(other) = traded.get(&item.index) {
+                pairs.push((preference, *other));
+            }
             preferences.push(preference);
             let model_len = item.model.chars().count();
             lengths.push(model_len);
@@ -208,6 +235,7 @@ impl Benchmark for AlpacaEval {
             .lc
             .as_ref()
             .and_then(|d| lc::length_controlled_winrate(&comparisons, d));
+        win.position_bias = alpaca::position_bias(&pairs);
         Ok(Metrics::AlpacaEval(win))
     }
 }
