@@ -29,8 +29,8 @@ pub struct Answer {
 }
 
 impl Record for Answer {
-    fn key(&self) -> &str {
-        &self.key
+    fn key(&self) -> String {
+        self.key.clone()
     }
     fn hash(&self) -> &str {
         &self.hash

@@ -123,8 +123,8 @@ pub struct Judgment {
 }
 
 impl Record for Judgment {
-    fn key(&self) -> &str {
-        &self.key
+    fn key(&self) -> String {
+        self.key.clone()
     }
     fn hash(&self) -> &str {
         &self.hash

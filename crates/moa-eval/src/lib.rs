@@ -19,6 +19,7 @@ pub mod judge;
 pub mod lc;
 pub mod mt_bench;
 pub mod pipeline;
+pub mod prompt_set;
 pub mod pyrandom;
 pub mod report;
 pub mod runner;

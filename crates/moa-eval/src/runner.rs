@@ -15,7 +15,7 @@ use crate::journal::Journal;
 
 /// What the runner needs to know of a finished record.
 pub trait Record: Serialize + DeserializeOwned {
-    fn key(&self) -> &str;
+    fn key(&self) -> String;
     /// The content hash of the item it answers.
     fn hash(&self) -> &str;
     fn ok(&self) -> bool;
@@ -139,10 +139,7 @@ pub trait Item: Clone {
 
 /// The latest record per key.
 pub fn latest<R: Record>(records: Vec<R>) -> HashMap<String, R> {
-    records
-        .into_iter()
-        .map(|r| (r.key().to_string(), r))
-        .collect()
+    records.into_iter().map(|r| (r.key(), r)).collect()
 }
 
 /// Whether `key` still needs doing: no successful record with the same content hash.
@@ -218,11 +215,11 @@ where
         if !record.ok() {
             state.failed += 1;
             state.failure = Some((
-                record.key().to_string(),
+                record.key(),
                 record.error().unwrap_or("unknown error").to_string(),
             ));
         }
-        done.insert(record.key().to_string(), record);
+        done.insert(record.key(), record);
         tick(&state);
     }
     let reached = gate.lock().ok().and_then(|g| g.reached.clone());

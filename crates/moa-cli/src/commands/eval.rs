@@ -17,9 +17,8 @@ use crate::cli::{
     EvalReportArgs, NullReferencesArg,
 };
 use crate::commands::engine;
-use crate::commands::progress::Progress;
+use crate::commands::progress::{until_interrupted, Progress};
 use crate::config::{self, Config, Flags, Settings};
-use crate::exit::Interrupted;
 
 pub async fn run(config: Option<&Path>, command: EvalCommand) -> anyhow::Result<()> {
     match command {
@@ -61,26 +60,6 @@ fn data_dir(data: &EvalData) -> anyhow::Result<PathBuf> {
     directories::ProjectDirs::from("", "", "moa")
         .map(|d| d.cache_dir().join("eval-data"))
         .ok_or_else(|| anyhow::anyhow!("no user cache dir; pass --data DIR"))
-}
-
-/// Runs `work` until it ends or Ctrl-C, which stops it (requests in flight are dropped; every
-/// finished item is already on disk).
-async fn until_interrupted<T>(
-    work: impl std::future::Future<Output = Result<T, moa_eval::EvalError>>,
-    progress: &Progress,
-    out: &Path,
-) -> anyhow::Result<T> {
-    tokio::select! {
-        result = work => {
-            progress.end();
-            Ok(result?)
-        }
-        _ = tokio::signal::ctrl_c() => {
-            progress.end();
-            eprintln!("moa: interrupted; rerun the same command to resume from {}", out.display());
-            Err(Interrupted.into())
-        }
-    }
 }
 
 async fn download(args: EvalDownloadArgs) -> anyhow::Result<()> {

@@ -62,3 +62,23 @@ impl Progress {
         }
     }
 }
+
+/// Runs `work` until it ends or Ctrl-C, which stops it (requests in flight are dropped; every
+/// finished item is already on disk).
+pub async fn until_interrupted<T>(
+    work: impl std::future::Future<Output = Result<T, moa_eval::EvalError>>,
+    progress: &Progress,
+    out: &std::path::Path,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        result = work => {
+            progress.end();
+            Ok(result?)
+        }
+        _ = tokio::signal::ctrl_c() => {
+            progress.end();
+            eprintln!("moa: interrupted; rerun the same command to resume from {}", out.display());
+            Err(crate::exit::Interrupted.into())
+        }
+    }
+}

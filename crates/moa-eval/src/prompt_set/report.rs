@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::{prompt_hash, Record};
+use super::{key, Record};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Percentiles {
@@ -59,15 +59,15 @@ impl Report {
     pub fn build(
         targets: &[String],
         prompt_count: usize,
-        records: &HashMap<(String, usize), Record>,
+        records: &HashMap<String, Record>,
         prompts: &[String],
     ) -> Self {
         let targets = targets
             .iter()
             .map(|target| {
                 let current: Vec<&Record> = (0..prompt_count)
-                    .filter_map(|i| records.get(&(target.clone(), i)))
-                    .filter(|r| r.prompt_hash == prompt_hash(&prompts[r.index]))
+                    .filter_map(|i| records.get(&key(target, i)))
+                    .filter(|r| r.prompt_hash == crate::fnv1a(&prompts[r.index]))
                     .collect();
                 let ok: Vec<&&Record> = current.iter().filter(|r| r.ok).collect();
                 let mut latency: Vec<u64> = ok.iter().map(|r| r.latency_ms).collect();
@@ -227,7 +227,7 @@ mod tests {
         Record {
             target: target.into(),
             index,
-            prompt_hash: prompt_hash(prompt),
+            prompt_hash: crate::fnv1a(prompt),
             ok,
             latency_ms: ms,
             ttft_ms: ok.then_some(ms / 2),
@@ -250,7 +250,7 @@ mod tests {
             // A record for another prompt text at index 3: stale, not counted.
             record("t", 3, "old d", true, 999, Some(9.0)),
         ] {
-            records.insert((r.target.clone(), r.index), r);
+            records.insert(key(&r.target, r.index), r);
         }
         let report = Report::build(&["t".into()], 4, &records, &prompts);
         let t = &report.targets[0];

@@ -109,7 +109,7 @@ pub fn svg(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commands::bench::report::{Percentiles, TargetReport};
+    use crate::prompt_set::report::{Percentiles, TargetReport};
 
     fn target(name: &str, p50: u64, cost: Option<f64>) -> TargetReport {
         TargetReport {

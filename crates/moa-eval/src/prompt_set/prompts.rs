@@ -5,6 +5,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::error::{EvalError, Result};
+
 fn prompt_of(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
@@ -21,35 +23,34 @@ fn prompt_of(value: &Value) -> Option<String> {
 }
 
 /// Reads the prompts of `path`.
-pub fn load(path: &Path) -> anyhow::Result<Vec<String>> {
+pub fn load(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read the prompts file {}: {e}", path.display()))?;
+        .map_err(|e| EvalError::io("read the prompts file", path, e))?;
     let missing = |what: &str| {
-        anyhow::anyhow!(
-            "{}: {what} has no `instruction` or `prompt` string",
-            path.display()
+        EvalError::data(
+            path,
+            format!("{what} has no `instruction` or `prompt` string"),
         )
     };
     let trimmed = text.trim_start();
     let prompts = if trimmed.starts_with('[') {
         let items: Vec<Value> = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: not a JSON array: {e}", path.display()))?;
+            .map_err(|e| EvalError::data(path, format!("not a JSON array: {e}")))?;
         items
             .iter()
             .enumerate()
             .map(|(i, v)| prompt_of(v).ok_or_else(|| missing(&format!("item {}", i + 1))))
-            .collect::<anyhow::Result<Vec<_>>>()?
+            .collect::<Result<Vec<_>>>()?
     } else if trimmed.starts_with('{') {
         text.lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, line)| {
-                let value: Value = serde_json::from_str(line).map_err(|e| {
-                    anyhow::anyhow!("{} line {}: not JSON: {e}", path.display(), i + 1)
-                })?;
+                let value: Value = serde_json::from_str(line)
+                    .map_err(|e| EvalError::data(path, format!("line {}: not JSON: {e}", i + 1)))?;
                 prompt_of(&value).ok_or_else(|| missing(&format!("line {}", i + 1)))
             })
-            .collect::<anyhow::Result<Vec<_>>>()?
+            .collect::<Result<Vec<_>>>()?
     } else {
         text.lines()
             .map(str::trim)
@@ -58,7 +59,7 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<String>> {
             .collect()
     };
     if prompts.is_empty() {
-        anyhow::bail!("{} holds no prompts", path.display());
+        return Err(EvalError::data(path, "holds no prompts"));
     }
     Ok(prompts)
 }
@@ -67,7 +68,7 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<String>> {
 mod tests {
     use super::*;
 
-    fn load_text(name: &str, text: &str) -> anyhow::Result<Vec<String>> {
+    fn load_text(name: &str, text: &str) -> Result<Vec<String>> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
