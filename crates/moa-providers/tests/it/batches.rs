@@ -2,7 +2,7 @@
 //! them: what is uploaded, how a batch in progress and an ended one read, answers and failures
 //! per request, and ids from upstream that never become a path or a host.
 
-use moa_core::{BatchStatus, ChatRequest, Message, Provider, Usage};
+use moa_core::{BatchApi, BatchStatus, ChatRequest, Message, Provider, Usage};
 use moa_providers::{Anthropic, AnthropicConfig, OpenAiCompatible, OpenAiConfig};
 use moa_testkit::{FakeServer, Reply};
 use serde_json::Value;
@@ -31,6 +31,25 @@ fn requests(model: &str) -> Vec<(String, ChatRequest)> {
         .collect()
 }
 
+/// Batch `id` of [`requests`] (the second scripted to fail) while `fake` holds it, then once
+/// released: in progress, ended, the first and third answered; returns the second's error.
+async fn held_batch_answers(fake: &FakeServer, batch: &dyn BatchApi, id: &str) -> String {
+    assert_eq!(
+        batch.status(id).await.unwrap(),
+        BatchStatus::Running { done: 0, total: 3 }
+    );
+    fake.hold_batches(false);
+    assert_eq!(batch.status(id).await.unwrap(), BatchStatus::Ended);
+    let mut results = batch.results(id).await.unwrap();
+    results.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(results.len(), 3);
+    let first = results[0].outcome.as_ref().unwrap();
+    assert_eq!(first.text, "answer to first");
+    assert_eq!(first.usage, Some(usage(10, 3)));
+    assert_eq!(results[2].outcome.as_ref().unwrap().text, "answer to third");
+    results[1].outcome.clone().unwrap_err()
+}
+
 #[tokio::test]
 async fn openai_batches_upload_a_file_poll_and_read_answers_and_failures() {
     let fake = FakeServer::start().await;
@@ -55,24 +74,11 @@ async fn openai_batches_upload_a_file_poll_and_read_answers_and_failures() {
     let live: Value = serde_json::from_slice(&fake.requests()[3].body).unwrap();
     assert_eq!(body, live);
     assert_eq!(body["max_tokens"], 32);
-    assert_eq!(
-        batch.status(&id).await.unwrap(),
-        BatchStatus::Running { done: 0, total: 3 }
-    );
-    fake.hold_batches(false);
-    assert_eq!(batch.status(&id).await.unwrap(), BatchStatus::Ended);
-    let mut results = batch.results(&id).await.unwrap();
-    results.sort_by(|a, b| a.id.cmp(&b.id));
-    assert_eq!(results.len(), 3);
-    let first = results[0].outcome.as_ref().unwrap();
-    assert_eq!(first.text, "answer to first");
-    assert_eq!(first.usage, Some(usage(10, 3)));
-    let error = results[1].outcome.as_ref().unwrap_err();
+    let error = held_batch_answers(&fake, batch.as_ref(), &id).await;
     assert!(
         error.contains("400") && error.contains("context too long"),
         "{error}"
     );
-    assert_eq!(results[2].outcome.as_ref().unwrap().text, "answer to third");
     // An id the submitter cannot name as the strictest vendor wants is refused before sending.
     let bad = vec![("81/2".to_string(), request("gpt-4o", "x"))];
     assert!(batch.submit(bad).await.is_err());
@@ -105,20 +111,6 @@ async fn anthropic_batches_send_requests_inline_and_never_follow_results_url() {
     assert_eq!(body["max_tokens"], 32);
     assert_eq!(body["model"], "claude-3-haiku-20240307");
     assert!(body.get("stream").is_none());
-    assert_eq!(
-        batch.status(&id).await.unwrap(),
-        BatchStatus::Running { done: 0, total: 3 }
-    );
-    fake.hold_batches(false);
-    assert_eq!(batch.status(&id).await.unwrap(), BatchStatus::Ended);
-    let mut results = batch.results(&id).await.unwrap();
-    results.sort_by(|a, b| a.id.cmp(&b.id));
-    assert_eq!(results[0].outcome.as_ref().unwrap().text, "answer to first");
-    assert_eq!(
-        results[0].outcome.as_ref().unwrap().usage,
-        Some(usage(10, 3))
-    );
-    let error = results[1].outcome.as_ref().unwrap_err();
+    let error = held_batch_answers(&fake, batch.as_ref(), &id).await;
     assert!(error.contains("prompt is too long"), "{error}");
-    assert_eq!(results[2].outcome.as_ref().unwrap().text, "answer to third");
 }
