@@ -165,6 +165,28 @@ pub struct JobBudgetArgs {
     pub job_max_tokens: Option<u64>,
 }
 
+/// `--batch` and `--batch-poll` (`eval generate`, `eval judge`).
+#[derive(Clone, Debug, Default, Args)]
+pub struct BatchArgs {
+    /// Go through the providers' batch APIs (OpenAI, Anthropic; half the price, answers within
+    /// 24 hours). Judging: one batch of every pending item. Generating: one batch per provider
+    /// for each proposer layer of every pending item, then one for the aggregators. Stopping
+    /// and rerunning picks the same batches up again.
+    #[arg(long)]
+    pub batch: bool,
+    /// Seconds between checks on a batch.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = non_negative)]
+    pub batch_poll: f64,
+}
+
+impl BatchArgs {
+    /// How often to check on a batch, when going through batches.
+    pub fn poll(&self) -> Option<std::time::Duration> {
+        self.batch
+            .then(|| std::time::Duration::from_secs_f64(self.batch_poll))
+    }
+}
+
 impl JobBudgetArgs {
     pub fn budget(&self) -> moa_eval::runner::JobBudget {
         moa_eval::runner::JobBudget {
@@ -556,6 +578,8 @@ pub struct EvalGenerateArgs {
     pub policy: PolicyArgs,
     #[command(flatten)]
     pub job_budget: JobBudgetArgs,
+    #[command(flatten)]
+    pub batch: BatchArgs,
 }
 
 /// `--null-references`.
@@ -600,19 +624,13 @@ pub struct EvalJudgeArgs {
     pub timeout: Option<f64>,
     #[command(flatten)]
     pub job_budget: JobBudgetArgs,
-    /// Judge through the provider's batch API (OpenAI, Anthropic; half the price, answers
-    /// within 24 hours): one batch of every pending item. Stopping and rerunning picks the same
-    /// batch up again.
-    #[arg(long)]
-    pub batch: bool,
+    #[command(flatten)]
+    pub batch: BatchArgs,
     /// AlpacaEval: judge every comparison twice, the second time with the outputs' places
     /// traded, and report how often the verdict held (the judge's position bias). Doubles the
     /// judging cost; the headline numbers stay those of AlpacaEval's order.
     #[arg(long)]
     pub both_orders: bool,
-    /// Seconds between checks on a batch.
-    #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = non_negative)]
-    pub batch_poll: f64,
 }
 
 #[derive(Debug, Args)]

@@ -70,7 +70,21 @@ impl Generator {
         self
     }
 
-    /// One turn's run: the task's temperature and the cap for every agent, and the task's own
+    /// The engine it answers with.
+    pub fn moa(&self) -> &Moa {
+        &self.moa
+    }
+
+    /// What `task` changes about every agent's call: its temperature, and the answer cap.
+    pub fn overrides(&self, task: &Task) -> CallOverrides {
+        CallOverrides {
+            temperature: task.temperature,
+            max_tokens: self.max_tokens,
+            ..CallOverrides::default()
+        }
+    }
+
+    /// One turn's run: the task's changes to every agent's call, and the task's own
     /// references (if it brings any) in place of the proposers'.
     fn request(
         &self,
@@ -78,11 +92,7 @@ impl Generator {
         history: &[Message],
         references: Option<&[Reference]>,
     ) -> RunRequest {
-        let overrides = CallOverrides {
-            temperature: task.temperature,
-            max_tokens: self.max_tokens,
-            ..CallOverrides::default()
-        };
+        let overrides = self.overrides(task);
         RunRequest {
             messages: history.to_vec(),
             aggregator: overrides.clone(),
@@ -95,29 +105,9 @@ impl Generator {
     /// Answers every turn of `task`; the first failure ends it.
     pub async fn answer(&self, task: Task) -> Answer {
         let started = Instant::now();
-        let mut answer = Answer {
-            key: task.key.clone(),
-            hash: task.hash(),
-            ok: false,
-            turns: Vec::new(),
-            error: None,
-            cost: Some(0.0),
-            usage: Usage::default(),
-            latency_ms: 0,
-            answer_id: crate::mt_bench::answer_id(),
-            tstamp: 0.0,
-        };
+        let mut answer = blank(&task);
         let mut history: Vec<Message> = Vec::new();
-        let references: Option<Vec<Reference>> = task.references.as_ref().map(|texts| {
-            texts
-                .iter()
-                .enumerate()
-                .map(|(i, text)| Reference {
-                    model: format!("reference-{}", i + 1),
-                    text: text.clone(),
-                })
-                .collect()
-        });
+        let references = given_references(&task);
         for turn in &task.turns {
             history.push(Message::user(turn.clone()));
             let request = self.request(&task, &history, references.as_deref());
@@ -140,5 +130,36 @@ impl Generator {
         answer.latency_ms = started.elapsed().as_millis() as u64;
         answer.tstamp = crate::now();
         answer
+    }
+}
+
+/// The references `task` brings (pre-generated proposer outputs), named as the aggregator sees
+/// them.
+pub(crate) fn given_references(task: &Task) -> Option<Vec<Reference>> {
+    task.references.as_ref().map(|texts| {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| Reference {
+                model: format!("reference-{}", i + 1),
+                text: text.clone(),
+            })
+            .collect()
+    })
+}
+
+/// A new answer record for `task`, not yet answered.
+pub(crate) fn blank(task: &Task) -> Answer {
+    Answer {
+        key: task.key.clone(),
+        hash: task.hash(),
+        ok: false,
+        turns: Vec::new(),
+        error: None,
+        cost: Some(0.0),
+        usage: Usage::default(),
+        latency_ms: 0,
+        answer_id: crate::mt_bench::answer_id(),
+        tstamp: 0.0,
     }
 }

@@ -24,6 +24,8 @@ pub struct RunInfo {
 
 const RUN_INFO: &str = "run.json";
 const GENERATION_JOURNAL: &str = "generation.jsonl";
+/// The batches of a generation through batch APIs, and their calls' outcomes.
+const GENERATION_BATCHES: &str = "generation.batches.jsonl";
 pub const RESULTS: &str = "results.json";
 
 impl RunInfo {
@@ -79,6 +81,8 @@ pub struct GenerateOptions {
     pub null_references: NullReferences,
     /// The whole job's limits; generation stops starting items once reached.
     pub budget: runner::JobBudget,
+    /// Generate through the providers' batch APIs, checking on each batch this often.
+    pub batch: Option<std::time::Duration>,
 }
 
 /// What a null output (a proposer that failed) in a `--reference-paths` file becomes.
@@ -229,16 +233,34 @@ async fn generate_with<B: Benchmark>(
     let journal_path = opts.out.join(GENERATION_JOURNAL);
     let mut done = runner::latest(Journal::<Answer>::load(&journal_path)?);
     let mut journal = Journal::open(&journal_path)?;
-    let stopped = runner::run(
-        &tasks,
-        opts.parallel,
-        opts.budget,
-        &mut journal,
-        &mut done,
-        |task| generator.answer(task),
-        tick,
-    )
-    .await?;
+    let stopped = match opts.batch {
+        Some(poll) => {
+            let log = opts.out.join(GENERATION_BATCHES);
+            batch::generate(
+                &tasks,
+                generator,
+                &mut journal,
+                &mut done,
+                &log,
+                poll,
+                opts.budget,
+                tick,
+            )
+            .await?
+        }
+        None => {
+            runner::run(
+                &tasks,
+                opts.parallel,
+                opts.budget,
+                &mut journal,
+                &mut done,
+                |task| generator.answer(task),
+                tick,
+            )
+            .await?
+        }
+    };
     let outputs = opts.out.join(&info.outputs);
     let answered = bench.write_outputs(&done, &opts.name, &outputs)?;
     let failed = runner::pending(&tasks, &done)

@@ -121,6 +121,8 @@ pub struct Tick {
     pub elapsed_secs: f64,
     /// The key and error of a record that just failed.
     pub failure: Option<(String, String)>,
+    /// What the job is waiting on, when that is not the next item (a batch's stage, say).
+    pub phase: Option<String>,
 }
 
 impl Tick {

@@ -109,6 +109,16 @@ async fn generate(config_path: Option<&Path>, args: EvalGenerateArgs) -> anyhow:
     let registry = config.registry()?;
     crate::local::register(&registry);
     let moa = engine(&registry, &preset, &settings.options)?;
+    let timed = [
+        ("quorum", preset.policy.quorum.is_some()),
+        ("deadline", preset.policy.deadline.is_some()),
+    ];
+    if let Some((key, _)) = timed.iter().find(|(_, set)| args.batch.batch && *set) {
+        eprintln!(
+            "moa: note: --batch waits for every call of a layer; preset {}'s `{key}` does not apply",
+            preset.name
+        );
+    }
     // The reference's generator settings unless --preset-sampling (a --temperature for
     // MT-Bench is refused by the pipeline: its temperatures are per category).
     let (max_tokens, temperature) = match args.preset_sampling {
@@ -138,6 +148,7 @@ async fn generate(config_path: Option<&Path>, args: EvalGenerateArgs) -> anyhow:
             NullReferencesArg::Skip => NullReferences::Skip,
         },
         budget: args.job_budget.budget(),
+        batch: args.batch.poll(),
     };
     let progress = Progress::new(format!("{bench} · {name}"));
     let generated = until_interrupted(
@@ -230,9 +241,7 @@ async fn judge(config_path: Option<&Path>, args: EvalJudgeArgs) -> anyhow::Resul
         parallel: args.parallel,
         lc_data: args.lc_data.clone(),
         budget: args.job_budget.budget(),
-        batch: args
-            .batch
-            .then(|| std::time::Duration::from_secs_f64(args.batch_poll)),
+        batch: args.batch.poll(),
         both_orders: args.both_orders,
     };
     let progress = Progress::new(format!("{bench_of_run} · judge {judge_name}"));

@@ -41,10 +41,15 @@ impl Progress {
             .and_then(|s| Duration::try_from_secs_f64(s).ok())
             .map(|d| format!(" · ETA {}", duration(d)))
             .unwrap_or_default();
+        let phase = tick
+            .phase
+            .as_ref()
+            .map(|p| format!(" · {p}"))
+            .unwrap_or_default();
         let width = 24;
         let filled = (tick.done * width).checked_div(tick.total).unwrap_or(width);
         eprint!(
-            "\r\x1b[2K{} [{}{}] {}/{} · {} failed · ${:.4}{eta}",
+            "\r\x1b[2K{} [{}{}] {}/{} · {} failed · ${:.4}{eta}{phase}",
             self.label,
             "#".repeat(filled),
             "-".repeat(width - filled),

@@ -1017,6 +1017,221 @@ async fn a_batch_judging_killed_while_the_batch_works_resumes_the_same_batch() {
     assert_eq!(fake.batches().len(), 1);
 }
 
+/// A three-layer preset on the fake (two proposer layers, then the aggregator), priced.
+const DEEP: &str = r#"
+[presets.deep]
+proposers = ["together:p-one", "together:p-two"]
+aggregator = "together:agg"
+layers = 3
+[prices."together:p-one"]
+input = 1.0
+output = 2.0
+[prices."together:p-two"]
+input = 3.0
+output = 4.0
+[prices."together:agg"]
+input = 5.0
+output = 6.0
+"#;
+
+/// What a request asked, apart from how it was sent (stream flags, batch wrapping): model,
+/// messages exactly as sent, temperature and max_tokens.
+fn asked(r: &moa_testkit::Recorded) -> String {
+    let j = &r.json;
+    format!(
+        "{} {} {} {}",
+        r.model, j["messages"], j["temperature"], j["max_tokens"]
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_generation_killed_mid_layer_resumes_and_matches_live_generation() {
+    let Some(data) = shared_data() else { return };
+    let instructions: Vec<String> = published(&data, "gpt4_1106_preview")
+        .into_iter()
+        .take(3)
+        .map(|r| r.0)
+        .collect();
+    let second = instructions[1].clone();
+    let fake = FakeOpenAi::start().await;
+    fake.respond_with(move |r| {
+        let body_len = r.json["messages"].to_string().len();
+        let last = r.messages().last().unwrap().1.clone();
+        let text = match r.model.as_str() {
+            // An empty answer (after stripping) is never a reference.
+            "p-two" if last == second => "  \n".to_string(),
+            "agg" => format!("  final over {body_len}  "),
+            model => format!("\n{model} says {body_len}\n"),
+        };
+        Reply::text(text).with_usage(100, 10)
+    });
+    fake.hold_batches(true);
+    let sandbox = Sandbox::new(&fake, DEEP);
+    let data_arg = data.to_str().unwrap();
+    let generate = |out: &'static str, batch: bool| {
+        let mut args = vec![
+            "eval",
+            "generate",
+            "--bench",
+            "alpaca_eval",
+            "--preset",
+            "deep",
+            "--data",
+            data_arg,
+            "--limit",
+            "3",
+            "--out",
+            out,
+        ];
+        if batch {
+            args.extend(["--batch", "--batch-poll", "0.01"]);
+        }
+        args
+    };
+
+    // Layer 1's batch is submitted and polled, then the run is killed.
+    let mut child = spawn_moa(sandbox.path(), &generate("batched", true));
+    fake.wait_for_batch_polls(1).await;
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+    let batches = fake.batches();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].custom_ids.len(), 6, "3 items x 2 proposers");
+    let journal = sandbox.path().join("batched/generation.jsonl");
+    assert_eq!(
+        std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .lines()
+            .count(),
+        0,
+        "nothing answered yet"
+    );
+
+    // The rerun reads the same batch, then sends layer 2 and the aggregators as two more.
+    fake.hold_batches(false);
+    let out = moa(sandbox.path(), &generate("batched", true), &[KEY], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let batches = fake.batches();
+    assert_eq!(batches.len(), 3, "layer 1 (resumed), layer 2, aggregator");
+    assert_eq!(
+        batches
+            .iter()
+            .map(|b| b.custom_ids.len())
+            .collect::<Vec<_>>(),
+        [6, 6, 3]
+    );
+    let batched_requests: Vec<String> = fake.requests().iter().map(asked).collect();
+    assert_eq!(batched_requests.len(), 15, "no call made twice");
+
+    // The same items generated live: the same requests, byte for byte, and the same answers.
+    let out = moa(sandbox.path(), &generate("live", false), &[KEY], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut live_requests: Vec<String> = fake.requests()[15..].iter().map(asked).collect();
+    let mut batched_requests = batched_requests;
+    live_requests.sort();
+    batched_requests.sort();
+    assert_eq!(batched_requests, live_requests);
+    let answers = |run: &str| -> Vec<Value> {
+        read_json::<Vec<Value>>(&sandbox.path().join(run).join("model_outputs.json"))
+    };
+    let (batched, live) = (answers("batched"), answers("live"));
+    assert_eq!(batched, live);
+    assert!(batched[0]["output"]
+        .as_str()
+        .unwrap()
+        .starts_with("final over "));
+    // The second item's aggregator saw only p-one's answer: its empty one was left out.
+    let agg_of_second = fake
+        .requests_for("agg")
+        .into_iter()
+        .find(|r| r.messages().last().unwrap().1 == instructions[1])
+        .unwrap();
+    let system = &agg_of_second.messages()[0].1;
+    assert!(system.contains("p-one says") && !system.contains("p-two says"));
+
+    // Half the live price.
+    let cost = |run: &str| -> f64 {
+        let text = std::fs::read_to_string(sandbox.path().join(run).join("generation.jsonl"));
+        text.unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["cost"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .sum()
+    };
+    let (b, l) = (cost("batched"), cost("live"));
+    assert!(
+        l > 0.0 && (b * 2.0 - l).abs() < 1e-12,
+        "batched ${b}, live ${l}"
+    );
+
+    // Everything answered: a rerun submits nothing.
+    let out = moa(sandbox.path(), &generate("batched", true), &[KEY], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(fake.batches().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mt_bench_batch_generation_answers_the_second_turn_after_the_first() {
+    let Some(data) = shared_data() else { return };
+    let fake = FakeOpenAi::start().await;
+    fake.respond_with(|r| {
+        let turns = r
+            .messages()
+            .iter()
+            .filter(|(role, _)| role == "user")
+            .count();
+        Reply::text(format!("{} on turn {turns}", r.model)).with_usage(50, 5)
+    });
+    let sandbox = Sandbox::new(&fake, DEEP);
+    let data_arg = data.to_str().unwrap();
+    let generate = |out: &'static str, batch: bool| {
+        let mut args = vec![
+            "eval", "generate", "--bench", "mt_bench", "--preset", "deep", "--data", data_arg,
+            "--limit", "2", "--out", out,
+        ];
+        if batch {
+            args.extend(["--batch", "--batch-poll", "0.01"]);
+        }
+        args
+    };
+    let out = moa(sandbox.path(), &generate("batched", true), &[KEY], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Two turns of (layer 1, layer 2, aggregator).
+    let sizes: Vec<usize> = fake.batches().iter().map(|b| b.custom_ids.len()).collect();
+    assert_eq!(sizes, [4, 4, 2, 4, 4, 2]);
+    let batched: Vec<String> = fake.requests().iter().map(asked).collect();
+    let out = moa(sandbox.path(), &generate("live", false), &[KEY], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut live: Vec<String> = fake.requests()[batched.len()..].iter().map(asked).collect();
+    let mut batched = batched;
+    live.sort();
+    batched.sort();
+    assert_eq!(batched, live);
+    let turns = |run: &str| -> Vec<Value> {
+        let dir = sandbox.path().join(run).join("model_answer");
+        let file = std::fs::read_dir(&dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::read_to_string(file)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["choices"][0]["turns"].clone())
+            .collect()
+    };
+    let answered = turns("batched");
+    assert_eq!(answered, turns("live"));
+    assert_eq!(
+        answered[0],
+        serde_json::json!(["agg on turn 1", "agg on turn 2"])
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn both_orders_measure_a_judge_that_prefers_whatever_comes_first() {
     let Some(data) = shared_data() else { return };

@@ -151,6 +151,50 @@ impl Plan {
         }
     }
 
+    /// The request proposer `agent` of this plan sends over `messages` (as the proposers see
+    /// them: plain text) and the previous layer's `references`: the agent's own settings, the
+    /// run's `changes` over them, and the policy's cap on a reference's length. A run's layers
+    /// are built with it, and so is a batch of proposer calls.
+    pub fn proposer_request(
+        &self,
+        agent: &BoundAgent,
+        messages: &[Message],
+        references: &[Reference],
+        changes: &CallOverrides,
+    ) -> ChatRequest {
+        let mut request = agent.request(messages, references, self.prompt_style);
+        changes.apply(&mut request);
+        if let Some(cap) = self.policy.reference_max_tokens {
+            let own = request.max_tokens.unwrap_or(cap);
+            request.max_tokens = Some(own.min(cap));
+        }
+        request
+    }
+
+    /// The aggregator's request over `references` written by proposer layer `layer` (0: given
+    /// by the caller), as a run without tools, format or windows sends it: the references
+    /// trimmed to fit the aggregator's context first (each trim returned), then the run's
+    /// `changes` over the aggregator's settings.
+    pub fn aggregator_request(
+        &self,
+        messages: &[Message],
+        mut references: Vec<Reference>,
+        changes: &CallOverrides,
+        layer: usize,
+    ) -> (ChatRequest, Vec<crate::event::Degraded>) {
+        let aggregator = &self.aggregator;
+        let trims = stream::fit_references(
+            aggregator,
+            &mut references,
+            messages,
+            changes.max_tokens.or(aggregator.spec.max_tokens),
+            layer,
+        );
+        let mut request = aggregator.request(messages, &references, self.prompt_style);
+        changes.apply(&mut request);
+        (request, trims)
+    }
+
     /// Binds `preset` to the providers this plan already uses, by provider name: a changed
     /// preset for one request, say. A provider the plan does not use is an error naming it.
     pub fn rebind(&self, preset: &Preset) -> Result<Plan, String> {

@@ -91,7 +91,6 @@ async fn drive(
     request: RunRequest,
     ctx: CallContext,
 ) -> Result<Trace, MoaError> {
-    let style = plan.prompt_style;
     // Proposers see tool calls and results as text, and the tools (if any) described in text;
     // the aggregator sees them as they are when it is given the tools, as text otherwise.
     let view: Vec<Message> = text_view(&request.messages);
@@ -137,15 +136,7 @@ async fn drive(
         let layer = i + 1;
         let mut requests: Vec<ChatRequest> = agents
             .iter()
-            .map(|agent| {
-                let mut call_request = agent.request(&messages, &references, style);
-                request.proposers.apply(&mut call_request);
-                if let Some(cap) = plan.policy.reference_max_tokens {
-                    let own = call_request.max_tokens.unwrap_or(cap);
-                    call_request.max_tokens = Some(own.min(cap));
-                }
-                call_request
-            })
+            .map(|agent| plan.proposer_request(agent, &messages, &references, &request.proposers))
             .collect();
         let share = layer_share(
             &budget,
@@ -690,7 +681,7 @@ const ANSWER_ROOM: u64 = 1024;
 
 /// Trims `references` to fit the aggregator's context window (its provider's word, else the
 /// built-in table; unknown: nothing is trimmed), keeping room for its prompt and answer.
-fn fit_references(
+pub(super) fn fit_references(
     aggregator: &super::BoundAgent,
     references: &mut [Reference],
     aggregator_messages: &[Message],

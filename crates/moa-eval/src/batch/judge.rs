@@ -1,9 +1,5 @@
-//! Judging through the judge provider's batch API (OpenAI Batch, Anthropic Message Batches):
-//! every pending item's call goes into one batch, billed at half the list price, and the
-//! answers are read into the judge's journal when the batch ends. The batch's id and the items
-//! it carries are written to a log in the run folder the moment it is created, so a run
-//! stopped while the batch works (Ctrl-C, a kill, a reboot) picks the same batch up again
-//! instead of paying for a second one.
+//! Judging through a batch: every pending item's call in one batch; the answers are read into
+//! the judge's journal when it ends.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,14 +7,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::{wait, Ended, DISCOUNT};
 use crate::error::{EvalError, Result};
 use crate::journal::Journal;
 use crate::judge::{Judge, Judgment};
 use crate::runner::{self, Item, JobBudget, Record, Tick};
 use crate::suite::{Benchmark, Prepared};
-
-/// What the batch APIs bill against the list price (OpenAI and Anthropic: 50%).
-pub const DISCOUNT: f64 = 0.5;
 
 /// One line of the batch log: a batch and the items its requests answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,41 +117,25 @@ pub async fn judge<B: Benchmark>(
     let by_key: HashMap<String, &B::Judged> = items.iter().map(|i| (i.key(), i)).collect();
     for mut line in open {
         let before = progress.tick.done;
-        loop {
-            let status = api.status(&line.batch).await.map_err(|e| {
-                EvalError::Invalid(format!(
-                    "checking batch {} failed: {e}; rerun the same command to check again",
-                    line.batch
-                ))
-            })?;
-            match status {
-                moa_core::BatchStatus::Running { done: n, .. } => {
-                    progress.tick.done = before + (n as usize).min(line.requests.len());
-                    progress.tick.elapsed_secs = progress.started.elapsed().as_secs_f64();
-                    tick(&progress.tick);
-                    tokio::time::sleep(poll).await;
-                }
-                moa_core::BatchStatus::Ended => break,
-                moa_core::BatchStatus::Failed(why) => {
-                    line.collected = true;
-                    line.error = Some(why.clone());
-                    log.append(&line)?;
-                    return Err(EvalError::Invalid(format!(
-                        "batch {} failed: {why}; rerun the same command to submit its items again",
-                        line.batch
-                    )));
-                }
-            }
-        }
+        let ended = wait(api.as_ref(), &line.batch, poll, |n| {
+            progress.tick.done = before + (n as usize).min(line.requests.len());
+            progress.tick.elapsed_secs = progress.started.elapsed().as_secs_f64();
+            tick(&progress.tick);
+        })
+        .await?;
         progress.tick.done = before;
-        let results = api.results(&line.batch).await.map_err(|e| {
-            EvalError::Invalid(format!(
-                "reading batch {}'s results failed: {e}; rerun the same command to read them again",
-                line.batch
-            ))
-        })?;
-        let mut outcomes: HashMap<String, std::result::Result<moa_core::Completion, String>> =
-            results.into_iter().map(|r| (r.id, r.outcome)).collect();
+        let mut outcomes = match ended {
+            Ended::Results(outcomes) => outcomes,
+            Ended::Failed(why) => {
+                line.collected = true;
+                line.error = Some(why.clone());
+                log.append(&line)?;
+                return Err(EvalError::Invalid(format!(
+                    "batch {} failed: {why}; rerun the same command to submit its items again",
+                    line.batch
+                )));
+            }
+        };
         for (id, key, hash) in &line.requests {
             // An item whose content changed since the batch was sent, or judged meanwhile.
             let Some(item) = by_key.get(key).filter(|i| i.hash() == *hash) else {
