@@ -148,11 +148,27 @@ impl Transport {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, Failure> {
-        let response = request
-            .send()
-            .await
-            .map_err(|e| self.connection_failure(&e))?;
+        let (client, request) = request.build_split();
+        let request = request.map_err(|e| self.connection_failure(&e))?;
+        // `-vv` shows every request: where it went and how it ended, never a body, a header or
+        // the query (where some servers take keys).
+        let method = request.method().clone();
+        let mut url = request.url().clone();
+        url.set_query(None);
+        let started = std::time::Instant::now();
+        let response = client.execute(request).await.map_err(|e| {
+            tracing::debug!(provider = %self.name, %method, %url, error = %describe(&e), "request failed");
+            self.connection_failure(&e)
+        })?;
         let status = response.status().as_u16();
+        tracing::debug!(
+            provider = %self.name,
+            %method,
+            %url,
+            status,
+            ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
         if response.status().is_success() {
             return Ok(response);
         }
@@ -209,7 +225,15 @@ impl Transport {
             if !failure.retry || attempts > policy.max_retries || too_long {
                 return Err(with_attempts(failure.error, attempts));
             }
-            tokio::time::sleep(policy.delay(attempts, failure.retry_after)).await;
+            let delay = policy.delay(attempts, failure.retry_after);
+            tracing::info!(
+                provider = %self.name,
+                attempt = attempts,
+                wait_ms = delay.as_millis() as u64,
+                "retrying: {}",
+                failure.error
+            );
+            tokio::time::sleep(delay).await;
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use moa_core::{ModelRef, Plan, Preset, PresetError, Provider};
 
 use crate::anthropic::{Anthropic, AnthropicConfig};
+#[cfg(feature = "bedrock")]
 use crate::bedrock::{AwsCredentials, Bedrock, BedrockAuth, BedrockConfig};
 use crate::http::Limits;
 use crate::openai::{OpenAiCompatible, OpenAiConfig};
@@ -219,6 +220,12 @@ pub enum RegistryError {
     MissingApiKey { provider: String, var: String },
     #[error("provider `{provider}` needs an AWS region: set AWS_REGION, or `region` under [providers.{provider}] in the config")]
     MissingRegion { provider: String },
+    #[error("provider `{provider}` speaks {dialect}, which this moa was built without: rebuild with `--features {feature}` (`cargo install --path crates/moa-cli --features {feature}`)")]
+    NotBuilt {
+        provider: String,
+        dialect: &'static str,
+        feature: &'static str,
+    },
     #[error(transparent)]
     Preset(#[from] PresetError),
 }
@@ -371,7 +378,18 @@ impl Registry {
         })
     }
 
+    /// A Bedrock endpoint, in a build without Bedrock: says how to get one.
+    #[cfg(not(feature = "bedrock"))]
+    fn bedrock(&self, endpoint: &Endpoint) -> Result<Arc<dyn Provider>, RegistryError> {
+        Err(RegistryError::NotBuilt {
+            provider: endpoint.name.clone(),
+            dialect: "Amazon Bedrock",
+            feature: "bedrock",
+        })
+    }
+
     /// A Bedrock endpoint: a Bedrock API key if one is set, else SigV4 with the AWS variables.
+    #[cfg(feature = "bedrock")]
     fn bedrock(&self, endpoint: &Endpoint) -> Result<Arc<dyn Provider>, RegistryError> {
         let region = endpoint
             .region
@@ -501,6 +519,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "bedrock")]
     fn bedrock_needs_a_region_and_credentials_and_says_which() {
         let r = Registry::new(env(&[]));
         let err = r.provider("bedrock").err().unwrap().to_string();

@@ -4,16 +4,20 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use moa_testkit::{FakeOpenAi, FakeServer, Reply};
+#[cfg(feature = "bedrock")]
+use moa_testkit::FakeServer;
+use moa_testkit::{FakeOpenAi, Reply};
 
 use crate::{moa, spawn_moa, Sandbox, KEY};
 
+#[cfg(feature = "bedrock")]
 const HAIKU: &str = "anthropic.claude-3-haiku-20240307-v1:0";
 
 fn write_prompts(sandbox: &Sandbox, prompts: &[&str]) {
     std::fs::write(sandbox.path().join("prompts.txt"), prompts.join("\n")).unwrap();
 }
 
+#[cfg(feature = "bedrock")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_three_dialect_preset_and_a_single_model_are_measured_and_priced() {
     let openai = FakeOpenAi::start().await;

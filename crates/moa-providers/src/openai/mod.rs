@@ -240,6 +240,11 @@ mod tests {
         let mut config = crate::AnthropicConfig::new("anthropic", "https://api.anthropic.com/v1");
         config.api_key = Some("sk-ant-secret".into());
         assert!(!format!("{config:?}").contains("sk-ant-secret"));
+    }
+
+    #[cfg(feature = "bedrock")]
+    #[test]
+    fn bedrock_debug_output_never_shows_keys() {
         let auth = crate::BedrockAuth::ApiKey("bedrock-secret".into());
         assert!(!format!("{auth:?}").contains("bedrock-secret"));
         let auth = crate::BedrockAuth::SigV4(crate::bedrock::AwsCredentials {

@@ -3,6 +3,7 @@
 
 mod anthropic;
 mod batches;
+#[cfg(feature = "bedrock")]
 mod bedrock;
 mod hostile;
 mod moa_http;
