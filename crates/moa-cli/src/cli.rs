@@ -15,13 +15,21 @@ use crate::config::Flags;
     about = "Mixture-of-Agents: several LLMs propose, later layers refine, one aggregator answers",
     after_help = "Exit codes: 0 success, 1 the run failed upstream, 2 bad usage or config, \
                   3 missing API key, 130 interrupted.\n\
-                  Environment: MOA_CONFIG, MOA_PRESET, MOA_TIMEOUT, MOA_MIN_PROPOSALS, MOA_MODELS_DIR, MOA_EVAL_DATA, MOA_SERVER_API_KEY, and each \
-                  provider's API key variable (see `moa providers`)."
+                  Environment: MOA_CONFIG, MOA_PRESET, MOA_TIMEOUT, MOA_MIN_PROPOSALS, MOA_MODELS_DIR, MOA_EVAL_DATA, MOA_SERVER_API_KEY, \
+                  MOA_LOG, OPENAI_BASE_URL, OLLAMA_HOST, NO_COLOR, and each provider's API key \
+                  variable (see `moa providers`)."
 )]
 pub struct Cli {
     /// Config file to use (default: ./moa.toml, then the user config dir).
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Only answers and errors: no notes or progress on stderr.
+    #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More on stderr: -v retries and decisions, -vv every HTTP request too (method, URL,
+    /// status, time; never a body, a header or a key).
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -44,13 +52,34 @@ pub enum Command {
     /// List the presets (built-in and from the config) with their layers and models.
     Presets(PresetsArgs),
     /// List the providers, their endpoints and API key variables.
-    Providers,
+    Providers {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Past runs of `ask` and `chat` (kept unless --no-log or `log = false`): list them, show one.
+    Logs {
+        #[command(subcommand)]
+        command: Option<LogsCommand>,
+    },
+    /// Print a shell completion script: `moa completions bash > ~/.local/share/bash-completion/completions/moa`.
+    Completions {
+        /// bash, zsh, fish, powershell or elvish.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `moa man > ~/.local/share/man/man1/moa.1`; or `--dir` for
+    /// one page per subcommand too.
+    Man {
+        /// Write moa.1, moa-ask.1, ... into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Local models: list them, or fetch one.
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
     },
-    /// Config files: trust a project's moa.toml to change provider endpoints and keys.
+    /// Config files: which one is read, the settings in effect, a commented example, trust.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
@@ -59,6 +88,20 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
+    /// Where moa looks for its config, in order, and which file it reads.
+    Path,
+    /// The settings in effect: the file read over the built-in defaults, secrets redacted.
+    Show,
+    /// Write a commented example config to the user config file (or PATH).
+    Init {
+        /// Where to write it (default: the user config file; see `moa config path`).
+        path: Option<PathBuf>,
+        /// Replace a file that is already there.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Open the config file in $VISUAL or $EDITOR (writing the example first if there is none).
+    Edit,
     /// Trust a moa.toml found in a working directory, as it is now, to set provider endpoints,
     /// key variables and headers (a changed file is untrusted again).
     Trust {
@@ -73,9 +116,35 @@ pub enum ConfigCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum LogsCommand {
+    /// The most recent runs, newest first (the default).
+    List {
+        /// How many.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
+        /// One JSON object per run, a line each.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run: its turns, or with --json every turn's trace.
+    Show {
+        /// The run's id (as `moa logs` lists it; a unique prefix will do), or `last`.
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Where the logs are kept.
+    Path,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
     /// Show the known local models and whether each is downloaded.
-    List,
+    List {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Download a known model (checked against its sha256) into the models directory.
     Pull {
         /// The model's name, e.g. smollm2.
@@ -92,12 +161,19 @@ pub struct RunArgs {
     /// Proposer models for every proposer layer, comma-separated provider:model.
     #[arg(long, value_delimiter = ',', value_name = "MODELS")]
     pub proposers: Option<Vec<String>>,
-    /// Aggregator model (provider:model).
+    /// Aggregator model (provider:model); with --layers 1, the one model that answers.
     #[arg(long, value_name = "MODEL")]
     pub aggregator: Option<String>,
+    /// One model answers alone (provider:model), as `--aggregator M --layers 1`; with
+    /// --proposers, --layers or --rounds it is the aggregator instead.
+    #[arg(long, short = 'm', value_name = "MODEL", conflicts_with = "aggregator")]
+    pub model: Option<String>,
     /// MoA layers counting the aggregator's (2 = one proposer layer, the reference's rounds=1).
     #[arg(long, value_name = "N")]
     pub layers: Option<usize>,
+    /// Proposer layers, as the reference counts them (= layers - 1).
+    #[arg(long, value_name = "N", conflicts_with = "layers")]
+    pub rounds: Option<usize>,
     /// Sampling temperature for every agent.
     #[arg(long, short = 't', value_parser = non_negative)]
     pub temperature: Option<f64>,
@@ -213,14 +289,34 @@ impl PolicyArgs {
     }
 }
 
+/// The layer count the shape flags ask for: `--model` alone is one model answering alone;
+/// `--rounds` counts proposer layers, as the reference does.
+fn layers(
+    model: bool,
+    proposers: &Option<Vec<String>>,
+    layers: Option<usize>,
+    rounds: Option<usize>,
+) -> Option<usize> {
+    let layers = layers.or(rounds.map(|r| r + 1));
+    if model && proposers.is_none() && layers.is_none() {
+        return Some(1);
+    }
+    layers
+}
+
 impl RunArgs {
     /// The flags as a settings layer.
     pub fn flags(&self) -> Flags {
         Flags {
             preset: self.preset.clone(),
             proposers: self.proposers.clone(),
-            aggregator: self.aggregator.clone(),
-            layers: self.layers,
+            aggregator: self.model.clone().or_else(|| self.aggregator.clone()),
+            layers: layers(
+                self.model.is_some(),
+                &self.proposers,
+                self.layers,
+                self.rounds,
+            ),
             temperature: self.temperature,
             max_tokens: self.max_tokens,
             min_proposals: self.min_proposals,
@@ -233,8 +329,10 @@ impl RunArgs {
 
 #[derive(Debug, Args)]
 pub struct AskArgs {
-    /// The prompt; `-` reads it from stdin.
-    pub prompt: String,
+    /// The prompt (quoting optional: the words are joined). Piped input is read too: alone it is
+    /// the prompt, after a prompt it is appended as context. `-` reads only stdin.
+    #[arg(num_args = 0.., value_name = "PROMPT")]
+    pub prompt: Vec<String>,
     #[command(flatten)]
     pub run: RunArgs,
     /// Print each proposer's answer to stderr as it finishes, with model and latency.
@@ -257,6 +355,16 @@ pub struct AskArgs {
     /// printed as JSON lines (and are in the `--json` trace).
     #[arg(long, value_name = "FILE")]
     pub tools: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Whether a run is kept for `moa logs` and `chat --continue`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct LogArgs {
+    /// Keep no record of this run (see `moa logs`; `log = false` in the config for always).
+    #[arg(long)]
+    pub no_log: bool,
 }
 
 #[derive(Debug, Args)]
@@ -264,9 +372,13 @@ pub struct ChatArgs {
     /// Preset to run (see `moa presets`).
     #[arg(long, short = 'p')]
     pub preset: Option<String>,
-    /// Aggregator model (provider:model). `--model` is the reference's spelling.
-    #[arg(long, visible_alias = "model", value_name = "MODEL")]
+    /// Aggregator model (provider:model); with --layers 1, the one model that answers.
+    #[arg(long, value_name = "MODEL")]
     pub aggregator: Option<String>,
+    /// One model answers alone (provider:model), as `--aggregator M --layers 1`; with
+    /// --proposers, --layers or --rounds it is the aggregator (the reference's `--model`).
+    #[arg(long, short = 'm', value_name = "MODEL", conflicts_with = "aggregator")]
+    pub model: Option<String>,
     /// Proposer models, comma-separated or repeated. `--reference-models` is the reference's spelling.
     #[arg(
         long,
@@ -284,6 +396,23 @@ pub struct ChatArgs {
     /// Proposer layers (MoA layers = rounds + 1).
     #[arg(long, value_name = "N")]
     pub rounds: Option<usize>,
+    /// MoA layers counting the aggregator's (= rounds + 1).
+    #[arg(long, value_name = "N", conflicts_with = "rounds")]
+    pub layers: Option<usize>,
+    /// A system message before the conversation.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Print each turn's whole trace as one JSON line instead of the answer (piped chats).
+    #[arg(long)]
+    pub json: bool,
+    /// Go on with the most recent chat (its turns are the history the models see).
+    #[arg(long = "continue", short = 'c', conflicts_with = "resume")]
+    pub continue_last: bool,
+    /// Go on with the chat of this id (see `moa logs`; a unique prefix will do).
+    #[arg(long, value_name = "ID")]
+    pub resume: Option<String>,
+    #[command(flatten)]
+    pub log: LogArgs,
     /// Proposers see the conversation so far (the default).
     #[arg(long, overrides_with = "no_multi_turn")]
     pub multi_turn: bool,
@@ -309,8 +438,13 @@ impl ChatArgs {
         Flags {
             preset: self.preset.clone(),
             proposers: self.proposers.clone(),
-            aggregator: self.aggregator.clone(),
-            layers: self.rounds.map(|r| r + 1),
+            aggregator: self.model.clone().or_else(|| self.aggregator.clone()),
+            layers: layers(
+                self.model.is_some(),
+                &self.proposers,
+                self.layers,
+                self.rounds,
+            ),
             temperature: self.temperature,
             max_tokens: self.max_tokens,
             min_proposals: self.min_proposals,

@@ -20,6 +20,14 @@ pub const MOA_EVAL_DATA: &str = "MOA_EVAL_DATA";
 /// The bearer token `moa serve` requires from its clients (or --api-key).
 pub const MOA_SERVER_API_KEY: &str = "MOA_SERVER_API_KEY";
 
+/// The openai provider's base URL, as the openai SDK reads it (a config base_url wins).
+pub const OPENAI_BASE_URL: &str = "OPENAI_BASE_URL";
+/// Where ollama listens, as the ollama CLI reads it (a config base_url wins).
+pub const OLLAMA_HOST: &str = "OLLAMA_HOST";
+
+/// Whether `moa ask` and `moa chat` keep their runs for `moa logs` (`0` or `false`: no).
+pub const MOA_LOG: &str = "MOA_LOG";
+
 /// A variable's value; unset and empty are the same.
 pub fn lookup(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())

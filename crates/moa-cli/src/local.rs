@@ -25,6 +25,11 @@ fn local_models(preset: &Preset) -> Vec<String> {
     models
 }
 
+/// Whether `preset` needs local models this build cannot run.
+pub fn unavailable(preset: &Preset) -> bool {
+    !ENABLED && !local_models(preset).is_empty()
+}
+
 /// Where local models are kept.
 #[cfg(feature = "local")]
 pub fn models_dir() -> std::path::PathBuf {
@@ -66,13 +71,13 @@ pub fn ensure_models(preset: &Preset) -> anyhow::Result<()> {
             Status::Partial => "was only partly downloaded".to_string(),
             Status::Corrupt(reason) => format!("is damaged ({reason})"),
         };
-        eprintln!(
+        crate::ui::note!(
             "moa: local model {name} {why}; fetching it ({} MB, once) into {}",
             known.size / 1_000_000,
             dir.display()
         );
         let path = moa_local::fetch::pull(&dir, known, true)?;
-        eprintln!(
+        crate::ui::note!(
             "moa: {name} is ready at {} (sha256 verified)",
             path.display()
         );
@@ -90,7 +95,37 @@ pub fn models(command: ModelsCommand) -> anyhow::Result<()> {
         use moa_local::catalog::{self, Status};
         let dir = models_dir();
         match command {
-            ModelsCommand::List => {
+            ModelsCommand::List { json } => {
+                let rows: Vec<(&catalog::KnownModel, &str)> = catalog::KNOWN_MODELS
+                    .iter()
+                    .map(|known| {
+                        let state = match catalog::status(&dir, known) {
+                            Status::Ready => "ready",
+                            Status::Missing => "missing",
+                            Status::Partial => "partial",
+                            Status::Corrupt(_) => "damaged",
+                        };
+                        (known, state)
+                    })
+                    .collect();
+                if json {
+                    let list: Vec<serde_json::Value> = rows
+                        .iter()
+                        .map(|(known, state)| {
+                            serde_json::json!({
+                                "name": known.name,
+                                "model": format!("local:{}", known.name),
+                                "state": state,
+                                "path": catalog::path_in(&dir, known),
+                                "size_bytes": known.size,
+                                "licence": known.licence,
+                                "about": known.about,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&list)?);
+                    return Ok(());
+                }
                 println!(
                     "models directory: {} (set {} to change it)\n",
                     dir.display(),
@@ -100,13 +135,7 @@ pub fn models(command: ModelsCommand) -> anyhow::Result<()> {
                     "{:<9} {:<10} {:<8} {:<11} ABOUT",
                     "NAME", "STATE", "SIZE", "LICENCE"
                 );
-                for known in catalog::KNOWN_MODELS {
-                    let state = match catalog::status(&dir, &known) {
-                        Status::Ready => "ready".to_string(),
-                        Status::Missing => "missing".to_string(),
-                        Status::Partial => "partial".to_string(),
-                        Status::Corrupt(_) => "damaged".to_string(),
-                    };
+                for (known, state) in rows {
                     println!(
                         "{:<9} {:<10} {:<8} {:<11} {}",
                         known.name,
@@ -116,7 +145,7 @@ pub fn models(command: ModelsCommand) -> anyhow::Result<()> {
                         known.about
                     );
                 }
-                println!("\nUse one as local:NAME, or any GGUF file as local:/path/to/model.gguf (llama and qwen2 architectures).");
+                crate::ui::note!("\nUse one as local:NAME, or any GGUF file as local:/path/to/model.gguf (llama and qwen2 architectures).");
             }
             ModelsCommand::Pull { name } => {
                 let names: Vec<&str> = catalog::KNOWN_MODELS.iter().map(|m| m.name).collect();
@@ -130,7 +159,7 @@ pub fn models(command: ModelsCommand) -> anyhow::Result<()> {
                     );
                     return Ok(());
                 }
-                eprintln!(
+                crate::ui::note!(
                     "moa: fetching {name} ({} MB) into {}",
                     known.size / 1_000_000,
                     dir.display()

@@ -8,6 +8,8 @@ mod exit;
 mod files;
 mod local;
 mod render;
+mod runlog;
+mod ui;
 
 use std::process::ExitCode;
 
@@ -17,6 +19,7 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    ui::init(cli.quiet, cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,9 +39,12 @@ fn main() -> ExitCode {
             Command::Bench(args) => commands::bench::run(config, args).await,
             Command::Eval { command } => commands::eval::run(config, command).await,
             Command::Presets(args) => commands::presets::run(config, args),
-            Command::Providers => commands::providers::run(config),
+            Command::Providers { json } => commands::providers::run(config, json),
             Command::Models { command } => local::models(command),
-            Command::Config { command } => commands::trust::run(command),
+            Command::Config { command } => commands::config::run(config, command),
+            Command::Logs { command } => commands::logs::run(config, command),
+            Command::Completions { shell } => commands::shell::completions(shell),
+            Command::Man { dir } => commands::shell::man(dir.as_deref()),
         }
     });
     // Leave at once: do not wait for upstream connections a dropped run left behind.
@@ -48,7 +54,7 @@ fn main() -> ExitCode {
         Err(error) => match exit::code_for(&error) {
             None => ExitCode::from(exit::OK),
             Some(code) => {
-                eprintln!("moa: {error:#}");
+                ui::error(&format!("{error:#}"));
                 ExitCode::from(code)
             }
         },

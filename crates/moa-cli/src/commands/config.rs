@@ -1,17 +1,242 @@
-//! `moa config trust | untrust`: which project config files may decide where keys go.
+//! `moa config path | show | init | edit | trust | untrust`: which file is read, what is in
+//! effect, a commented example to start from, and which project files may decide where keys go.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use serde_json::Value;
 
 use crate::cli::ConfigCommand;
-use crate::config::trust;
+use crate::config::{self, trust, Config, Flags, Settings};
+use crate::env;
+use crate::ui::note;
 
-pub fn run(command: ConfigCommand) -> anyhow::Result<()> {
-    let (path, trusting) = match command {
-        ConfigCommand::Trust { path } => (path, true),
-        ConfigCommand::Untrust { path } => (path, false),
+/// Runs `moa config ...`.
+pub fn run(explicit: Option<&Path>, command: ConfigCommand) -> anyhow::Result<()> {
+    match command {
+        ConfigCommand::Path => path(explicit),
+        ConfigCommand::Show => show(explicit),
+        ConfigCommand::Init { path, force } => {
+            let path = match path {
+                Some(p) => p,
+                None => user_path()?,
+            };
+            init(&path, force)
+        }
+        ConfigCommand::Edit => edit(explicit),
+        ConfigCommand::Trust { path } => set_trust(path, true),
+        ConfigCommand::Untrust { path } => set_trust(path, false),
+    }
+}
+
+fn user_path() -> anyhow::Result<PathBuf> {
+    config::user_config_path().context("this system has no user config directory; name a path")
+}
+
+/// The places searched, in order, each with whether it is there; the first found is read.
+fn path(explicit: Option<&Path>) -> anyhow::Result<()> {
+    let here = std::env::current_dir()
+        .map(|d| d.join("moa.toml"))
+        .unwrap_or_else(|_| PathBuf::from("moa.toml"));
+    let candidates: [(&str, Option<PathBuf>); 4] = [
+        ("--config", explicit.map(Path::to_path_buf)),
+        (
+            "$MOA_CONFIG",
+            env::lookup(env::MOA_CONFIG).map(PathBuf::from),
+        ),
+        ("project (working directory)", Some(here)),
+        ("user", config::user_config_path()),
+    ];
+    println!("moa reads the first of these that is given and exists:");
+    let mut read = None;
+    for (i, (what, candidate)) in candidates.iter().enumerate() {
+        let state = match candidate {
+            None => "not given".to_string(),
+            Some(p) if read.is_none() && (i < 2 || p.is_file()) => {
+                read = Some(p.clone());
+                match p.is_file() {
+                    true => format!("{}  <- read", p.display()),
+                    false => format!("{}  <- named, but does not exist (an error)", p.display()),
+                }
+            }
+            Some(p) if p.is_file() => format!("{}  (exists, not read)", p.display()),
+            Some(p) => format!("{}  (not there)", p.display()),
+        };
+        println!("  {}. {what:<28} {state}", i + 1);
+    }
+    if read.is_none() {
+        println!("No file: the built-in defaults are in effect (`moa config init` writes one).");
+    }
+    Ok(())
+}
+
+/// Header names whose values are secrets wherever they appear.
+fn redact(value: &str) -> String {
+    match value.len() {
+        0 => String::new(),
+        _ => "<redacted>".into(),
+    }
+}
+
+/// JSON to TOML, dropping nulls (TOML has none).
+fn to_toml(value: Value) -> Option<toml::Value> {
+    Some(match value {
+        Value::Null => return None,
+        Value::Bool(b) => toml::Value::Boolean(b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            None => toml::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => toml::Value::String(s),
+        Value::Array(items) => toml::Value::Array(items.into_iter().filter_map(to_toml).collect()),
+        Value::Object(map) => toml::Value::Table(
+            map.into_iter()
+                .filter_map(|(k, v)| to_toml(v).map(|v| (k, v)))
+                .collect(),
+        ),
+    })
+}
+
+/// The settings in effect, as TOML: the file over the built-in defaults and the environment,
+/// every provider with where its key comes from (never the key), header values redacted.
+fn show(explicit: Option<&Path>) -> anyhow::Result<()> {
+    let config = Config::load(explicit)?;
+    let settings = Settings::resolve(&config, &Flags::default())?;
+    let registry = config.registry()?;
+    let mut doc = toml::Table::new();
+    doc.insert("preset".into(), settings.preset.clone().into());
+    let timeout = settings.options.timeout.map_or(0.0, |t| t.as_secs_f64());
+    doc.insert("timeout".into(), timeout.into());
+    doc.insert(
+        "min_proposals".into(),
+        (settings.options.min_proposals as i64).into(),
+    );
+    doc.insert(
+        "stream_proposers".into(),
+        settings.options.stream_proposers.into(),
+    );
+    doc.insert("log".into(), crate::runlog::enabled(&config, false).into());
+    let mut providers = toml::Table::new();
+    for endpoint in registry.endpoints() {
+        let mut p = toml::Table::new();
+        p.insert("dialect".into(), endpoint.dialect.as_str().into());
+        if !endpoint.base_url.is_empty() {
+            p.insert("base_url".into(), endpoint.base_url.clone().into());
+        }
+        if let Some(region) = &endpoint.region {
+            p.insert("region".into(), region.clone().into());
+        }
+        if let Some(var) = &endpoint.api_key_env {
+            p.insert("api_key_env".into(), var.clone().into());
+            let state = match env::lookup(var) {
+                Some(_) => "set",
+                None if endpoint.key_required => "missing",
+                None => "not needed",
+            };
+            p.insert("api_key".into(), state.into());
+        }
+        p.insert(
+            "max_concurrency".into(),
+            (endpoint.max_concurrency as i64).into(),
+        );
+        p.insert(
+            "max_retries".into(),
+            i64::from(endpoint.retry.max_retries).into(),
+        );
+        if !endpoint.headers.is_empty() {
+            let headers: toml::Table = endpoint
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), redact(v).into()))
+                .collect();
+            p.insert("headers".into(), headers.into());
+        }
+        providers.insert(endpoint.name.clone(), p.into());
+    }
+    doc.insert("providers".into(), providers.into());
+    let mut presets = toml::Table::new();
+    for (preset, origin) in config.presets()? {
+        let mut value = serde_json::to_value(&preset)?;
+        if let Value::Object(map) = &mut value {
+            map.remove("name");
+            map.insert(
+                "origin".into(),
+                match origin {
+                    config::Origin::BuiltIn => "built-in",
+                    config::Origin::Config => "config",
+                }
+                .into(),
+            );
+        }
+        if let Some(v) = to_toml(value) {
+            presets.insert(preset.name.clone(), v);
+        }
+    }
+    doc.insert("presets".into(), presets.into());
+    match &config.path {
+        Some(p) => println!(
+            "# moa config show: {} over the built-in defaults",
+            p.display()
+        ),
+        None => println!("# moa config show: the built-in defaults (no config file)"),
+    }
+    println!("# Keys are never shown: api_key says whether the variable is set; header values are redacted.\n");
+    print!("{}", toml::to_string(&doc)?);
+    Ok(())
+}
+
+/// A commented example config, every line of which parses.
+pub const EXAMPLE: &str = include_str!("../../moa.example.toml");
+
+fn init(path: &Path, force: bool) -> anyhow::Result<()> {
+    if path.exists() && !force {
+        anyhow::bail!(
+            "{} already exists; `moa config edit` opens it, or --force replaces it",
+            path.display()
+        );
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    crate::files::write_private(path, EXAMPLE.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    note!("moa: wrote an example config to {}", path.display());
+    Ok(())
+}
+
+/// Opens the file in use (or the user config, written from the example first) in the editor,
+/// then checks what was saved.
+fn edit(explicit: Option<&Path>) -> anyhow::Result<()> {
+    let path = match explicit
+        .map(Path::to_path_buf)
+        .or_else(|| env::lookup(env::MOA_CONFIG).map(PathBuf::from))
+    {
+        Some(p) => p,
+        None => user_path()?,
     };
+    if !path.exists() {
+        init(&path, false)?;
+    }
+    let editor = env::lookup("VISUAL")
+        .or_else(|| env::lookup("EDITOR"))
+        .unwrap_or_else(|| "vi".into());
+    // $EDITOR may carry arguments (`code --wait`), as git allows.
+    let mut words = editor.split_whitespace();
+    let program = words.next().context("$EDITOR is empty")?;
+    let status = std::process::Command::new(program)
+        .args(words)
+        .arg(&path)
+        .status()
+        .with_context(|| format!("cannot start the editor `{editor}` (set VISUAL or EDITOR)"))?;
+    if !status.success() {
+        anyhow::bail!("the editor `{editor}` exited with {status}");
+    }
+    Config::read(path.clone())?;
+    note!("moa: {} is valid", path.display());
+    Ok(())
+}
+
+fn set_trust(path: Option<PathBuf>, trusting: bool) -> anyhow::Result<()> {
     let path = path.unwrap_or_else(|| PathBuf::from("moa.toml"));
     if !path.is_file() {
         anyhow::bail!("config file {} does not exist", path.display());
@@ -24,10 +249,22 @@ pub fn run(command: ConfigCommand) -> anyhow::Result<()> {
     } else {
         "no longer trusted"
     };
-    eprintln!(
+    note!(
         "moa: {} is {verb} (as it is now; recorded in {})",
         path.display(),
         store.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses() {
+        let config = Config::parse(EXAMPLE, PathBuf::from("moa.example.toml")).unwrap();
+        config.registry().unwrap();
+        assert!(config.presets().unwrap().len() > 1);
+    }
 }

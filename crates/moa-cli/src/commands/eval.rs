@@ -76,11 +76,11 @@ async fn download(args: EvalDownloadArgs) -> anyhow::Result<()> {
         sources::download(b, &data, args.mirror.as_deref(), |source, fetched| {
             let path = data.join(source.path);
             match fetched {
-                Fetched::Present => eprintln!("{b}: {} is already here", path.display()),
+                Fetched::Present => crate::ui::note!("{b}: {} is already here", path.display()),
                 Fetched::Downloaded { bytes } => {
-                    eprintln!("{b}: {} ({bytes} bytes)", path.display())
+                    crate::ui::note!("{b}: {} ({bytes} bytes)", path.display())
                 }
-                Fetched::Skipped { reason } => eprintln!(
+                Fetched::Skipped { reason } => crate::ui::note!(
                     "{b}: skipped optional {} ({reason}); without it there is no LC win rate",
                     source.path
                 ),
@@ -315,7 +315,7 @@ fn report(args: EvalReportArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.html {
         std::fs::write(path, report::html(&entries, &analysis.text()))
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-        eprintln!("report: {}", path.display());
+        crate::ui::note!("report: {}", path.display());
     }
     Ok(())
 }

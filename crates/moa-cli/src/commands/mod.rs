@@ -3,18 +3,20 @@
 pub mod ask;
 pub mod bench;
 pub mod chat;
+pub mod config;
 pub mod eval;
+pub mod logs;
 pub mod presets;
 pub mod progress;
 pub mod providers;
 pub mod serve;
-pub mod trust;
+pub mod shell;
 pub mod turn;
 
 use moa_core::{AgentSpec, Moa, Preset, PromptStyle, RunOptions};
 use moa_providers::Registry;
 
-use crate::config::{self, Config, Flags, Settings};
+use crate::config::{Config, Flags, Settings};
 use crate::exit::MissingKeys;
 
 /// Everything a run needs, resolved from config, environment and flags.
@@ -31,7 +33,7 @@ pub struct Resolved {
 pub fn resolve(config_path: Option<&std::path::Path>, flags: &Flags) -> anyhow::Result<Resolved> {
     let config = Config::load(config_path)?;
     let settings = Settings::resolve(&config, flags)?;
-    let preset = config::apply_flags(config.preset(&settings.preset)?, flags)?;
+    let preset = crate::config::apply_flags(config.preset(&settings.preset)?, flags)?;
     let registry: Registry = config.registry()?;
     crate::local::register(&registry);
     let moa = engine(&registry, &preset, &settings.options)?;

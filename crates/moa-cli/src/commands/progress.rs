@@ -24,7 +24,7 @@ pub struct Progress {
 impl Progress {
     pub fn new(label: impl Into<String>) -> Self {
         Self {
-            live: std::io::stderr().is_terminal(),
+            live: std::io::stderr().is_terminal() && !crate::ui::quiet(),
             label: label.into(),
         }
     }

@@ -1,32 +1,109 @@
-//! `moa providers`: where each provider is and whether its key is set.
+//! `moa providers`: where each provider is and whether it can be called as things stand.
 
 use std::path::Path;
 
+use moa_providers::{Dialect, Endpoint, Registry, RegistryError};
+use serde::Serialize;
+
 use crate::config::Config;
-use crate::env;
+
+/// One provider as `moa providers` shows it.
+#[derive(Serialize)]
+struct Row {
+    name: String,
+    dialect: &'static str,
+    base_url: String,
+    /// The variables its credentials are read from.
+    key_variable: String,
+    /// `set`, `not needed`, or `missing`.
+    key: &'static str,
+    /// Whether a model of it can be called now (credentials, and a region for Bedrock).
+    ready: bool,
+    /// What is missing, when something is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    missing: Option<String>,
+}
+
+fn row(registry: &Registry, endpoint: &Endpoint) -> Row {
+    let lookup = |var: &str| crate::env::lookup(var);
+    let key_variable = match endpoint.dialect {
+        Dialect::Bedrock => format!(
+            "{} or AWS_ACCESS_KEY_ID+AWS_SECRET_ACCESS_KEY",
+            endpoint.api_key_env.as_deref().unwrap_or("-")
+        ),
+        _ => endpoint.api_key_env.clone().unwrap_or_else(|| "-".into()),
+    };
+    let key_set = match endpoint.dialect {
+        Dialect::Bedrock => {
+            endpoint.api_key_env.as_deref().and_then(lookup).is_some()
+                || (lookup("AWS_ACCESS_KEY_ID").is_some()
+                    && lookup("AWS_SECRET_ACCESS_KEY").is_some())
+        }
+        _ => endpoint.api_key_env.as_deref().and_then(lookup).is_some(),
+    };
+    // Building the client checks exactly what a run would: the key, and Bedrock's region.
+    let missing = match registry.provider(&endpoint.name) {
+        Ok(_) => None,
+        Err(RegistryError::MissingApiKey { var, .. }) => Some(var),
+        Err(RegistryError::MissingRegion { .. }) => Some("AWS_REGION".into()),
+        Err(e) => Some(e.to_string()),
+    };
+    let key = match (key_set, endpoint.key_required) {
+        (true, _) => "set",
+        (false, true) => "missing",
+        (false, false) => "not needed",
+    };
+    let region = endpoint
+        .region
+        .clone()
+        .or_else(|| lookup("AWS_REGION"))
+        .or_else(|| lookup("AWS_DEFAULT_REGION"));
+    let base_url = match (endpoint.dialect, endpoint.base_url.is_empty(), region) {
+        (Dialect::Bedrock, true, Some(region)) => {
+            format!("https://bedrock-runtime.{region}.amazonaws.com")
+        }
+        (Dialect::Bedrock, true, None) => "(by region: set AWS_REGION)".into(),
+        _ => endpoint.base_url.clone(),
+    };
+    Row {
+        name: endpoint.name.clone(),
+        dialect: endpoint.dialect.as_str(),
+        base_url,
+        key_variable,
+        key,
+        ready: missing.is_none(),
+        missing,
+    }
+}
 
 /// Runs `moa providers`.
-pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
+pub fn run(config_path: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let registry = Config::load(config_path)?.registry()?;
+    let rows: Vec<Row> = registry.endpoints().map(|e| row(&registry, e)).collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let width =
+        |f: fn(&Row) -> usize, title: &str| rows.iter().map(f).fold(title.len(), usize::max);
+    let name_w = width(|r| r.name.len(), "PROVIDER");
+    let url_w = width(|r| r.base_url.len(), "BASE URL");
+    let var_w = width(|r| r.key_variable.len(), "KEY VARIABLE");
     println!(
-        "{:<11} {:<40} {:<22} KEY",
+        "{:<name_w$}  {:<url_w$}  {:<var_w$}  KEY",
         "PROVIDER", "BASE URL", "KEY VARIABLE"
     );
-    for endpoint in registry.endpoints() {
-        let var = endpoint.api_key_env.as_deref().unwrap_or("-");
-        let state = match (
-            endpoint.api_key_env.as_deref().and_then(env::lookup),
-            endpoint.key_required,
-        ) {
-            (Some(_), _) => "set",
-            (None, true) => "missing",
-            (None, false) => "not needed",
+    for r in &rows {
+        let state = match (&r.missing, r.key) {
+            (Some(what), _) if what == "AWS_REGION" => "missing region (AWS_REGION)".to_string(),
+            (Some(_), _) => "missing".to_string(),
+            (None, key) => key.to_string(),
         };
         println!(
-            "{:<11} {:<40} {:<22} {state}",
-            endpoint.name, endpoint.base_url, var
+            "{:<name_w$}  {:<url_w$}  {:<var_w$}  {state}",
+            r.name, r.base_url, r.key_variable
         );
     }
-    println!("\nModels are named provider:model, e.g. together:Qwen/Qwen2.5-72B-Instruct-Turbo or ollama:llama3.2.");
+    crate::ui::note!("\nModels are named provider:model, e.g. together:Qwen/Qwen2.5-72B-Instruct-Turbo or ollama:llama3.2.");
     Ok(())
 }

@@ -125,6 +125,13 @@ pub async fn run(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<
         if !args.presets.is_empty() && !args.presets.contains(&preset.name) {
             continue;
         }
+        if crate::local::unavailable(&preset) {
+            crate::ui::note!(
+                "moa: not serving preset `{}`: it uses local models, and this build has none (the `local` feature)",
+                preset.name
+            );
+            continue;
+        }
         let missing = registry.missing_keys(&preset);
         if !missing.is_empty() {
             let vars: Vec<String> = missing.into_iter().map(|(_, v)| v).collect();

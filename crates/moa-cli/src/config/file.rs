@@ -17,6 +17,8 @@ pub struct ConfigFile {
     pub min_proposals: Option<usize>,
     /// Stream proposers (default) or ask for whole answers.
     pub stream_proposers: Option<bool>,
+    /// Keep `ask` and `chat` runs for `moa logs` and `chat --continue` (default true).
+    pub log: Option<bool>,
     /// `[policy]`: the run policy of every preset, under each preset's own.
     pub policy: Option<PolicyEntry>,
     #[serde(default)]

@@ -62,6 +62,71 @@ pub struct Config {
     pub file: ConfigFile,
 }
 
+/// The base URLs the environment gives known providers: `OPENAI_BASE_URL` for openai (as the
+/// openai SDK reads it), `OLLAMA_HOST` for ollama (`host`, `host:port` or a URL, as ollama reads
+/// it; port 11434 unless given).
+fn env_base_urls() -> Result<Vec<(&'static str, String)>, ConfigError> {
+    let mut urls = Vec::new();
+    if let Some(url) = env::lookup(env::OPENAI_BASE_URL) {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::Env {
+                name: env::OPENAI_BASE_URL,
+                value: url,
+                message: "must start with http:// or https://".into(),
+            });
+        }
+        urls.push(("openai", url.trim_end_matches('/').to_string()));
+    }
+    if let Some(host) = env::lookup(env::OLLAMA_HOST) {
+        let url = ollama_base_url(&host).ok_or_else(|| ConfigError::Env {
+            name: env::OLLAMA_HOST,
+            value: host.clone(),
+            message: "must be host, host:port or an http(s) URL".into(),
+        })?;
+        urls.push(("ollama", url));
+    }
+    Ok(urls)
+}
+
+/// The OpenAI-compatible base URL of the ollama that `OLLAMA_HOST` names.
+fn ollama_base_url(host: &str) -> Option<String> {
+    let host = host.trim().trim_end_matches('/');
+    let (scheme, rest) = match host.split_once("://") {
+        Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
+        Some(_) => return None,
+        None => ("http", host),
+    };
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+        return None;
+    }
+    let default_port = if scheme == "https" { "443" } else { "11434" };
+    let (name, port) = match rest.strip_prefix('[') {
+        // [v6] or [v6]:port
+        Some(v6) => {
+            let (inner, after) = v6.split_once(']')?;
+            let port = match after {
+                "" => default_port,
+                p => p.strip_prefix(':')?,
+            };
+            (&rest[..inner.len() + 2], port)
+        }
+        None => match rest.split_once(':') {
+            Some((name, port)) => (name, port),
+            None => (rest, default_port),
+        },
+    };
+    if name.is_empty() && port.is_empty() || port.parse::<u16>().is_err() {
+        return None;
+    }
+    // A server's listening address of all interfaces means this machine to a client.
+    let name = match name {
+        "" | "0.0.0.0" => "127.0.0.1",
+        "[::]" => "[::1]",
+        n => n,
+    };
+    Some(format!("{scheme}://{name}:{port}/v1"))
+}
+
 /// The user-level config file's path.
 pub fn user_config_path() -> Option<PathBuf> {
     directories::ProjectDirs::from("", "", "moa").map(|d| d.config_dir().join("moa.toml"))
@@ -103,7 +168,7 @@ impl Config {
                 return Err(ConfigError::Untrusted { path, keys });
             }
         }
-        eprintln!("moa: using the project config {}", path.display());
+        crate::ui::note!("moa: using the project config {}", path.display());
         Ok(config)
     }
 
@@ -149,6 +214,13 @@ impl Config {
     /// The provider registry: the known providers, changed and extended by `[providers.*]`.
     pub fn registry(&self) -> Result<Registry, ConfigError> {
         let mut registry = Registry::new(std::sync::Arc::new(env::lookup));
+        // OPENAI_BASE_URL and OLLAMA_HOST move their providers, as the openai SDK and ollama do;
+        // a base_url in the config is more specific and wins.
+        for (name, base_url) in env_base_urls()? {
+            if let Some(endpoint) = registry.endpoint_mut(name) {
+                endpoint.base_url = base_url;
+            }
+        }
         for (name, entry) in &self.file.providers {
             let dialect = match &entry.dialect {
                 None => None,
@@ -162,7 +234,7 @@ impl Config {
                 })?),
             };
             let mut endpoint = match (Endpoint::known(name), &entry.base_url, dialect) {
-                (Some(known), _, _) => known,
+                (Some(known), _, _) => registry.endpoint(name).cloned().unwrap_or(known),
                 (None, _, Some(Dialect::Bedrock)) => {
                     let mut e =
                         Endpoint::known("bedrock").unwrap_or_else(|| Endpoint::custom(name, ""));
@@ -417,6 +489,30 @@ prompt_style = "tagged"
             .unwrap_err()
             .to_string();
         assert!(err.contains("output"), "{err}");
+    }
+
+    #[test]
+    fn ollama_host_is_read_as_ollama_reads_it() {
+        let cases = [
+            ("127.0.0.1", Some("http://127.0.0.1:11434/v1")),
+            ("0.0.0.0:8080", Some("http://127.0.0.1:8080/v1")),
+            ("gpu-box:11434", Some("http://gpu-box:11434/v1")),
+            ("http://gpu-box", Some("http://gpu-box:11434/v1")),
+            (
+                "https://ollama.example.com/",
+                Some("https://ollama.example.com:443/v1"),
+            ),
+            ("[::1]:9000", Some("http://[::1]:9000/v1")),
+            ("[::]", Some("http://[::1]:11434/v1")),
+            (":9000", Some("http://127.0.0.1:9000/v1")),
+            ("host:port", None),
+            ("ftp://host", None),
+            ("host/path", None),
+            ("user@host", None),
+        ];
+        for (host, want) in cases {
+            assert_eq!(ollama_base_url(host).as_deref(), want, "{host}");
+        }
     }
 
     #[test]

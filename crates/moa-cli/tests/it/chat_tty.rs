@@ -112,3 +112,62 @@ async fn a_terminal_chat_with_ctrl_c_slash_commands_and_history() {
         );
     }
 }
+
+/// Runs `moa` in a pseudo-terminal with `env` and returns everything it wrote.
+fn in_terminal(sandbox: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_moa"));
+    command
+        .args(args)
+        .current_dir(sandbox.path())
+        .env_clear()
+        .env("HOME", sandbox.path())
+        .env("MOA_CONFIG", &sandbox.config)
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env(KEY.0, KEY.1)
+        .envs(env.iter().copied());
+    let mut session = rexpect::session::spawn_command(command, Some(30_000)).unwrap();
+    block_in_place(|| session.exp_eof().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminal_gets_colour_and_progress_unless_no_color_or_a_dumb_term() {
+    let fake = FakeOpenAi::start().await;
+    fake.respond_with(|r| match r.model.contains("agg") {
+        true => Reply::text("the answer"),
+        false => Reply::text("a proposal"),
+    });
+    let sandbox = Sandbox::new(&fake, "");
+    let bad = ["ask", "--preset", "nope", "hi"];
+    let coloured = in_terminal(&sandbox, &bad, &[("TERM", "xterm")]);
+    assert!(coloured.contains("\x1b[1;31mmoa: "), "{coloured:?}");
+    for plain in [
+        [("TERM", "xterm"), ("NO_COLOR", "1")],
+        [("TERM", "dumb"), ("X", "")],
+    ] {
+        let out = in_terminal(&sandbox, &bad, &plain);
+        assert!(out.contains("moa: "), "{out:?}");
+        assert!(!out.contains('\x1b'), "{plain:?}: {out:?}");
+    }
+    // `ask` on a terminal: a status line while proposers work, wiped before the answer.
+    let ask = [
+        "ask",
+        "--proposers",
+        "together:p/one,together:p/two",
+        "--aggregator",
+        "together:p/agg",
+        "What is MoA?",
+    ];
+    let out = in_terminal(&sandbox, &ask, &[("TERM", "xterm")]);
+    assert!(out.contains("layer 1/2"), "{out:?}");
+    assert!(out.contains("/2 proposers done"), "{out:?}");
+    let wiped = out.rfind("\r\x1b[2K").unwrap();
+    let answer = out.find("the answer").unwrap();
+    assert!(wiped < answer, "{out:?}");
+    // -q: the answer alone.
+    let quiet = in_terminal(
+        &sandbox,
+        &["-q"].iter().chain(&ask).copied().collect::<Vec<_>>(),
+        &[("TERM", "xterm")],
+    );
+    assert_eq!(quiet.trim(), "the answer", "{quiet:?}");
+}

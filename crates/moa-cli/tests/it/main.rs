@@ -7,6 +7,7 @@ mod chat;
 #[cfg(unix)]
 mod chat_tty;
 mod config;
+mod conventions;
 mod eval;
 #[cfg(all(unix, feature = "local"))]
 mod llamacpp;

@@ -7,12 +7,14 @@ mod session;
 mod slash;
 mod tty;
 
+use anyhow::Context;
 use moa_core::RunRequest;
 use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 
 use super::turn::{self, PlainView, TurnEnd};
 use crate::cli::ChatArgs;
+use crate::ui::note;
 use session::{Outcome, Session};
 
 /// Reads one input, joining lines that end with `\`; `None` at the end of input.
@@ -75,7 +77,31 @@ pub fn step(session: &mut Session, input: &str, gap: &str) -> Step {
 pub async fn run(config_path: Option<&Path>, args: ChatArgs) -> anyhow::Result<()> {
     let flags = args.flags();
     let resolved = super::resolve(config_path, &flags)?;
+    let keep = crate::runlog::enabled(&resolved.config, args.log.no_log);
     let mut session = Session::new(resolved, flags, !args.no_multi_turn);
+    session.system = args.system.clone();
+    if keep {
+        let dir = crate::runlog::dir()
+            .context("this system has no user data directory to keep chats in; pass --no-log")?;
+        session.log = session::Log::Pending(dir);
+    }
+    let earlier = match (&args.resume, args.continue_last) {
+        (Some(id), _) => Some(id.as_str()),
+        (None, true) => Some("last"),
+        (None, false) => None,
+    };
+    if let Some(id) = earlier {
+        let dir = crate::runlog::dir().context("this system has no user data directory")?;
+        let kind = (id == "last").then_some(crate::runlog::Kind::Chat);
+        let (path, run) = crate::runlog::find(&dir, id, kind)?;
+        note!(
+            "moa: going on with {} ({} turns, started {} UTC)",
+            run.header.id,
+            run.turns.len(),
+            crate::runlog::utc(run.header.started)
+        );
+        session.resume(path, run);
+    }
     if std::io::stdin().is_terminal() {
         return tty::run(&mut session, args.show_proposals).await;
     }
@@ -92,7 +118,11 @@ pub async fn run(config_path: Option<&Path>, args: ChatArgs) -> anyhow::Result<(
             Step::Handled => continue,
             Step::Ask => {}
         }
-        let mut view = PlainView::new(args.show_proposals, true, session.preset.layer_count());
+        let mut view = PlainView::new(
+            args.show_proposals,
+            !args.json,
+            session.preset.layer_count(),
+        );
         match turn::run(
             &session.moa,
             RunRequest::new(session.messages_for(&input)),
@@ -101,6 +131,10 @@ pub async fn run(config_path: Option<&Path>, args: ChatArgs) -> anyhow::Result<(
         )
         .await?
         {
+            TurnEnd::Done(trace) if args.json => {
+                println!("{}", serde_json::to_string(&trace)?);
+                session.record(&input, *trace);
+            }
             TurnEnd::Done(trace) => {
                 if !trace.answer.ends_with('\n') {
                     println!();
@@ -109,7 +143,7 @@ pub async fn run(config_path: Option<&Path>, args: ChatArgs) -> anyhow::Result<(
             }
             TurnEnd::Failed(error) => {
                 failures += 1;
-                eprintln!("moa: {error}");
+                crate::ui::error(&error.to_string());
             }
             TurnEnd::Cancelled => {}
         }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::slash::{Slash, HELP};
 use crate::commands::{engine, Resolved};
 use crate::config::{apply_flags, Config, Flags};
+use crate::runlog;
 
 /// One finished turn, kept for /show and /save.
 #[derive(Serialize)]
@@ -33,6 +34,19 @@ pub struct Session {
     pub history: Vec<Message>,
     pub turns: Vec<Turn>,
     pub usage: BTreeMap<String, Usage>,
+    /// `--system`: first in every turn's messages.
+    pub system: Option<String>,
+    /// Where finished turns are kept for `moa logs` and `--continue`.
+    pub log: Log,
+}
+
+/// The chat's run log.
+pub enum Log {
+    /// Not kept (`--no-log`, `log = false`).
+    Off,
+    /// Kept from the first finished turn on, in this directory.
+    Pending(std::path::PathBuf),
+    Open(runlog::Writer),
 }
 
 /// What applying a slash command asks of the loop.
@@ -56,22 +70,73 @@ impl Session {
             history: Vec::new(),
             turns: Vec::new(),
             usage: BTreeMap::new(),
+            system: None,
+            log: Log::Off,
+        }
+    }
+
+    /// Takes up an earlier chat: its turns become the history the models see, and new turns
+    /// are appended to its log.
+    pub fn resume(&mut self, path: std::path::PathBuf, run: runlog::Run) {
+        if self.system.is_none() {
+            self.system = run.header.system.clone();
+        }
+        for turn in &run.turns {
+            self.history.push(Message::user(turn.user.clone()));
+            self.history.push(Message::assistant(turn.answer.clone()));
+        }
+        if !matches!(self.log, Log::Off) {
+            self.log = Log::Open(runlog::Writer::reopen(path, run.header.id));
+        }
+    }
+
+    /// Appends a finished turn to the log, starting the log's file on the first one. A log
+    /// that cannot be written is reported once and then left alone; the chat goes on.
+    fn keep(&mut self, input: &str, trace: &Trace) {
+        if let Log::Pending(dir) = &self.log {
+            let fields = runlog::HeaderFields {
+                kind: runlog::Kind::Chat,
+                preset: self.preset.name.clone(),
+                system: self.system.clone(),
+                multi_turn: self.multi_turn,
+            };
+            self.log = match runlog::Writer::create(dir, fields) {
+                Ok(writer) => Log::Open(writer),
+                Err(e) => {
+                    crate::ui::error(&format!("{e:#}; this chat is not kept"));
+                    Log::Off
+                }
+            };
+        }
+        if let Log::Open(writer) = &self.log {
+            if let Err(e) = writer.turn(input, trace) {
+                crate::ui::error(&format!("{e:#}; this chat is no longer kept"));
+                self.log = Log::Off;
+            }
+        }
+    }
+
+    /// The id of the chat's log, once it has one.
+    pub fn log_id(&self) -> Option<&str> {
+        match &self.log {
+            Log::Open(writer) => Some(&writer.id),
+            _ => None,
         }
     }
 
     /// The messages a turn with `input` sends: the conversation so far (multi-turn) and `input`.
     pub fn messages_for(&self, input: &str) -> Vec<Message> {
-        let mut messages = if self.multi_turn {
-            self.history.clone()
-        } else {
-            Vec::new()
-        };
+        let mut messages: Vec<Message> = self.system.iter().cloned().map(Message::system).collect();
+        if self.multi_turn {
+            messages.extend(self.history.iter().cloned());
+        }
         messages.push(Message::user(input));
         messages
     }
 
     /// Records a finished turn: its answer joins the history every proposer sees next.
     pub fn record(&mut self, input: &str, trace: Trace) {
+        self.keep(input, &trace);
         self.history.push(Message::user(input));
         self.history.push(Message::assistant(trace.answer.clone()));
         for (model, usage) in &trace.usage_by_model {
@@ -167,6 +232,10 @@ impl Session {
             }
             Slash::Clear => {
                 self.history.clear();
+                // What follows is a new conversation, and is kept as one.
+                if let Log::Open(writer) = &self.log {
+                    self.log = Log::Pending(writer.dir());
+                }
                 say("conversation cleared".into())
             }
             Slash::Usage => say(self.usage_report()),

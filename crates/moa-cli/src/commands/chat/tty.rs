@@ -12,6 +12,7 @@ use super::session::Session;
 use super::{step, Step};
 use crate::commands::turn::{self, TurnEnd, View};
 use crate::render;
+use crate::ui::{self, Style};
 
 /// Where the line history is kept (`~/.local/share/moa/history.txt` on Linux).
 pub fn history_path() -> Option<PathBuf> {
@@ -31,6 +32,8 @@ struct LiveView {
     lines: Vec<Status>,
     drawn: usize,
     answering: bool,
+    /// Status lines dimmed, failures red (a terminal, NO_COLOR unset, TERM not dumb).
+    colour: bool,
 }
 
 impl LiveView {
@@ -40,7 +43,13 @@ impl LiveView {
             write!(err, "\x1b[{}F", self.drawn)?;
         }
         for status in &self.lines {
-            writeln!(err, "\x1b[2K  {:<48} {}", status.model, status.state)?;
+            let line = format!("  {:<48} {}", status.model, status.state);
+            let style = if status.state.starts_with("failed") {
+                Style::Error
+            } else {
+                Style::Dim
+            };
+            writeln!(err, "\x1b[2K{}", ui::paint(self.colour, style, &line))?;
         }
         self.drawn = self.lines.len();
         err.flush()
@@ -67,7 +76,8 @@ impl View for LiveView {
                 self.lines.clear();
                 self.drawn = 0;
                 if !self.show_proposals {
-                    eprintln!("layer {layer}/{}", self.layers);
+                    let line = format!("layer {layer}/{}", self.layers);
+                    eprintln!("{}", ui::paint(self.colour, Style::Dim, &line));
                 }
             }
             RunEvent::ProposerStarted { model, .. } => {
@@ -107,16 +117,19 @@ impl View for LiveView {
                 self.set(*index, "cancelled: the quorum was in".into())?;
             }
             RunEvent::EarlyExit { layer } if !self.show_proposals => {
-                eprintln!("layer {layer} agreed: no aggregation needed\n");
+                let line = format!("layer {layer} agreed: no aggregation needed");
+                eprintln!("{}\n", ui::paint(self.colour, Style::Good, &line));
                 self.answering = true;
             }
             RunEvent::EarlyExit { .. } => self.answering = true,
             RunEvent::Fallback { model, .. } if !self.show_proposals => {
-                eprintln!("the aggregator failed: answering with {model}'s proposal\n");
+                let line = format!("the aggregator failed: answering with {model}'s proposal");
+                eprintln!("{}\n", ui::paint(self.colour, Style::Error, &line));
             }
             RunEvent::AggregatorStarted { model } => {
                 if !self.show_proposals {
-                    eprintln!("aggregating with {model}\n");
+                    let line = format!("aggregating with {model}");
+                    eprintln!("{}\n", ui::paint(self.colour, Style::Dim, &line));
                 }
                 self.answering = true;
             }
@@ -166,7 +179,10 @@ pub async fn run(session: &mut Session, show_proposals: bool) -> anyhow::Result<
     if let Some(path) = &history {
         let _ = editor.load_history(path);
     }
-    eprintln!("moa chat · {}", session.describe());
+    match session.log_id() {
+        Some(id) => eprintln!("moa chat · {} · going on with {id}", session.describe()),
+        None => eprintln!("moa chat · {}", session.describe()),
+    }
     eprintln!("/help lists commands; Ctrl-C cancels an answer; Ctrl-D, exit or quit leaves.\n");
     while let Some(input) = read(&mut editor)? {
         let input = input.trim().to_string();
@@ -193,6 +209,7 @@ pub async fn run(session: &mut Session, show_proposals: bool) -> anyhow::Result<
             lines: Vec::new(),
             drawn: 0,
             answering: false,
+            colour: ui::colour(&std::io::stderr()),
         };
         let end = turn::run(
             &session.moa,
@@ -206,7 +223,10 @@ pub async fn run(session: &mut Session, show_proposals: bool) -> anyhow::Result<
                 println!("\n");
                 session.record(&input, *trace);
             }
-            TurnEnd::Failed(error) => eprintln!("\nmoa: {error}\n"),
+            TurnEnd::Failed(error) => {
+                eprintln!();
+                ui::error(&format!("{error}\n"));
+            }
             TurnEnd::Cancelled => {
                 if view.answering {
                     println!();
