@@ -168,6 +168,16 @@ async fn piped_text_follows_the_prompt_and_quiet_leaves_stderr_empty() {
     assert_eq!(quiet.stdout, noisy.stdout);
 }
 
+/// "hello" to `command`: `ask` takes it as an argument, `chat` as a line on stdin.
+fn say_hello(command: &str, args: &mut Vec<&str>) -> Option<&'static str> {
+    if command == "ask" {
+        args.push("hello");
+        None
+    } else {
+        Some("hello\n")
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ask_and_chat_share_model_layers_rounds_system_and_json() {
     let fake = FakeOpenAi::start().await;
@@ -177,12 +187,7 @@ async fn ask_and_chat_share_model_layers_rounds_system_and_json() {
     for command in ["ask", "chat"] {
         let before = fake.requests().len();
         let mut args = vec![command, "-m", "together:p/agg", "--system", "be brief"];
-        let stdin = if command == "ask" {
-            args.push("hello");
-            None
-        } else {
-            Some("hello\n")
-        };
+        let stdin = say_hello(command, &mut args);
         let out = moa(sandbox.path(), &args, &[KEY], stdin).await;
         assert_eq!(out.code, 0, "{command}: {}", out.stderr);
         assert!(out.stdout.contains("answer 1"), "{command}: {}", out.stdout);
@@ -200,12 +205,7 @@ async fn ask_and_chat_share_model_layers_rounds_system_and_json() {
             let mut args = vec![command, "--json", "--model", "together:p/agg"];
             args.extend(["--proposers", "together:p/one"]);
             args.extend(shape);
-            let stdin = if command == "ask" {
-                args.push("hello");
-                None
-            } else {
-                Some("hello\n")
-            };
+            let stdin = say_hello(command, &mut args);
             let out = moa(sandbox.path(), &args, &[KEY], stdin).await;
             assert_eq!(out.code, 0, "{command} {shape:?}: {}", out.stderr);
             assert_eq!(fake.requests().len() - before, 3, "{command} {shape:?}");
