@@ -241,6 +241,11 @@ pub struct Registry {
     env: EnvLookup,
 }
 
+/// Bedrock's runtime endpoint in `region`.
+pub fn bedrock_runtime_url(region: &str) -> String {
+    format!("https://bedrock-runtime.{region}.amazonaws.com")
+}
+
 /// The HTTP client every endpoint shares (one connection pool per host).
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -378,6 +383,39 @@ impl Registry {
         })
     }
 
+    /// The region a Bedrock endpoint calls: its own, else AWS_REGION, then AWS_DEFAULT_REGION.
+    pub fn region(&self, endpoint: &Endpoint) -> Option<String> {
+        endpoint
+            .region
+            .clone()
+            .or_else(|| (self.env)(AWS_REGION))
+            .or_else(|| (self.env)(AWS_DEFAULT_REGION))
+    }
+
+    /// Where an endpoint's requests go: its base URL, or for Bedrock without one, the runtime
+    /// endpoint of its region (`None` while it has no region).
+    pub fn request_base_url(&self, endpoint: &Endpoint) -> Option<String> {
+        match endpoint.dialect {
+            Dialect::Bedrock if endpoint.base_url.is_empty() => {
+                self.region(endpoint).map(|r| bedrock_runtime_url(&r))
+            }
+            _ => Some(endpoint.base_url.clone()),
+        }
+    }
+
+    /// Whether the credentials an endpoint's calls would carry are set: its key variable, or
+    /// for Bedrock an AWS access key and secret instead.
+    pub fn credentials_set(&self, endpoint: &Endpoint) -> bool {
+        let key = endpoint
+            .api_key_env
+            .as_deref()
+            .and_then(|var| (self.env)(var))
+            .is_some();
+        key || endpoint.dialect == Dialect::Bedrock
+            && (self.env)(AWS_ACCESS_KEY_ID).is_some()
+            && (self.env)(AWS_SECRET_ACCESS_KEY).is_some()
+    }
+
     /// A Bedrock endpoint, in a build without Bedrock: says how to get one.
     #[cfg(not(feature = "bedrock"))]
     fn bedrock(&self, endpoint: &Endpoint) -> Result<Arc<dyn Provider>, RegistryError> {
@@ -391,11 +429,8 @@ impl Registry {
     /// A Bedrock endpoint: a Bedrock API key if one is set, else SigV4 with the AWS variables.
     #[cfg(feature = "bedrock")]
     fn bedrock(&self, endpoint: &Endpoint) -> Result<Arc<dyn Provider>, RegistryError> {
-        let region = endpoint
-            .region
-            .clone()
-            .or_else(|| (self.env)(AWS_REGION))
-            .or_else(|| (self.env)(AWS_DEFAULT_REGION))
+        let region = self
+            .region(endpoint)
             .ok_or_else(|| RegistryError::MissingRegion {
                 provider: endpoint.name.clone(),
             })?;
@@ -547,6 +582,27 @@ mod tests {
         }
         let anthropic = Registry::new(env(&[])).provider("anthropic").err().unwrap();
         assert!(anthropic.to_string().contains("ANTHROPIC_API_KEY"));
+    }
+
+    #[test]
+    fn bedrock_status_reads_the_same_variables_as_its_client() {
+        let none = Registry::new(env(&[]));
+        let bedrock = none.endpoint("bedrock").unwrap();
+        assert!(!none.credentials_set(bedrock));
+        assert_eq!(none.request_base_url(bedrock), None);
+        let aws = Registry::new(env(&[
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("AWS_DEFAULT_REGION", "eu-west-1"),
+        ]));
+        let bedrock = aws.endpoint("bedrock").unwrap();
+        assert!(aws.credentials_set(bedrock));
+        assert_eq!(
+            aws.request_base_url(bedrock).as_deref(),
+            Some("https://bedrock-runtime.eu-west-1.amazonaws.com")
+        );
+        // An AWS key pair is no key for other providers.
+        assert!(!aws.credentials_set(aws.endpoint("openai").unwrap()));
     }
 
     #[test]

@@ -25,21 +25,12 @@ struct Row {
 }
 
 fn row(registry: &Registry, endpoint: &Endpoint) -> Row {
-    let lookup = |var: &str| crate::env::lookup(var);
     let key_variable = match endpoint.dialect {
         Dialect::Bedrock => format!(
             "{} or AWS_ACCESS_KEY_ID+AWS_SECRET_ACCESS_KEY",
             endpoint.api_key_env.as_deref().unwrap_or("-")
         ),
         _ => endpoint.api_key_env.clone().unwrap_or_else(|| "-".into()),
-    };
-    let key_set = match endpoint.dialect {
-        Dialect::Bedrock => {
-            endpoint.api_key_env.as_deref().and_then(lookup).is_some()
-                || (lookup("AWS_ACCESS_KEY_ID").is_some()
-                    && lookup("AWS_SECRET_ACCESS_KEY").is_some())
-        }
-        _ => endpoint.api_key_env.as_deref().and_then(lookup).is_some(),
     };
     // Building the client checks exactly what a run would: the key, and Bedrock's region.
     let missing = match registry.provider(&endpoint.name) {
@@ -48,27 +39,17 @@ fn row(registry: &Registry, endpoint: &Endpoint) -> Row {
         Err(RegistryError::MissingRegion { .. }) => Some("AWS_REGION".into()),
         Err(e) => Some(e.to_string()),
     };
-    let key = match (key_set, endpoint.key_required) {
+    let key = match (registry.credentials_set(endpoint), endpoint.key_required) {
         (true, _) => "set",
         (false, true) => "missing",
         (false, false) => "not needed",
     };
-    let region = endpoint
-        .region
-        .clone()
-        .or_else(|| lookup("AWS_REGION"))
-        .or_else(|| lookup("AWS_DEFAULT_REGION"));
-    let base_url = match (endpoint.dialect, endpoint.base_url.is_empty(), region) {
-        (Dialect::Bedrock, true, Some(region)) => {
-            format!("https://bedrock-runtime.{region}.amazonaws.com")
-        }
-        (Dialect::Bedrock, true, None) => "(by region: set AWS_REGION)".into(),
-        _ => endpoint.base_url.clone(),
-    };
     Row {
         name: endpoint.name.clone(),
         dialect: endpoint.dialect.as_str(),
-        base_url,
+        base_url: registry
+            .request_base_url(endpoint)
+            .unwrap_or_else(|| "(by region: set AWS_REGION)".into()),
         key_variable,
         key,
         ready: missing.is_none(),

@@ -59,7 +59,7 @@ pub struct BedrockConfig {
 impl BedrockConfig {
     /// The runtime endpoint of `region`.
     pub fn default_base_url(region: &str) -> String {
-        format!("https://bedrock-runtime.{region}.amazonaws.com")
+        crate::table::bedrock_runtime_url(region)
     }
 }
 
