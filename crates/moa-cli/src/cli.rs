@@ -158,14 +158,20 @@ pub struct RunArgs {
     /// Preset to run (see `moa presets`).
     #[arg(long, short = 'p')]
     pub preset: Option<String>,
-    /// Proposer models for every proposer layer, comma-separated provider:model.
-    #[arg(long, value_delimiter = ',', value_name = "MODELS")]
+    /// Proposer models for every proposer layer, provider:model, comma-separated or repeated.
+    /// `--reference-models` is the reference's spelling.
+    #[arg(
+        long,
+        visible_alias = "reference-models",
+        value_delimiter = ',',
+        value_name = "MODELS"
+    )]
     pub proposers: Option<Vec<String>>,
     /// Aggregator model (provider:model); with --layers 1, the one model that answers.
     #[arg(long, value_name = "MODEL")]
     pub aggregator: Option<String>,
     /// One model answers alone (provider:model), as `--aggregator M --layers 1`; with
-    /// --proposers, --layers or --rounds it is the aggregator instead.
+    /// --proposers, --layers or --rounds it is the aggregator (the reference's `--model`).
     #[arg(long, short = 'm', value_name = "MODEL", conflicts_with = "aggregator")]
     pub model: Option<String>,
     /// MoA layers counting the aggregator's (2 = one proposer layer, the reference's rounds=1).
@@ -369,36 +375,9 @@ pub struct LogArgs {
 
 #[derive(Debug, Args)]
 pub struct ChatArgs {
-    /// Preset to run (see `moa presets`).
-    #[arg(long, short = 'p')]
-    pub preset: Option<String>,
-    /// Aggregator model (provider:model); with --layers 1, the one model that answers.
-    #[arg(long, value_name = "MODEL")]
-    pub aggregator: Option<String>,
-    /// One model answers alone (provider:model), as `--aggregator M --layers 1`; with
-    /// --proposers, --layers or --rounds it is the aggregator (the reference's `--model`).
-    #[arg(long, short = 'm', value_name = "MODEL", conflicts_with = "aggregator")]
-    pub model: Option<String>,
-    /// Proposer models, comma-separated or repeated. `--reference-models` is the reference's spelling.
-    #[arg(
-        long,
-        visible_alias = "reference-models",
-        value_delimiter = ',',
-        value_name = "MODELS"
-    )]
-    pub proposers: Option<Vec<String>>,
-    /// Sampling temperature for every agent.
-    #[arg(long, short = 't', value_parser = non_negative)]
-    pub temperature: Option<f64>,
-    /// Output token limit for every agent.
-    #[arg(long)]
-    pub max_tokens: Option<u32>,
-    /// Proposer layers (MoA layers = rounds + 1).
-    #[arg(long, value_name = "N")]
-    pub rounds: Option<usize>,
-    /// MoA layers counting the aggregator's (= rounds + 1).
-    #[arg(long, value_name = "N", conflicts_with = "rounds")]
-    pub layers: Option<usize>,
+    /// The same shape and policy flags as `ask`.
+    #[command(flatten)]
+    pub run: RunArgs,
     /// A system message before the conversation.
     #[arg(long, value_name = "TEXT")]
     pub system: Option<String>,
@@ -422,37 +401,6 @@ pub struct ChatArgs {
     /// Print each proposer's answer as it finishes (stderr).
     #[arg(long)]
     pub show_proposals: bool,
-    /// Fail a turn when fewer proposers than this answer in a layer [default: 1].
-    #[arg(long, value_name = "N")]
-    pub min_proposals: Option<usize>,
-    /// Seconds one model call may take, retries included; 0 for no limit [default: 600].
-    #[arg(long, value_name = "SECS", value_parser = non_negative)]
-    pub timeout: Option<f64>,
-    #[command(flatten)]
-    pub policy: PolicyArgs,
-}
-
-impl ChatArgs {
-    /// The flags as a settings layer.
-    pub fn flags(&self) -> Flags {
-        Flags {
-            preset: self.preset.clone(),
-            proposers: self.proposers.clone(),
-            aggregator: self.model.clone().or_else(|| self.aggregator.clone()),
-            layers: layers(
-                self.model.is_some(),
-                &self.proposers,
-                self.layers,
-                self.rounds,
-            ),
-            temperature: self.temperature,
-            max_tokens: self.max_tokens,
-            min_proposals: self.min_proposals,
-            timeout: self.timeout,
-            prompt_style: None,
-            policy: self.policy.flags(),
-        }
-    }
 }
 
 /// How `moa serve` writes its log.
