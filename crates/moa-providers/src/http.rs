@@ -152,23 +152,29 @@ impl Transport {
         let request = request.map_err(|e| self.connection_failure(&e))?;
         // `-vv` shows every request: where it went and how it ended, never a body, a header or
         // the query (where some servers take keys).
-        let method = request.method().clone();
-        let mut url = request.url().clone();
-        url.set_query(None);
-        let started = std::time::Instant::now();
+        // (Only copied when someone is listening: this is every request's path.)
+        let shown = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+            let mut url = request.url().clone();
+            url.set_query(None);
+            (request.method().clone(), url, std::time::Instant::now())
+        });
         let response = client.execute(request).await.map_err(|e| {
-            tracing::debug!(provider = %self.name, %method, %url, error = %describe(&e), "request failed");
+            if let Some((method, url, _)) = &shown {
+                tracing::debug!(provider = %self.name, %method, %url, error = %describe(&e), "request failed");
+            }
             self.connection_failure(&e)
         })?;
         let status = response.status().as_u16();
-        tracing::debug!(
-            provider = %self.name,
-            %method,
-            %url,
-            status,
-            ms = started.elapsed().as_millis() as u64,
-            "request"
-        );
+        if let Some((method, url, started)) = &shown {
+            tracing::debug!(
+                provider = %self.name,
+                %method,
+                %url,
+                status,
+                ms = started.elapsed().as_millis() as u64,
+                "request"
+            );
+        }
         if response.status().is_success() {
             return Ok(response);
         }

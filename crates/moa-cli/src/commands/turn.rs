@@ -71,12 +71,12 @@ pub struct PlainView {
     pub open_line: bool,
     /// One status line on stderr until the answer starts (set on terminals only).
     pub progress: bool,
-    status: Progress,
+    status: Status,
 }
 
 /// What the status line says: the layer, how many of its proposers are done, a spinner.
 #[derive(Default)]
-struct Progress {
+struct Status {
     layer: usize,
     proposers: usize,
     done: usize,
@@ -88,7 +88,7 @@ struct Progress {
 
 const SPINNER: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
 
-impl Progress {
+impl Status {
     fn line(&self, layers: usize) -> String {
         let failed = match self.failed {
             0 => String::new(),
@@ -112,7 +112,7 @@ impl PlainView {
             layers,
             open_line: false,
             progress: false,
-            status: Progress::default(),
+            status: Status::default(),
         }
     }
 
@@ -163,7 +163,8 @@ impl View for PlainView {
                 self.status.done += 1;
                 self.draw()?;
             }
-            RunEvent::ProposerFailed { .. } | RunEvent::ProposerCancelled { .. } => {
+            // (A proposer cancelled once the quorum is in did not fail: its layer is over.)
+            RunEvent::ProposerFailed { .. } => {
                 self.status.failed += 1;
                 self.draw()?;
             }

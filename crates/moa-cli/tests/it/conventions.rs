@@ -168,6 +168,43 @@ async fn piped_text_follows_the_prompt_and_quiet_leaves_stderr_empty() {
     assert_eq!(quiet.stdout, noisy.stdout);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn very_verbose_logs_each_request_without_its_key_and_plain_runs_do_not() {
+    let fake = FakeOpenAi::start().await;
+    script(&fake);
+    let sandbox = Sandbox::new(&fake, "");
+    let mut args = vec!["-vv", "ask"];
+    args.extend(SHAPE);
+    args.push("hello");
+    let out = moa(sandbox.path(), &args, &[KEY], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let requests: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("request") && l.contains("/chat/completions"))
+        .collect();
+    assert_eq!(
+        requests.len(),
+        2,
+        "a proposer and the aggregator: {}",
+        out.stderr
+    );
+    assert!(requests
+        .iter()
+        .all(|l| l.contains("status=200") && l.contains("POST")));
+    assert!(
+        !out.stderr.contains(KEY.1),
+        "the key leaked: {}",
+        out.stderr
+    );
+    let plain = moa(sandbox.path(), &args[1..], &[KEY], None).await;
+    assert!(
+        !plain.stderr.contains("/chat/completions"),
+        "{}",
+        plain.stderr
+    );
+}
+
 /// "hello" to `command`: `ask` takes it as an argument, `chat` as a line on stdin.
 fn say_hello(command: &str, args: &mut Vec<&str>) -> Option<&'static str> {
     if command == "ask" {
