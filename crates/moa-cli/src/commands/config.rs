@@ -35,34 +35,20 @@ fn user_path() -> anyhow::Result<PathBuf> {
 
 /// The places searched, in order, each with whether it is there; the first found is read.
 fn path(explicit: Option<&Path>) -> anyhow::Result<()> {
-    let here = std::env::current_dir()
-        .map(|d| d.join("moa.toml"))
-        .unwrap_or_else(|_| PathBuf::from("moa.toml"));
-    let candidates: [(&str, Option<PathBuf>); 4] = [
-        ("--config", explicit.map(Path::to_path_buf)),
-        (
-            "$MOA_CONFIG",
-            env::lookup(env::MOA_CONFIG).map(PathBuf::from),
-        ),
-        ("project (working directory)", Some(here)),
-        ("user", config::user_config_path()),
-    ];
+    let places = config::search(explicit);
+    let read = config::chosen(&places).map(|(source, _)| source);
     println!("moa reads the first of these that is given and exists:");
-    let mut read = None;
-    for (i, (what, candidate)) in candidates.iter().enumerate() {
+    for (i, (source, candidate)) in places.iter().enumerate() {
         let state = match candidate {
             None => "not given".to_string(),
-            Some(p) if read.is_none() && (i < 2 || p.is_file()) => {
-                read = Some(p.clone());
-                match p.is_file() {
-                    true => format!("{}  <- read", p.display()),
-                    false => format!("{}  <- named, but does not exist (an error)", p.display()),
-                }
+            Some(p) if read == Some(*source) && p.is_file() => format!("{}  <- read", p.display()),
+            Some(p) if read == Some(*source) => {
+                format!("{}  <- named, but does not exist (an error)", p.display())
             }
             Some(p) if p.is_file() => format!("{}  (exists, not read)", p.display()),
             Some(p) => format!("{}  (not there)", p.display()),
         };
-        println!("  {}. {what:<28} {state}", i + 1);
+        println!("  {}. {:<28} {state}", i + 1, source.label());
     }
     if read.is_none() {
         println!("No file: the built-in defaults are in effect (`moa config init` writes one).");
@@ -70,7 +56,7 @@ fn path(explicit: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Header names whose values are secrets wherever they appear.
+/// A header's value: never shown, only whether there is one.
 fn redact(value: &str) -> String {
     match value.len() {
         0 => String::new(),
@@ -128,11 +114,8 @@ fn show(explicit: Option<&Path>) -> anyhow::Result<()> {
         }
         if let Some(var) = &endpoint.api_key_env {
             p.insert("api_key_env".into(), var.clone().into());
-            let state = match env::lookup(var) {
-                Some(_) => "set",
-                None if endpoint.key_required => "missing",
-                None => "not needed",
-            };
+            // (Bedrock's AWS key pair counts too, as it does for its client.)
+            let state = super::providers::key_state(&registry, endpoint);
             p.insert("api_key".into(), state.into());
         }
         p.insert(
@@ -207,11 +190,8 @@ fn init(path: &Path, force: bool) -> anyhow::Result<()> {
 /// Opens the file in use (or the user config, written from the example first) in the editor,
 /// then checks what was saved.
 fn edit(explicit: Option<&Path>) -> anyhow::Result<()> {
-    let path = match explicit
-        .map(Path::to_path_buf)
-        .or_else(|| env::lookup(env::MOA_CONFIG).map(PathBuf::from))
-    {
-        Some(p) => p,
+    let path = match config::chosen(&config::search(explicit)) {
+        Some((_, p)) => p,
         None => user_path()?,
     };
     if !path.exists() {

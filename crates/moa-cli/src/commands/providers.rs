@@ -24,6 +24,15 @@ struct Row {
     missing: Option<String>,
 }
 
+/// Whether an endpoint's credentials are `set`, `missing`, or `not needed`.
+pub fn key_state(registry: &Registry, endpoint: &Endpoint) -> &'static str {
+    match (registry.credentials_set(endpoint), endpoint.key_required) {
+        (true, _) => "set",
+        (false, true) => "missing",
+        (false, false) => "not needed",
+    }
+}
+
 fn row(registry: &Registry, endpoint: &Endpoint) -> Row {
     let key_variable = match endpoint.dialect {
         Dialect::Bedrock => format!(
@@ -39,11 +48,6 @@ fn row(registry: &Registry, endpoint: &Endpoint) -> Row {
         Err(RegistryError::MissingRegion { .. }) => Some("AWS_REGION".into()),
         Err(e) => Some(e.to_string()),
     };
-    let key = match (registry.credentials_set(endpoint), endpoint.key_required) {
-        (true, _) => "set",
-        (false, true) => "missing",
-        (false, false) => "not needed",
-    };
     Row {
         name: endpoint.name.clone(),
         dialect: endpoint.dialect.as_str(),
@@ -51,7 +55,7 @@ fn row(registry: &Registry, endpoint: &Endpoint) -> Row {
             .request_base_url(endpoint)
             .unwrap_or_else(|| "(by region: set AWS_REGION)".into()),
         key_variable,
-        key,
+        key: key_state(registry, endpoint),
         ready: missing.is_none(),
         missing,
     }

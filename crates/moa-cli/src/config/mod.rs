@@ -132,24 +132,68 @@ pub fn user_config_path() -> Option<PathBuf> {
     directories::ProjectDirs::from("", "", "moa").map(|d| d.config_dir().join("moa.toml"))
 }
 
+/// Where a config file can come from, in the order moa looks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `--config PATH`.
+    Flag,
+    /// `$MOA_CONFIG`.
+    Env,
+    /// `./moa.toml`, a project's file (see [`trust`]).
+    Project,
+    /// The user's own file in the user config directory.
+    User,
+}
+
+impl Source {
+    /// A name for people.
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Flag => "--config",
+            Source::Env => "$MOA_CONFIG",
+            Source::Project => "project (working directory)",
+            Source::User => "user",
+        }
+    }
+
+    /// A file named by the flag or the variable must exist; the others are read if they do.
+    pub fn named(self) -> bool {
+        matches!(self, Source::Flag | Source::Env)
+    }
+}
+
+/// The places moa looks for its config, in order, each with its path when it has one.
+pub fn search(explicit: Option<&Path>) -> [(Source, Option<PathBuf>); 4] {
+    [
+        (Source::Flag, explicit.map(Path::to_path_buf)),
+        (Source::Env, env::lookup(env::MOA_CONFIG).map(PathBuf::from)),
+        (
+            Source::Project,
+            std::env::current_dir().ok().map(|d| d.join("moa.toml")),
+        ),
+        (Source::User, user_config_path()),
+    ]
+}
+
+/// The file moa reads, of `search`'s places: the first one named, else the first that exists.
+pub fn chosen(places: &[(Source, Option<PathBuf>)]) -> Option<(Source, PathBuf)> {
+    places.iter().find_map(|(source, path)| {
+        let path = path.as_ref()?;
+        (source.named() || path.is_file()).then(|| (*source, path.clone()))
+    })
+}
+
 impl Config {
     /// Finds and reads the config file, or returns the defaults if there is none.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
-        let named = explicit
-            .map(Path::to_path_buf)
-            .or_else(|| env::lookup(env::MOA_CONFIG).map(PathBuf::from));
-        if let Some(path) = named {
-            if !path.is_file() {
-                return Err(ConfigError::NotFound { path });
+        match chosen(&search(explicit)) {
+            Some((source, path)) if source.named() && !path.is_file() => {
+                Err(ConfigError::NotFound { path })
             }
-            return Self::read(path);
-        }
-        let here = std::env::current_dir().ok().map(|d| d.join("moa.toml"));
-        if let Some(path) = here.filter(|p| p.is_file()) {
-            return Self::read_project(path, trust::store_path().as_deref());
-        }
-        match user_config_path().filter(|p| p.is_file()) {
-            Some(path) => Self::read(path),
+            Some((Source::Project, path)) => {
+                Self::read_project(path, trust::store_path().as_deref())
+            }
+            Some((_, path)) => Self::read(path),
             None => Ok(Config::default()),
         }
     }

@@ -75,7 +75,7 @@ pub fn step(session: &mut Session, input: &str, gap: &str) -> Step {
 
 /// Runs `moa chat`.
 pub async fn run(config_path: Option<&Path>, args: ChatArgs) -> anyhow::Result<()> {
-    let flags = args.flags();
+    let flags = args.run.flags();
     let resolved = super::resolve(config_path, &flags)?;
     let keep = crate::runlog::enabled(&resolved.config, args.log.no_log);
     let mut session = Session::new(resolved, flags, !args.no_multi_turn);
