@@ -31,13 +31,29 @@ pub enum Kind {
     Chat,
 }
 
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ask => "ask",
+            Kind::Chat => "chat",
+        }
+    }
+}
+
 /// The first line of a run's file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Header {
     pub id: String,
-    pub kind: Kind,
     /// Seconds since the Unix epoch.
     pub started: u64,
+    #[serde(flatten)]
+    pub about: About,
+}
+
+/// What a run is, as its writer says.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct About {
+    pub kind: Kind,
     pub preset: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
@@ -124,7 +140,7 @@ pub struct Writer {
 
 impl Writer {
     /// Starts a new run's file in `dir`.
-    pub fn create(dir: &Path, header: HeaderFields) -> anyhow::Result<Writer> {
+    pub fn create(dir: &Path, about: About) -> anyhow::Result<Writer> {
         create_private_dir(dir)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -141,11 +157,8 @@ impl Writer {
         };
         let header = Header {
             id,
-            kind: header.kind,
             started: now,
-            preset: header.preset,
-            system: header.system,
-            multi_turn: header.multi_turn,
+            about,
         };
         writer.append_line(&serde_json::to_string(&header)?)?;
         Ok(writer)
@@ -195,14 +208,6 @@ impl Writer {
             .with_context(|| format!("cannot write the run log {}", self.path.display()))?;
         Ok(())
     }
-}
-
-/// What a new run's header says.
-pub struct HeaderFields {
-    pub kind: Kind,
-    pub preset: String,
-    pub system: Option<String>,
-    pub multi_turn: bool,
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
@@ -257,7 +262,7 @@ pub fn find(dir: &Path, id: &str, kind: Option<Kind>) -> anyhow::Result<(PathBuf
     if id == "last" {
         for path in paths {
             if let Ok(run) = read(&path) {
-                if kind.is_none_or(|k| run.header.kind == k) {
+                if kind.is_none_or(|k| run.header.about.kind == k) {
                     return Ok((path, run));
                 }
             }
@@ -302,7 +307,7 @@ mod tests {
     #[test]
     fn a_torn_last_line_is_skipped_and_prefixes_must_be_unique() {
         let dir = tempfile::tempdir().unwrap();
-        let fields = |kind| HeaderFields {
+        let fields = |kind| About {
             kind,
             preset: "p".into(),
             system: None,

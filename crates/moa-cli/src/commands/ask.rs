@@ -111,7 +111,7 @@ fn keep_run(
     let Some(dir) = crate::runlog::dir() else {
         return;
     };
-    let fields = crate::runlog::HeaderFields {
+    let fields = crate::runlog::About {
         kind: crate::runlog::Kind::Ask,
         preset: resolved.preset.name.clone(),
         system,

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::cli::LogsCommand;
-use crate::runlog::{self, Kind};
+use crate::runlog;
 
 /// The first line of `text`, cut to `max` characters.
 fn headline(text: &str, max: usize) -> String {
@@ -51,9 +51,9 @@ pub fn run(_config: Option<&Path>, command: Option<LogsCommand>) -> anyhow::Resu
                 if json {
                     let line = serde_json::json!({
                         "id": run.header.id,
-                        "kind": run.header.kind,
+                        "kind": run.header.about.kind,
                         "started": run.header.started,
-                        "preset": run.header.preset,
+                        "preset": run.header.about.preset,
                         "turns": run.turns.len(),
                         "cost": run.cost(),
                         "prompt": first,
@@ -66,10 +66,7 @@ pub fn run(_config: Option<&Path>, command: Option<LogsCommand>) -> anyhow::Resu
                     "{:<22} {:<19} {:<4} {:>5} {:>9}  {}",
                     run.header.id,
                     runlog::utc(run.header.started),
-                    match run.header.kind {
-                        Kind::Ask => "ask",
-                        Kind::Chat => "chat",
-                    },
+                    run.header.about.kind.as_str(),
                     run.turns.len(),
                     cost,
                     headline(first, 60)
@@ -86,15 +83,12 @@ pub fn run(_config: Option<&Path>, command: Option<LogsCommand>) -> anyhow::Resu
             println!(
                 "{} · {} · preset {} · started {} UTC{}",
                 run.header.id,
-                match run.header.kind {
-                    Kind::Ask => "ask",
-                    Kind::Chat => "chat",
-                },
-                run.header.preset,
+                run.header.about.kind.as_str(),
+                run.header.about.preset,
                 runlog::utc(run.header.started),
                 run.cost().map_or(String::new(), |c| format!(" · ${c:.4}"))
             );
-            if let Some(system) = &run.header.system {
+            if let Some(system) = &run.header.about.system {
                 println!("\nsystem: {system}");
             }
             for turn in &run.turns {

@@ -79,7 +79,7 @@ impl Session {
     /// are appended to its log.
     pub fn resume(&mut self, path: std::path::PathBuf, run: runlog::Run) {
         if self.system.is_none() {
-            self.system = run.header.system.clone();
+            self.system = run.header.about.system.clone();
         }
         for turn in &run.turns {
             self.history.push(Message::user(turn.user.clone()));
@@ -94,7 +94,7 @@ impl Session {
     /// that cannot be written is reported once and then left alone; the chat goes on.
     fn keep(&mut self, input: &str, trace: &Trace) {
         if let Log::Pending(dir) = &self.log {
-            let fields = runlog::HeaderFields {
+            let fields = runlog::About {
                 kind: runlog::Kind::Chat,
                 preset: self.preset.name.clone(),
                 system: self.system.clone(),
