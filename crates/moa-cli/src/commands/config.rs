@@ -242,9 +242,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_example_config_parses() {
+    fn the_example_config_parses_as_it_is_and_with_every_setting_uncommented() {
         let config = Config::parse(EXAMPLE, PathBuf::from("moa.example.toml")).unwrap();
         config.registry().unwrap();
         assert!(config.presets().unwrap().len() > 1);
+        // A commented setting is `# key = value` or `# [table]`; prose is anything else.
+        let setting = |line: &str| {
+            line.starts_with('[')
+                || line.split_once(" = ").is_some_and(|(key, _)| {
+                    key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                })
+        };
+        let uncommented: Vec<&str> = EXAMPLE
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if setting(rest) => rest,
+                _ => l,
+            })
+            .collect();
+        assert!(uncommented.len() > 20);
+        let config =
+            Config::parse(&uncommented.join("\n"), PathBuf::from("moa.example.toml")).unwrap();
+        config.registry().unwrap();
+        Settings::resolve(&config, &Flags::default()).unwrap();
     }
 }
