@@ -26,7 +26,7 @@ pub struct Cli {
     /// Only answers and errors: no notes or progress on stderr.
     #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
     pub quiet: bool,
-    /// More on stderr: -v retries and decisions, -vv every HTTP request too (method, URL,
+    /// More on stderr: -v each retry and why, -vv every HTTP request too (method, URL,
     /// status, time; never a body, a header or a key).
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// 0: quiet; 1: normal; 2: `-v`; 3: `-vv`.
 static LEVEL: AtomicU8 = AtomicU8::new(1);
 
-/// Sets the level from the global flags and, from `-v` on, sends moa's log to stderr: `-v` what
-/// moa decides (retries, fallbacks), `-vv` also every HTTP request it makes (method, URL
-/// without its query, status, time; never a body, a header or a key).
+/// Sets the level from the global flags and, from `-v` on, sends the providers' log to stderr:
+/// `-v` each retry and why, `-vv` also every HTTP request (method, URL without its query,
+/// status, time; never a body, a header or a key).
 pub fn init(quiet: bool, verbose: u8) {
     let level = if quiet { 0 } else { 1 + verbose.min(2) };
     LEVEL.store(level, Ordering::Relaxed);
@@ -17,8 +17,8 @@ pub fn init(quiet: bool, verbose: u8) {
         return;
     }
     let filter = match level {
-        2 => "warn,moa_providers=info,moa_core=info",
-        _ => "warn,moa_providers=debug,moa_core=debug",
+        2 => "warn,moa_providers=info",
+        _ => "warn,moa_providers=debug",
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
